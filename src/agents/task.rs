@@ -1,0 +1,108 @@
+//! Tasks as agents see them, and the task error with its stable codes.
+//!
+//! The codes are the wire's `error.code` (DESIGN §4) and the `outcome`
+//! label of `agentvisor_tasks_total`.
+
+use std::fmt;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One task handed to an agent.
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// Task id (client's, or generated).
+    pub id: String,
+    /// Task type (`utils.echo`, `simple_chat`, ...).
+    pub task_type: String,
+    /// Input: text or JSON.
+    pub input: Value,
+    /// When the answer is due; `None`: the caller's default.
+    pub deadline: Option<Instant>,
+}
+
+/// What an agent answers: its output, or an error.
+pub type TaskReply = Result<Value, TaskError>;
+
+/// Stable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The agent's behaviour is not built yet.
+    NotImplemented,
+    /// No agent of that name in the run.
+    UnknownAgent,
+    /// No agent handles that task type.
+    UnknownTaskType,
+    /// The agent cannot run here (missing program, not configured).
+    AgentUnavailable,
+    /// The agent exceeded its restart intensity and stays down.
+    AgentFatal,
+    /// The agent is not running (stopped, failed, in backoff).
+    AgentNotRunning,
+    /// An on-demand start did not finish within the start SLA.
+    StartTimeout,
+    /// The agent failed to start.
+    StartFailed,
+    /// The agent crashed while working on the task.
+    AgentFailed,
+    /// The agent's program answered with an error (its code is in the message).
+    AgentError,
+    /// The answer was not ready by the task's deadline.
+    DeadlineExceeded,
+    /// Too much work queued.
+    Busy,
+    /// The task was cancelled.
+    Cancelled,
+    /// The daemon is stopping.
+    ShuttingDown,
+    /// A bug or an unexpected condition.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The snake_case code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotImplemented => "not_implemented",
+            ErrorCode::UnknownAgent => "unknown_agent",
+            ErrorCode::UnknownTaskType => "unknown_task_type",
+            ErrorCode::AgentUnavailable => "agent_unavailable",
+            ErrorCode::AgentFatal => "agent_fatal",
+            ErrorCode::AgentNotRunning => "agent_not_running",
+            ErrorCode::StartTimeout => "start_timeout",
+            ErrorCode::StartFailed => "start_failed",
+            ErrorCode::AgentFailed => "agent_failed",
+            ErrorCode::AgentError => "agent_error",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error answer: `{"code", "message"}` on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct TaskError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation naming the agent or input concerned.
+    pub message: String,
+}
+
+impl TaskError {
+    /// A new error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> TaskError {
+        TaskError { code, message: message.into() }
+    }
+}

@@ -1,0 +1,279 @@
+//! Configuration: daemon settings, the agent catalog and profiles.
+//!
+//! Where it sits: the first thing `run`, `check` and `agents` do. Settings
+//! come from built-in defaults < `agentvisor.yaml` (optional) <
+//! `AGENTVISOR__SECTION__KEY` environment variables < command-line flags
+//! (DESIGN §10). Every struct rejects unknown keys.
+
+pub mod catalog;
+pub mod legacy;
+pub mod profile;
+pub mod profile_spec;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors while reading settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file, an environment variable or a flag did not fit the schema.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// The named config file does not exist.
+    #[error("config file not found: {0}")]
+    MissingFile(PathBuf),
+}
+
+impl ConfigError {
+    /// Stable code for logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ConfigError::Invalid(_) => "invalid_config",
+            ConfigError::MissingFile(_) => "config_not_found",
+        }
+    }
+}
+
+/// All daemon settings (`agentvisor.yaml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Where the SQLite database and run-time files live.
+    pub data_dir: PathBuf,
+    /// Where GGUF model files live.
+    pub models_dir: PathBuf,
+    /// The catalog folder (`agents/<group>/<Agent>.yaml`). Its parent is the
+    /// project root: process agents run there and their relative paths
+    /// resolve from there.
+    pub agents_dir: PathBuf,
+    /// Folder of named profiles (`profiles/<name>.yaml`).
+    pub profiles_dir: PathBuf,
+    /// HTTP server (ObservabilityHub).
+    pub http: HttpSettings,
+    /// ZeroMQ task bus.
+    pub bus: BusSettings,
+    /// On-demand starts.
+    pub lazy_loader: LazyLoaderSettings,
+    /// Supervision defaults.
+    pub supervisor: SupervisorSettings,
+    /// Commands for `process` agents, overriding the catalog's `runtime.command`
+    /// (e.g. `agent_commands: {STTService: [python3, my_stt.py]}`).
+    pub agent_commands: BTreeMap<String, Vec<String>>,
+    /// Logging.
+    pub log: LogSettings,
+    /// Switches that exist only for tests.
+    pub testing: TestingSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            data_dir: PathBuf::from("./data"),
+            models_dir: PathBuf::from("./models"),
+            agents_dir: PathBuf::from("./agents"),
+            profiles_dir: PathBuf::from("./profiles"),
+            http: HttpSettings::default(),
+            bus: BusSettings::default(),
+            lazy_loader: LazyLoaderSettings::default(),
+            supervisor: SupervisorSettings::default(),
+            agent_commands: BTreeMap::new(),
+            log: LogSettings::default(),
+            testing: TestingSettings::default(),
+        }
+    }
+}
+
+/// `http:` — the ObservabilityHub HTTP server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Listen address, `host:port` (port 0 picks a free port).
+    pub listen: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings { listen: "127.0.0.1:9000".into() }
+    }
+}
+
+/// `bus:` — ZeroMQ endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusSettings {
+    /// ROUTER endpoint for tasks.
+    pub ingress: String,
+    /// PUB endpoint for events.
+    pub events: String,
+    /// Largest accepted task message, bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        BusSettings {
+            ingress: "tcp://127.0.0.1:7201".into(),
+            events: "tcp://127.0.0.1:7290".into(),
+            max_message_bytes: 1_048_576,
+        }
+    }
+}
+
+/// `lazy_loader:` — on-demand starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LazyLoaderSettings {
+    /// The start SLA: seconds an on-demand start (dependencies included) may
+    /// take before it fails with `start_timeout` (30 s, the earlier system's SLA).
+    pub startup_timeout_seconds: f64,
+}
+
+impl Default for LazyLoaderSettings {
+    fn default() -> Self {
+        LazyLoaderSettings { startup_timeout_seconds: 30.0 }
+    }
+}
+
+/// `supervisor:` — restart intensity and backoff defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorSettings {
+    /// Restart intensity: restarts allowed within `within_secs` before an
+    /// agent is `fatal` (3 in 5 s, Elixir's defaults).
+    pub max_restarts: u32,
+    /// Restart intensity window, seconds.
+    pub within_secs: f64,
+    /// First restart delay, seconds (doubles each consecutive failure).
+    pub backoff_initial_secs: f64,
+    /// Largest restart delay, seconds.
+    pub backoff_max_secs: f64,
+    /// Jitter: the delay is drawn from `[d * (1 - jitter), d]`; 0 disables it.
+    pub backoff_jitter: f64,
+    /// An agent that ran this long without failing starts its backoff over.
+    pub reset_after_secs: f64,
+    /// Seconds an agent has to stop before it is killed.
+    pub shutdown_timeout_secs: f64,
+    /// Seconds the whole daemon has to stop on SIGINT/SIGTERM.
+    pub shutdown_deadline_secs: f64,
+}
+
+impl Default for SupervisorSettings {
+    fn default() -> Self {
+        SupervisorSettings {
+            max_restarts: 3,
+            within_secs: 5.0,
+            backoff_initial_secs: 0.010,
+            backoff_max_secs: 5.0,
+            backoff_jitter: 0.5,
+            reset_after_secs: 30.0,
+            shutdown_timeout_secs: 5.0,
+            shutdown_deadline_secs: 30.0,
+        }
+    }
+}
+
+/// `log:` — tracing output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// Filter in `RUST_LOG` syntax (the `RUST_LOG` variable wins when set).
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings { level: "info".into(), format: "text".into() }
+    }
+}
+
+/// `testing:` — never enable in production.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestingSettings {
+    /// Enables `POST /agents/{name}/fault` (a builtin agent panics in its
+    /// handler), for crash tests.
+    pub fault_injection: bool,
+}
+
+impl Settings {
+    /// Layers defaults < `file` (or `./agentvisor.yaml` when present) <
+    /// `AGENTVISOR__SECTION__KEY` environment variables < `overrides`
+    /// (`("http.listen", "127.0.0.1:0")`, from flags).
+    ///
+    /// # Errors
+    /// [`ConfigError::MissingFile`] when `file` is given and absent;
+    /// [`ConfigError::Invalid`] for unknown keys or wrong types anywhere.
+    pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Settings, ConfigError> {
+        let invalid = |e: config::ConfigError| ConfigError::Invalid(e.to_string());
+        let defaults = config::Config::try_from(&Settings::default()).map_err(invalid)?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError::MissingFile(path.to_path_buf()));
+                }
+                builder = builder.add_source(config::File::from(path).format(config::FileFormat::Yaml));
+            }
+            None => {
+                builder = builder.add_source(
+                    config::File::new("agentvisor.yaml", config::FileFormat::Yaml).required(false),
+                );
+            }
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("AGENTVISOR")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        for (key, value) in overrides {
+            builder = builder.set_override(key.as_str(), value.as_str()).map_err(invalid)?;
+        }
+        builder.build().map_err(invalid)?.try_deserialize().map_err(invalid)
+    }
+
+    /// The project root: the parent of `agents_dir` (process agents run here).
+    pub fn project_root(&self) -> PathBuf {
+        match self.agents_dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design_table() {
+        let s = Settings::load(Some(Path::new("/nonexistent")), &[]);
+        assert!(matches!(s, Err(ConfigError::MissingFile(_))));
+        let s = Settings::default();
+        assert_eq!(s.http.listen, "127.0.0.1:9000");
+        assert_eq!(s.bus.ingress, "tcp://127.0.0.1:7201");
+        assert_eq!(s.bus.events, "tcp://127.0.0.1:7290");
+        assert_eq!(s.bus.max_message_bytes, 1_048_576);
+        assert_eq!(s.lazy_loader.startup_timeout_seconds, 30.0);
+    }
+
+    #[test]
+    fn file_then_overrides_layer_and_unknown_keys_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.yaml");
+        std::fs::write(&path, "http: {listen: '127.0.0.1:1'}\nsupervisor: {max_restarts: 7}\n").unwrap();
+        let s = Settings::load(Some(&path), &[("http.listen".into(), "127.0.0.1:2".into())]).unwrap();
+        assert_eq!(s.http.listen, "127.0.0.1:2");
+        assert_eq!(s.supervisor.max_restarts, 7);
+        assert_eq!(s.supervisor.within_secs, 5.0);
+
+        std::fs::write(&path, "http: {listne: x}\n").unwrap();
+        let err = Settings::load(Some(&path), &[]).unwrap_err();
+        assert!(err.to_string().contains("listne"), "{err}");
+    }
+}

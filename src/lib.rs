@@ -1,0 +1,37 @@
+//! agentvisor: a supervisor for fleets of AI agents.
+//!
+//! One binary starts a YAML profile of agents, keeps each one alive as a
+//! ractor actor under a supervision tree (OTP restart semantics), starts
+//! on-demand agents with their dependencies within a start SLA, and exports
+//! everything as Prometheus metrics and events.
+//!
+//! The layout follows the data (DESIGN §11):
+//!
+//! - [`config`]: settings, the agent catalog and its validation, profiles.
+//! - [`supervisor`]: root and group supervisors, restart policy, on-demand starts.
+//! - [`agents`]: the agent actor and its runtimes (builtin, llm, process).
+//! - [`events`]: the ordered event stream (`seq`, `ts`).
+//! - [`telemetry`]: metric names, the HTTP endpoints, tracing.
+//! - [`daemon`]: the `run` command's life cycle; [`cli`]: the commands.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use agentvisor::{config::Settings, daemon, supervisor::Fleet};
+//! let settings = Settings::default();
+//! let (catalog, plan) = daemon::load_plan(&settings, None, "core")?;
+//! let fleet = Fleet::start(settings, catalog, plan).await?;
+//! let report = fleet.boot().await;
+//! println!("{} agents running", report.running.len());
+//! fleet.shutdown(std::time::Duration::from_secs(10)).await;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod agents;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod events;
+pub mod supervisor;
+pub mod telemetry;

@@ -1,0 +1,308 @@
+//! `Fleet`: the handle on one running supervision tree — boot in waves,
+//! start/stop/restart agents, send them tasks, stop everything in reverse
+//! dependency order.
+//!
+//! Where it sits: built by the daemon (`run`) and by tests; used by the HTTP
+//! endpoints and (later) the task bus. Cheap to clone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use ractor::{Actor, ActorRef, rpc::CallResult};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use super::context::FleetCtx;
+use super::group::{GroupArgs, GroupMsg, GroupSupervisor, StartResult};
+use super::lazy::LazyLoader;
+use super::root::{RootMsg, RootSupervisor};
+use super::state::AgentState;
+use crate::agents::actor::{AgentMsg, Fault, StartError};
+use crate::agents::task::{ErrorCode, Task, TaskError, TaskReply};
+use crate::config::Settings;
+use crate::config::catalog::Catalog;
+use crate::config::profile::Plan;
+use crate::telemetry::metrics::Metrics;
+
+/// Default time a task may take when it has no deadline.
+const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors of the fleet's own machinery (not of one agent).
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// A supervisor actor could not be spawned (name taken: another fleet
+    /// runs in this process).
+    #[error("cannot start supervisor {name}: {reason}")]
+    Spawn {
+        /// The supervisor.
+        name: String,
+        /// ractor's error.
+        reason: String,
+    },
+}
+
+/// What boot did.
+#[derive(Debug, Clone, Default)]
+pub struct BootReport {
+    /// Agents running after boot.
+    pub running: Vec<String>,
+    /// Agents that cannot run here, with the reason.
+    pub unavailable: Vec<(String, String)>,
+    /// Agents whose start failed (they are in backoff or fatal), with the error.
+    pub failed: Vec<(String, String)>,
+    /// Wall time of the boot.
+    pub elapsed: Duration,
+}
+
+/// Handle on a running fleet.
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ctx: Arc<FleetCtx>,
+    root: ActorRef<RootMsg>,
+    groups: BTreeMap<String, ActorRef<GroupMsg>>,
+    lazy: LazyLoader,
+}
+
+impl Fleet {
+    /// Spawns the root supervisor and one group supervisor per group of the
+    /// plan. Agents stay `dormant` until [`Fleet::boot`].
+    ///
+    /// # Errors
+    /// [`FleetError::Spawn`] when a supervisor name is already registered.
+    pub async fn start(settings: Settings, catalog: Catalog, plan: Plan) -> Result<Fleet, FleetError> {
+        let metrics = Metrics::new();
+        let ctx = Arc::new(FleetCtx::new(settings, catalog, plan, metrics));
+        let spawn_err = |name: &str, e: ractor::SpawnErr| FleetError::Spawn { name: name.into(), reason: e.to_string() };
+        let (root, _) = Actor::spawn(Some("agentvisor".into()), RootSupervisor, ctx.clone())
+            .await
+            .map_err(|e| spawn_err("agentvisor", e))?;
+        let boot_order: Vec<String> = ctx.catalog.waves(&ctx.plan.agents).into_iter().flatten().collect();
+        let mut groups = BTreeMap::new();
+        for (group, _) in ctx.plan.by_group(&ctx.catalog) {
+            let members = boot_order
+                .iter()
+                .filter_map(|a| ctx.catalog.get(a))
+                .filter(|s| s.group == group)
+                .cloned()
+                .collect();
+            let strategy = ctx.catalog.groups.get(&group).map(|g| g.strategy).unwrap_or_default();
+            let args = GroupArgs { name: group.clone(), strategy, members, ctx: ctx.clone(), root: root.clone() };
+            let name = format!("group:{group}");
+            let (g, _) = Actor::spawn_linked(Some(name.clone()), GroupSupervisor, args, root.get_cell())
+                .await
+                .map_err(|e| spawn_err(&name, e))?;
+            groups.insert(group, g);
+        }
+        Ok(Fleet { inner: Arc::new(Inner { ctx, root, groups, lazy: LazyLoader::default() }) })
+    }
+
+    /// The shared context (settings, catalog, plan, events, metrics, records).
+    pub fn ctx(&self) -> &Arc<FleetCtx> {
+        &self.inner.ctx
+    }
+
+    /// Starts the boot set wave by wave (dependencies first), up to
+    /// `startup.parallel_starts` agents at once within a wave. A failed
+    /// essential agent goes through its restart policy; boot goes on.
+    pub async fn boot(&self) -> BootReport {
+        let ctx = self.ctx();
+        let t0 = Instant::now();
+        let limit = Arc::new(Semaphore::new(ctx.plan.startup.parallel_starts.max(1)));
+        let mut report = BootReport::default();
+        for wave in &ctx.plan.waves {
+            let starts = wave.iter().map(|agent| {
+                let limit = limit.clone();
+                async move {
+                    let _permit = limit.acquire().await;
+                    (agent.clone(), self.start_agent(agent, None, true, false).await)
+                }
+            });
+            for (agent, result) in join_all(starts).await {
+                match result {
+                    Ok(()) => report.running.push(agent),
+                    Err(StartError::Unavailable { reason, .. }) => report.unavailable.push((agent, reason)),
+                    Err(e) => report.failed.push((agent, e.to_string())),
+                }
+            }
+        }
+        report.elapsed = t0.elapsed();
+        ctx.events.publish(
+            "fleet.booted",
+            json!({
+                "profile": ctx.plan.name, "running": report.running.len(),
+                "unavailable": report.unavailable.len(), "failed": report.failed.len(),
+                "dormant": ctx.plan.dormant.len(), "boot_ms": report.elapsed.as_secs_f64() * 1e3,
+            }),
+        );
+        report
+    }
+
+    fn group_of(&self, agent: &str) -> Result<&ActorRef<GroupMsg>, StartError> {
+        let ctx = self.ctx();
+        if !ctx.plan.agents.contains(agent) {
+            return Err(StartError::UnknownAgent(agent.to_string()));
+        }
+        ctx.catalog
+            .get(agent)
+            .and_then(|s| self.inner.groups.get(&s.group))
+            .ok_or_else(|| StartError::UnknownAgent(agent.to_string()))
+    }
+
+    /// Starts one agent (its dependencies must be running already; see
+    /// [`Fleet::ensure`] for the on-demand path). Answers when it is running.
+    ///
+    /// # Errors
+    /// The agent's [`StartError`].
+    pub async fn start_agent(
+        &self,
+        agent: &str,
+        deadline: Option<Instant>,
+        restart_on_failure: bool,
+        reset: bool,
+    ) -> StartResult {
+        let group = self.group_of(agent)?;
+        let timeout = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()) + Duration::from_secs(1),
+            None => Duration::from_secs_f64(self.ctx().plan.startup.timeout_seconds.max(1.0)),
+        };
+        let agent_name = agent.to_string();
+        let result = group
+            .call(
+                |reply| GroupMsg::Start { agent: agent_name, deadline, restart_on_failure, reset, reply },
+                Some(timeout),
+            )
+            .await;
+        match result {
+            Ok(CallResult::Success(r)) => r,
+            Ok(CallResult::Timeout) => Err(StartError::Timeout { agent: agent.into(), secs: timeout.as_secs_f64() }),
+            Ok(CallResult::SenderError) | Err(_) => {
+                Err(StartError::Failed { agent: agent.into(), reason: "its group supervisor is not running".into() })
+            }
+        }
+    }
+
+    /// Stops one agent on purpose, leaving it in `target` (`stopped`, or
+    /// `dormant` for a rolled-back on-demand start).
+    pub async fn stop_agent(&self, agent: &str, target: AgentState, reason: &str) -> Result<(), StartError> {
+        let group = self.group_of(agent)?;
+        let timeout = Duration::from_secs_f64(self.ctx().settings.supervisor.shutdown_timeout_secs + 2.0);
+        let (agent_name, reason) = (agent.to_string(), reason.to_string());
+        match group.call(|reply| GroupMsg::Stop { agent: agent_name, target, reason, reply }, Some(timeout)).await {
+            Ok(CallResult::Success(())) => Ok(()),
+            _ => Err(StartError::Failed { agent: agent.into(), reason: "stop did not finish in time".into() }),
+        }
+    }
+
+    /// Operator restart: stops the agent if it runs, forgets its restart
+    /// intensity (a `fatal` agent comes back), and starts it (dependencies
+    /// included, as an on-demand start).
+    ///
+    /// # Errors
+    /// The start's [`StartError`].
+    pub async fn restart_agent(&self, agent: &str) -> StartResult {
+        self.group_of(agent)?;
+        self.stop_agent(agent, AgentState::Stopped, "operator restart").await?;
+        self.start_agent(agent, None, true, true).await
+    }
+
+    /// Makes sure `agent` runs, starting it and its missing dependencies on
+    /// demand within the start SLA (single flight). See [`LazyLoader`].
+    ///
+    /// # Errors
+    /// `start_timeout` past the SLA (the partial start rolled back), or the
+    /// failing agent's [`StartError`].
+    pub async fn ensure(&self, agent: &str) -> StartResult {
+        self.inner.lazy.ensure(self, agent).await
+    }
+
+    pub(crate) fn lazy_done(&self, agent: &str) {
+        self.inner.lazy.done(agent);
+    }
+
+    /// Sends `task` to `agent`, starting it on demand first when it is
+    /// dormant; waits for the answer until the task's deadline (default 30 s).
+    pub async fn call(&self, agent: &str, task: Task) -> TaskReply {
+        let ctx = self.ctx();
+        match ctx.state(agent) {
+            None => return Err(TaskError::new(ErrorCode::UnknownAgent, format!("no agent {agent} in this run"))),
+            Some(AgentState::Running) => {}
+            Some(AgentState::Unavailable) => {
+                let reason = ctx.record(agent).and_then(|r| r.reason).unwrap_or_default();
+                return Err(TaskError::new(ErrorCode::AgentUnavailable, format!("{agent} is unavailable: {reason}")));
+            }
+            Some(AgentState::Fatal) => return Err(StartError::Fatal { agent: agent.into() }.to_task_error()),
+            Some(AgentState::Stopping) => {
+                return Err(TaskError::new(ErrorCode::AgentNotRunning, format!("{agent} is stopping")));
+            }
+            Some(_) => self.ensure(agent).await.map_err(|e| e.to_task_error())?,
+        }
+        let Some(cell) = ractor::registry::where_is(agent.to_string()) else {
+            return Err(TaskError::new(ErrorCode::AgentNotRunning, format!("{agent} is not running")));
+        };
+        let actor: ActorRef<AgentMsg> = cell.into();
+        let timeout = task.deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(DEFAULT_TASK_TIMEOUT);
+        match actor.call(|reply| AgentMsg::Task(task, reply), Some(timeout)).await {
+            Ok(CallResult::Success(reply)) => reply,
+            Ok(CallResult::Timeout) => Err(TaskError::new(
+                ErrorCode::DeadlineExceeded,
+                format!("{agent} did not answer within {:.3} s", timeout.as_secs_f64()),
+            )),
+            Ok(CallResult::SenderError) | Err(_) => {
+                Err(TaskError::new(ErrorCode::AgentFailed, format!("{agent} stopped before answering")))
+            }
+        }
+    }
+
+    /// Injects a fault into a running agent (tests; needs
+    /// `testing.fault_injection: true`).
+    ///
+    /// # Errors
+    /// `not_implemented` when fault injection is off; `agent_not_running`.
+    pub fn inject_fault(&self, agent: &str, fault: Fault) -> Result<(), TaskError> {
+        if !self.ctx().settings.testing.fault_injection {
+            return Err(TaskError::new(ErrorCode::NotImplemented, "fault injection is off (testing.fault_injection)"));
+        }
+        let cell = ractor::registry::where_is(agent.to_string())
+            .ok_or_else(|| TaskError::new(ErrorCode::AgentNotRunning, format!("{agent} is not running")))?;
+        let actor: ActorRef<AgentMsg> = cell.into();
+        actor
+            .cast(AgentMsg::InjectFault(fault))
+            .map_err(|_| TaskError::new(ErrorCode::AgentNotRunning, format!("{agent} is not running")))
+    }
+
+    /// Stops every agent in reverse dependency order (each within
+    /// `supervisor.shutdown_timeout_secs`), then the supervisors. Whatever is
+    /// still alive at `deadline` is killed (its child processes with it).
+    pub async fn shutdown(&self, deadline: Duration) {
+        let ctx = self.ctx();
+        ctx.begin_shutdown();
+        self.inner.lazy.abort_all();
+        let t0 = Instant::now();
+        let live: BTreeSet<String> = ctx
+            .snapshot()
+            .into_iter()
+            .filter(|r| !matches!(r.state, AgentState::Dormant | AgentState::Stopped | AgentState::Unavailable))
+            .map(|r| r.name)
+            .collect();
+        let waves = ctx.catalog.waves(&live);
+        let ordered = async {
+            for wave in waves.iter().rev() {
+                join_all(wave.iter().map(|a| self.stop_agent(a, AgentState::Stopped, "shutdown"))).await;
+            }
+        };
+        if tokio::time::timeout(deadline, ordered).await.is_err() {
+            tracing::warn!(deadline_secs = deadline.as_secs_f64(), "shutdown deadline passed; killing the rest");
+        }
+        for group in self.inner.groups.values() {
+            let _ = group.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
+        }
+        let _ = self.inner.root.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
+        ctx.events.publish("fleet.stopped", json!({"stop_ms": t0.elapsed().as_secs_f64() * 1e3}));
+    }
+}

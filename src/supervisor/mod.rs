@@ -1,0 +1,20 @@
+//! The supervision tree (DESIGN §2): root supervisor → one supervisor per
+//! group → agent actors, with OTP restart semantics, start waves, on-demand
+//! starts and ordered shutdown.
+//!
+//! - [`fleet`]: the handle the daemon and tests hold.
+//! - [`root`], [`group`]: the supervisor actors.
+//! - [`policy`]: restart intensity and backoff arithmetic.
+//! - [`lazy`]: on-demand starts with single flight and the start SLA.
+//! - [`state`], [`context`]: lifecycle states and the shared live table.
+
+pub mod context;
+pub mod fleet;
+pub mod group;
+pub mod lazy;
+pub mod policy;
+pub mod root;
+pub mod state;
+
+pub use fleet::{BootReport, Fleet};
+pub use state::AgentState;

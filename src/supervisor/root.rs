@@ -1,0 +1,61 @@
+//! The root supervisor: parent of the group supervisors. It receives
+//! escalations (an agent of a group went `fatal`), logs and counts them, and
+//! keeps the rest of the fleet running; the daemon exits only on operator
+//! request (DESIGN §2).
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde_json::json;
+use std::sync::Arc;
+
+use super::context::FleetCtx;
+
+/// Messages of [`RootSupervisor`].
+pub enum RootMsg {
+    /// An agent of `group` went fatal.
+    Escalate {
+        /// The group.
+        group: String,
+        /// The fatal agent.
+        agent: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The root supervisor actor.
+pub struct RootSupervisor;
+
+impl Actor for RootSupervisor {
+    type Msg = RootMsg;
+    type State = Arc<FleetCtx>;
+    type Arguments = Arc<FleetCtx>;
+
+    async fn pre_start(&self, _myself: ActorRef<RootMsg>, ctx: Arc<FleetCtx>) -> Result<Arc<FleetCtx>, ActorProcessingErr> {
+        Ok(ctx)
+    }
+
+    async fn handle(&self, _myself: ActorRef<RootMsg>, msg: RootMsg, ctx: &mut Arc<FleetCtx>) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RootMsg::Escalate { group, agent, reason } => {
+                tracing::error!(group, agent, reason, "agent is fatal; escalated to the root, the rest of the fleet keeps running");
+                ctx.metrics.escalations.with_label_values(&[&group]).inc();
+                ctx.events.publish("group.escalated", json!({"group": group, "agent": agent, "reason": reason}));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<RootMsg>,
+        evt: SupervisionEvent,
+        ctx: &mut Arc<FleetCtx>,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            let group = cell.get_name().unwrap_or_default();
+            tracing::error!(group, error = %err, "group supervisor failed");
+            ctx.events.publish("group.failed", json!({"group": group, "reason": err.to_string()}));
+        }
+        Ok(())
+    }
+}
