@@ -231,8 +231,9 @@ pub async fn spawn_agent(
     supervisor: ActorCell,
 ) -> Result<ActorRef<AgentMsg>, StartError> {
     let name = spec.name.clone();
+    let actor_name = ctx.actor_name(&name);
     let args = AgentArgs { spec, ctx, deadline };
-    match Actor::spawn_linked(Some(name.clone()), AgentActor, args, supervisor).await {
+    match Actor::spawn_linked(Some(actor_name), AgentActor, args, supervisor).await {
         Ok((actor, _join)) => Ok(actor),
         Err(SpawnErr::StartupFailed(err)) => match err.downcast::<StartError>() {
             Ok(e) => Err(*e),

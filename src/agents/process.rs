@@ -217,10 +217,10 @@ impl ProcessChild {
         };
         let line = json!({"id": task.id, "type": task.task_type, "input": task.input}).to_string() + "\n";
         self.pending.lock().insert(task.id.clone(), reply);
-        if stdin.try_send(line).is_err() {
-            if let Some(reply) = self.pending.lock().remove(&task.id) {
-                let _ = reply.send(Err(TaskError::new(ErrorCode::Busy, format!("{}: stdin queue full", self.agent))));
-            }
+        if stdin.try_send(line).is_err()
+            && let Some(reply) = self.pending.lock().remove(&task.id)
+        {
+            let _ = reply.send(Err(TaskError::new(ErrorCode::Busy, format!("{}: stdin queue full", self.agent))));
         }
     }
 
@@ -357,10 +357,10 @@ async fn wait_http_ready(
         if let Some(status) = exited.borrow().clone() {
             return Err(StartError::Failed { agent: agent.to_string(), reason: format!("exited before ready ({status})") });
         }
-        if let Ok(resp) = client.get(&url).send().await {
-            if resp.status().is_success() {
-                return Ok(());
-            }
+        if let Ok(resp) = client.get(&url).send().await
+            && resp.status().is_success()
+        {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -198,6 +198,9 @@ pub struct TestingSettings {
     /// Enables `POST /agents/{name}/fault` (a builtin agent panics in its
     /// handler), for crash tests.
     pub fault_injection: bool,
+    /// Prefix of every actor name of this daemon (ractor's registry is
+    /// process-wide): lets tests run several fleets in one process.
+    pub actor_name_prefix: String,
 }
 
 impl Settings {

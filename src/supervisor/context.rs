@@ -158,6 +158,17 @@ impl FleetCtx {
         self.shutting_down.store(true, Ordering::Release);
     }
 
+    /// The registered actor name of `agent` (or of a supervisor).
+    pub fn actor_name(&self, agent: &str) -> String {
+        format!("{}{agent}", self.settings.testing.actor_name_prefix)
+    }
+
+    /// The running actor of `agent`, looked up by name (never cached: a
+    /// restart gives a new actor).
+    pub fn agent_ref(&self, agent: &str) -> Option<ractor::ActorRef<crate::agents::AgentMsg>> {
+        ractor::registry::where_is(self.actor_name(agent)).map(Into::into)
+    }
+
     /// Sets the scrape-time gauges (agents per state, up per agent).
     pub fn update_gauges(&self) {
         let records = self.records.read();

@@ -79,7 +79,7 @@ impl Fleet {
         let metrics = Metrics::new();
         let ctx = Arc::new(FleetCtx::new(settings, catalog, plan, metrics));
         let spawn_err = |name: &str, e: ractor::SpawnErr| FleetError::Spawn { name: name.into(), reason: e.to_string() };
-        let (root, _) = Actor::spawn(Some("agentvisor".into()), RootSupervisor, ctx.clone())
+        let (root, _) = Actor::spawn(Some(ctx.actor_name("agentvisor")), RootSupervisor, ctx.clone())
             .await
             .map_err(|e| spawn_err("agentvisor", e))?;
         let boot_order: Vec<String> = ctx.catalog.waves(&ctx.plan.agents).into_iter().flatten().collect();
@@ -93,7 +93,7 @@ impl Fleet {
                 .collect();
             let strategy = ctx.catalog.groups.get(&group).map(|g| g.strategy).unwrap_or_default();
             let args = GroupArgs { name: group.clone(), strategy, members, ctx: ctx.clone(), root: root.clone() };
-            let name = format!("group:{group}");
+            let name = ctx.actor_name(&format!("group:{group}"));
             let (g, _) = Actor::spawn_linked(Some(name.clone()), GroupSupervisor, args, root.get_cell())
                 .await
                 .map_err(|e| spawn_err(&name, e))?;
@@ -242,10 +242,9 @@ impl Fleet {
             }
             Some(_) => self.ensure(agent).await.map_err(|e| e.to_task_error())?,
         }
-        let Some(cell) = ractor::registry::where_is(agent.to_string()) else {
+        let Some(actor) = ctx.agent_ref(agent) else {
             return Err(TaskError::new(ErrorCode::AgentNotRunning, format!("{agent} is not running")));
         };
-        let actor: ActorRef<AgentMsg> = cell.into();
         let timeout = task.deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(DEFAULT_TASK_TIMEOUT);
         match actor.call(|reply| AgentMsg::Task(task, reply), Some(timeout)).await {
             Ok(CallResult::Success(reply)) => reply,
@@ -268,9 +267,10 @@ impl Fleet {
         if !self.ctx().settings.testing.fault_injection {
             return Err(TaskError::new(ErrorCode::NotImplemented, "fault injection is off (testing.fault_injection)"));
         }
-        let cell = ractor::registry::where_is(agent.to_string())
+        let actor = self
+            .ctx()
+            .agent_ref(agent)
             .ok_or_else(|| TaskError::new(ErrorCode::AgentNotRunning, format!("{agent} is not running")))?;
-        let actor: ActorRef<AgentMsg> = cell.into();
         actor
             .cast(AgentMsg::InjectFault(fault))
             .map_err(|_| TaskError::new(ErrorCode::AgentNotRunning, format!("{agent} is not running")))

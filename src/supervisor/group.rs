@@ -500,8 +500,7 @@ impl GroupState {
             }
             if topic != "agent.dependency_restarted" {
                 // fall through to the event only
-            } else if let Some(cell) = ractor::registry::where_is(dependent.clone()) {
-                let actor: ActorRef<AgentMsg> = cell.into();
+            } else if let Some(actor) = self.ctx.agent_ref(&dependent) {
                 let _ = actor.cast(AgentMsg::DependencyRestarted { dependency: agent.to_string() });
             }
             self.ctx.events.publish(topic, json!({"agent": dependent, "dependency": agent}));

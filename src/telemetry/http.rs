@@ -80,8 +80,8 @@ async fn agents(State(fleet): State<Fleet>) -> Json<Value> {
     let groups: Vec<Value> = ctx
         .plan
         .by_group(&ctx.catalog)
-        .into_iter()
-        .map(|(group, _)| {
+        .into_keys()
+        .map(|group| {
             let strategy = ctx.catalog.groups.get(&group).map(|g| g.strategy.as_str()).unwrap_or("one_for_one");
             let agents: Vec<Value> = records.iter().filter(|r| r.group == group).map(record_json).collect();
             json!({"name": group, "strategy": strategy, "agents": agents})

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what agentvisor needs on a fresh Debian machine; a no-op when
+# everything is there. Used by the README's quick start and by .ci/run.
+#   espeak-ng   TTSService's engine (agents/speech_io/tts_service.py)
+#   prometheus  for promtool, which lints /metrics in the tests
+#   python3     process agents and test fixtures
+#   cargo-nextest  the test runner (one process per test)
+set -euo pipefail
+
+need=()
+command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+if ((${#need[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+echo "setup: ok"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: set-up, formatting, lints, every test (unit,
+# integration against the real daemon, doc tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo nextest run --no-fail-fast
+cargo test --doc --quiet

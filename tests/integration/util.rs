@@ -1,0 +1,263 @@
+//! Shared helpers of the integration tests: temp catalogs, fleets on real
+//! actors, the real daemon binary, event logs, polling with a timeout.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use agentvisor::config::Settings;
+use agentvisor::config::catalog::Catalog;
+use agentvisor::config::profile;
+use agentvisor::events::Event;
+use agentvisor::supervisor::Fleet;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::broadcast;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The built `agentvisor` binary.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_agentvisor"))
+}
+
+/// A fixture file under `tests/fixtures`.
+pub fn fixture(rel: &str) -> PathBuf {
+    root().join("tests/fixtures").join(rel)
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Settings for an in-process fleet: the repo's catalog and profiles, a
+/// temp data dir, a unique actor-name prefix, fault injection on.
+pub fn settings(data: &Path) -> Settings {
+    let mut s = Settings::default();
+    s.agents_dir = root().join("agents");
+    s.profiles_dir = root().join("profiles");
+    s.data_dir = data.to_path_buf();
+    s.http.listen = "127.0.0.1:0".into();
+    s.testing.fault_injection = true;
+    s.testing.actor_name_prefix = format!("t{}-{}/", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+    s
+}
+
+/// Starts (not boots) a fleet of `profile` over the catalog at `catalog`
+/// (`None`: the repo's).
+pub async fn fleet(settings: Settings, catalog: Option<&Path>, profile_name: &str) -> Fleet {
+    let catalog = Catalog::load(catalog.unwrap_or(&settings.agents_dir)).expect("catalog loads");
+    let spec = profile::load_profile(&settings.profiles_dir, profile_name).expect("profile loads");
+    let plan = profile::resolve(&catalog, &spec).expect("profile resolves");
+    Fleet::start(settings, catalog, plan).await.expect("fleet starts")
+}
+
+/// Writes a catalog folder: each entry is one agent spec in YAML (its
+/// `group` decides the folder). Returns the `agents` folder.
+pub fn write_catalog(dir: &Path, specs: &[&str]) -> PathBuf {
+    let agents = dir.join("agents");
+    for text in specs {
+        let v: serde_norway::Value = serde_norway::from_str(text).expect("spec yaml");
+        let name = v["name"].as_str().expect("name").to_string();
+        let group = v["group"].as_str().expect("group").to_string();
+        std::fs::create_dir_all(agents.join(&group)).unwrap();
+        std::fs::write(agents.join(&group).join(format!("{name}.yaml")), text).unwrap();
+    }
+    agents
+}
+
+/// Sets the strategy of `group` in a catalog written by [`write_catalog`].
+pub fn set_strategy(agents: &Path, group: &str, strategy: &str) {
+    std::fs::write(agents.join(group).join("_group.yaml"), format!("strategy: {strategy}\n")).unwrap();
+}
+
+/// A builtin agent spec.
+pub fn builtin(name: &str, group: &str, required: bool, deps: &[&str]) -> String {
+    let autoload = if required { "on_startup" } else { "on_demand" };
+    format!(
+        "name: {name}\ngroup: {group}\nrequired: {required}\nautoload: {autoload}\ndependencies: [{}]\nruntime: {{kind: builtin}}\n",
+        deps.join(", ")
+    )
+}
+
+/// A `jsonl` process agent running `tests/fixtures/jsonl_agent.py` with
+/// the given `FIXTURE_*` environment.
+pub fn jsonl_agent(name: &str, group: &str, required: bool, deps: &[&str], env: &[(&str, &str)], ready_secs: f64) -> String {
+    let autoload = if required { "on_startup" } else { "on_demand" };
+    let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}: '{v}'")).collect();
+    format!(
+        "name: {name}\ngroup: {group}\nrequired: {required}\nautoload: {autoload}\ndependencies: [{}]\n\
+         runtime: {{kind: process, protocol: jsonl, command: [python3, '{}'], ready_timeout_secs: {ready_secs}, env: {{{}}}}}\n",
+        deps.join(", "),
+        fixture("jsonl_agent.py").display(),
+        env.join(", ")
+    )
+}
+
+/// Collects events from a subscription.
+pub struct EventLog {
+    rx: broadcast::Receiver<Arc<Event>>,
+    /// Every event received so far.
+    pub seen: Vec<Arc<Event>>,
+}
+
+impl EventLog {
+    /// Subscribes to `fleet`'s events from now on.
+    pub fn new(fleet: &Fleet) -> EventLog {
+        EventLog { rx: fleet.ctx().events.subscribe(), seen: Vec::new() }
+    }
+
+    /// Waits until an event matches `pred` (checking those seen first);
+    /// panics after `timeout`.
+    pub async fn wait_for(&mut self, timeout: Duration, what: &str, pred: impl Fn(&Event) -> bool) -> Arc<Event> {
+        if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+            return e.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Ok(Ok(e)) => {
+                    self.seen.push(e.clone());
+                    if pred(&e) {
+                        return e;
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Lagged(n))) => panic!("event log lagged by {n}"),
+                Ok(Err(broadcast::error::RecvError::Closed)) => panic!("event bus closed while waiting for {what}"),
+                Err(_) => panic!(
+                    "timed out waiting for {what}; seen: {:?}",
+                    self.seen.iter().map(|e| format!("{} {:?}", e.topic, e.str("agent"))).collect::<Vec<_>>()
+                ),
+            }
+        }
+    }
+
+    /// Waits for `topic` about `agent`.
+    pub async fn wait_agent(&mut self, topic: &str, agent: &str) -> Arc<Event> {
+        self.wait_for(Duration::from_secs(20), &format!("{topic} {agent}"), |e| {
+            e.topic == topic && e.str("agent") == Some(agent)
+        })
+        .await
+    }
+
+    /// Takes whatever arrived without waiting.
+    pub fn drain(&mut self) {
+        while let Ok(e) = self.rx.try_recv() {
+            self.seen.push(e);
+        }
+    }
+
+    /// Topics seen for `agent`, in order.
+    pub fn topics_of(&self, agent: &str) -> Vec<&'static str> {
+        self.seen.iter().filter(|e| e.str("agent") == Some(agent)).map(|e| e.topic).collect()
+    }
+}
+
+/// Polls `cond` every 10 ms until true; panics after `timeout`.
+pub async fn poll_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `true` while a process with `pid` exists (and is not a zombie).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// The real daemon binary, started with `args`; killed on drop.
+pub struct Daemon {
+    /// The child.
+    pub child: tokio::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Stdout lines after the listening line.
+    pub stdout: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// HTTP client.
+    pub http: reqwest::Client,
+}
+
+impl Daemon {
+    /// Starts `agentvisor ARGS --http-listen 127.0.0.1:0` in `cwd` with
+    /// `env`, and waits for its HTTP address.
+    pub async fn start(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = tokio::process::Command::new(bin());
+        cmd.args(args)
+            .args(["--http-listen", "127.0.0.1:0"])
+            .current_dir(cwd)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("daemon starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(addr) = line.strip_prefix("http: listening on ") {
+                    return format!("http://{addr}");
+                }
+            }
+            panic!("daemon exited before listening");
+        })
+        .await
+        .expect("daemon listens within 30 s");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        Daemon { child, base, stdout: rx, http: reqwest::Client::new() }
+    }
+
+    /// GET `path` as JSON (any status).
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.http.get(format!("{}{path}", self.base)).send().await.expect("http get");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("json body"))
+    }
+
+    /// GET `path` as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.http.get(format!("{}{path}", self.base)).send().await.expect("http get").text().await.expect("text")
+    }
+
+    /// POST `path` with a JSON body.
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self.http.post(format!("{}{path}", self.base)).json(&body).send().await.expect("http post");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Polls `/ready` until 200.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = self.get_json("/ready").await;
+            if status == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "daemon not ready: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for the exit status (at most `timeout`).
+    pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("pid") as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).expect("kill");
+        tokio::time::timeout(timeout, self.child.wait()).await.expect("daemon exits in time").expect("wait")
+    }
+}
