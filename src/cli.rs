@@ -68,6 +68,77 @@ pub enum Command {
         #[arg(long)]
         tree: bool,
     },
+    /// Send one task over ZeroMQ and print the answer.
+    Send {
+        /// Task type (e.g. utils.echo), or `auto`.
+        #[arg(value_name = "TYPE")]
+        task_type: String,
+        /// Input: text, or JSON when it parses as JSON.
+        input: String,
+        /// Send to this agent directly.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Priority 0–9 (9 highest).
+        #[arg(long, default_value_t = 5)]
+        priority: u8,
+        /// Stream the answer as it comes.
+        #[arg(long)]
+        stream: bool,
+        /// Print the raw reply envelope (and chunks) as JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Seconds to wait for the answer (also sent as `deadline_ms`).
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+        /// ROUTER endpoint (default: `bus.ingress`).
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+    /// Print the event stream as `TOPIC JSON` lines.
+    Events {
+        /// Only topics starting with this prefix (e.g. `agent.`).
+        #[arg(long, default_value = "")]
+        topic: String,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+        /// PUB endpoint (default: `bus.events`).
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+    /// Load generator: drive tasks through the ZeroMQ ingress, report tasks/s
+    /// and latency percentiles.
+    Bench {
+        /// Task type.
+        #[arg(long = "type", default_value = "utils.echo")]
+        task_type: String,
+        /// Input (text, or JSON when it parses).
+        #[arg(long, default_value = "ping")]
+        input: String,
+        /// Tasks in total.
+        #[arg(long, default_value_t = 20_000)]
+        tasks: usize,
+        /// Tasks in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// DEALER connections.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Offered load, tasks per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// ROUTER endpoint (default: `bus.ingress`).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Text, or JSON when it parses as JSON.
+fn parse_input(input: &str) -> serde_json::Value {
+    serde_json::from_str(input).unwrap_or_else(|_| serde_json::Value::String(input.to_string()))
 }
 
 impl Cli {
@@ -123,6 +194,90 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
                     Ok(1)
                 }
             }
+        }
+        Command::Send { task_type, input, agent, priority, stream, json, timeout, endpoint } => {
+            let settings = cli.settings(&[])?;
+            let endpoint = endpoint.clone().unwrap_or(settings.bus.ingress);
+            let id = uuid::Uuid::new_v4().to_string();
+            let mut env = serde_json::json!({
+                "id": id, "type": task_type, "input": parse_input(input), "priority": priority,
+                "stream": stream, "deadline_ms": (timeout * 1000.0) as u64,
+            });
+            if let Some(a) = agent {
+                env["agent"] = serde_json::json!(a);
+            }
+            let json_out = *json;
+            let reply = crate::bus::client::send(&endpoint, &env, std::time::Duration::from_secs_f64(*timeout + 1.0), |chunk| {
+                if json_out {
+                    println!("{chunk}");
+                } else if let Some(d) = chunk.get("delta").and_then(|d| d.as_str()) {
+                    use std::io::Write;
+                    print!("{d}");
+                    let _ = std::io::stdout().flush();
+                }
+            })
+            .await?;
+            if json_out {
+                println!("{}", serde_json::to_string(&reply)?);
+            } else {
+                if *stream {
+                    println!();
+                }
+                match (&reply.output, &reply.error) {
+                    (Some(serde_json::Value::String(s)), _) if !*stream => println!("{s}"),
+                    (Some(v), _) if !*stream => println!("{}", serde_json::to_string_pretty(v)?),
+                    (_, Some(e)) => eprintln!("error: {}: {}", e.code, e.message),
+                    _ => {}
+                }
+                if let Some(t) = reply.timings_ms {
+                    eprintln!(
+                        "agent {} · {} · total {:.2} ms (queue {:.2}, start {:.2}, backend {:.2})",
+                        reply.agent.as_deref().unwrap_or("-"),
+                        reply.status,
+                        t.total,
+                        t.queue,
+                        t.start,
+                        t.backend
+                    );
+                }
+            }
+            Ok(if reply.status == "ok" { 0 } else { 1 })
+        }
+        Command::Events { topic, count, endpoint } => {
+            let settings = cli.settings(&[])?;
+            let endpoint = endpoint.clone().unwrap_or(settings.bus.events);
+            crate::bus::client::events(&endpoint, topic, *count).await?;
+            Ok(0)
+        }
+        Command::Bench { task_type, input, tasks, concurrency, connections, rate, endpoint, json } => {
+            let settings = cli.settings(&[])?;
+            let opts = crate::bus::client::BenchOptions {
+                endpoint: endpoint.clone().unwrap_or(settings.bus.ingress),
+                task_type: task_type.clone(),
+                input: parse_input(input),
+                tasks: *tasks,
+                concurrency: *concurrency,
+                connections: *connections,
+                rate: *rate,
+            };
+            let r = crate::bus::client::bench(opts).await?;
+            if *json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} tasks ({} ok, {} errors) in {:.2} s: {:.0} tasks/s; latency p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (concurrency {concurrency}, connections {connections}{})",
+                    r.ok + r.errors,
+                    r.ok,
+                    r.errors,
+                    r.seconds,
+                    r.tasks_per_second,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.max_ms,
+                    rate.map(|x| format!(", offered {x} tasks/s")).unwrap_or_default()
+                );
+            }
+            Ok(if r.errors == 0 { 0 } else { 1 })
         }
         Command::Agents { profile, tree } => {
             let settings = cli.settings(&[])?;

@@ -61,6 +61,10 @@ pub async fn run(settings: Settings, catalog: Catalog, plan: Plan, shutdown: imp
         fleet.ctx().plan.dormant.len(),
         report.elapsed.as_secs_f64() * 1e3
     );
+    if let Some((ingress, events)) = fleet.ctx().bus_endpoints() {
+        println!("bus: ingress on {ingress}");
+        println!("bus: events on {events}");
+    }
     for (agent, reason) in &report.unavailable {
         println!("  unavailable: {agent}: {reason}");
     }

@@ -9,6 +9,7 @@
 //!
 //! - [`config`]: settings, the agent catalog and its validation, profiles.
 //! - [`supervisor`]: root and group supervisors, restart policy, on-demand starts.
+//! - [`bus`]: the ZeroMQ task bus: envelope, admission queue, replies, events.
 //! - [`agents`]: the agent actor and its runtimes (builtin, llm, process).
 //! - [`events`]: the ordered event stream (`seq`, `ts`).
 //! - [`telemetry`]: metric names, the HTTP endpoints, tracing.
@@ -29,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod agents;
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod daemon;

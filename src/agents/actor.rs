@@ -17,8 +17,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::FutureExt;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
+use tokio::task::JoinSet;
 
+use super::builtin::{self, Builtin};
 use super::process::ProcessChild;
 use super::task::{ErrorCode, Task, TaskError, TaskReply};
 use crate::config::spec::{AgentSpec, RuntimeSpec};
@@ -111,6 +114,13 @@ pub enum AgentMsg {
     },
     /// Crash on purpose (ignored unless fault injection is enabled).
     InjectFault(Fault),
+    /// A builtin task handler panicked: the agent fails (and restarts).
+    TaskPanicked {
+        /// The task.
+        task_id: String,
+        /// The panic message.
+        message: String,
+    },
     /// The child program of a process agent exited.
     ChildExited {
         /// `true` for exit status 0.
@@ -135,6 +145,9 @@ pub struct AgentState {
     spec: Arc<AgentSpec>,
     ctx: Arc<FleetCtx>,
     child: Option<ProcessChild>,
+    builtin: Option<Arc<dyn Builtin>>,
+    /// Tasks being answered by the builtin behaviour (aborted on stop).
+    tasks: JoinSet<()>,
     /// Dependency restarts seen (re-resolutions done).
     dependency_restarts: u64,
 }
@@ -153,10 +166,18 @@ impl Actor for AgentActor {
             RuntimeSpec::Process { .. } => Some(ProcessChild::start(&spec, &ctx, myself, deadline).await?),
             RuntimeSpec::Builtin { .. } | RuntimeSpec::Llm { .. } => None,
         };
-        Ok(AgentState { spec, ctx, child, dependency_restarts: 0 })
+        let builtin = builtin::create(&spec, &ctx);
+        if let Some(b) = &builtin {
+            b.start().await?;
+        }
+        Ok(AgentState { spec, ctx, child, builtin, tasks: JoinSet::new(), dependency_restarts: 0 })
     }
 
     async fn post_stop(&self, _myself: ActorRef<AgentMsg>, state: &mut AgentState) -> Result<(), ActorProcessingErr> {
+        state.tasks.abort_all();
+        if let Some(b) = &state.builtin {
+            b.stop().await;
+        }
         if let Some(child) = state.child.as_mut() {
             child.stop(state.ctx.settings.supervisor.shutdown_timeout_secs).await;
         }
@@ -169,8 +190,12 @@ impl Actor for AgentActor {
         msg: AgentMsg,
         state: &mut AgentState,
     ) -> Result<(), ActorProcessingErr> {
+        while state.tasks.try_join_next().is_some() {}
         match msg {
-            AgentMsg::Task(task, reply) => self.task(state, task, reply),
+            AgentMsg::Task(task, reply) => self.task(&myself, state, task, reply),
+            AgentMsg::TaskPanicked { task_id, message } => {
+                return Err(format!("task {task_id} panicked: {message}").into());
+            }
             AgentMsg::DependencyRestarted { dependency } => {
                 state.dependency_restarts += 1;
                 tracing::debug!(agent = %state.spec.name, dependency, "dependency restarted; re-resolving by name");
@@ -201,8 +226,33 @@ impl Actor for AgentActor {
 }
 
 impl AgentActor {
-    fn task(&self, state: &mut AgentState, task: Task, reply: RpcReplyPort<TaskReply>) {
+    fn task(&self, myself: &ActorRef<AgentMsg>, state: &mut AgentState, task: Task, reply: RpcReplyPort<TaskReply>) {
         let spec = &state.spec;
+        if let Some(b) = &state.builtin {
+            let (b, ctx, me, agent) = (b.clone(), state.ctx.clone(), myself.clone(), spec.name.clone());
+            state.tasks.spawn(async move {
+                let (id, cancel) = (task.id.clone(), task.cancel.clone());
+                let work = std::panic::AssertUnwindSafe(b.handle(task)).catch_unwind();
+                let answer = tokio::select! {
+                    r = work => match r {
+                        Ok(answer) => answer,
+                        Err(panic) => {
+                            let message = panic_message(&panic);
+                            let _ = me.cast(AgentMsg::TaskPanicked { task_id: id.clone(), message: message.clone() });
+                            Err(TaskError::new(ErrorCode::Internal, format!("{agent} failed on task {id}: {message}")))
+                        }
+                    },
+                    _ = cancel.cancelled() => Err(TaskError::new(ErrorCode::Cancelled, format!("task {id} was cancelled"))),
+                };
+                let outcome = match &answer {
+                    Ok(_) => "ok",
+                    Err(e) => e.code.as_str(),
+                };
+                ctx.metrics.tasks.with_label_values(&[&agent, outcome]).inc();
+                let _ = reply.send(answer);
+            });
+            return;
+        }
         match (&spec.runtime, state.child.as_ref()) {
             (RuntimeSpec::Process { .. }, Some(child)) => child.request(task, reply),
             (runtime, _) => {
@@ -217,6 +267,14 @@ impl AgentActor {
             }
         }
     }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 /// Spawns the actor of `spec` under `supervisor` and runs its start hook.

@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// One task handed to an agent.
 #[derive(Debug, Clone)]
@@ -20,6 +22,44 @@ pub struct Task {
     pub input: Value,
     /// When the answer is due; `None`: the caller's default.
     pub deadline: Option<Instant>,
+    /// Where streamed pieces of the answer go (`stream: true`); `None`:
+    /// the client wants only the final answer.
+    pub chunks: Option<mpsc::UnboundedSender<String>>,
+    /// Cancelled when the client cancels, leaves, or the deadline passes;
+    /// the agent stops the work.
+    pub cancel: CancellationToken,
+    /// Conversation session, when the client set one.
+    pub session: Option<String>,
+}
+
+impl Task {
+    /// A task with no deadline, no streaming and no session.
+    pub fn new(id: impl Into<String>, task_type: impl Into<String>, input: Value) -> Task {
+        Task {
+            id: id.into(),
+            task_type: task_type.into(),
+            input,
+            deadline: None,
+            chunks: None,
+            cancel: CancellationToken::new(),
+            session: None,
+        }
+    }
+
+    /// Sends one streamed piece when the client asked for streaming.
+    pub fn emit(&self, delta: impl Into<String>) {
+        if let Some(tx) = &self.chunks {
+            let _ = tx.send(delta.into());
+        }
+    }
+
+    /// The input as text: a JSON string as is, anything else as JSON text.
+    pub fn input_text(&self) -> String {
+        match &self.input {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// What an agent answers: its output, or an error.
@@ -29,6 +69,14 @@ pub type TaskReply = Result<Value, TaskError>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
+    /// The message body is not JSON.
+    MalformedJson,
+    /// The message's frames are not `[identity][(empty)][body]`.
+    MalformedMessage,
+    /// A field is missing, of the wrong type, out of range or unknown.
+    InvalidField,
+    /// The message is larger than `bus.max_message_bytes`.
+    MessageTooLarge,
     /// The agent's behaviour is not built yet.
     NotImplemented,
     /// No agent of that name in the run.
@@ -65,6 +113,10 @@ impl ErrorCode {
     /// The snake_case code.
     pub fn as_str(self) -> &'static str {
         match self {
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::MalformedMessage => "malformed_message",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::MessageTooLarge => "message_too_large",
             ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::UnknownAgent => "unknown_agent",
             ErrorCode::UnknownTaskType => "unknown_task_type",

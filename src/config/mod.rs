@@ -110,6 +110,14 @@ pub struct BusSettings {
     pub events: String,
     /// Largest accepted task message, bytes.
     pub max_message_bytes: usize,
+    /// Most tasks waiting in the admission queue (all agents together);
+    /// past it a task is answered `busy`.
+    pub max_queue: usize,
+    /// Agent that takes tasks of an unknown type (`None`: `unknown_task_type`).
+    pub default_agent: Option<String>,
+    /// Milliseconds a reply may wait to be handed to a slow or gone client
+    /// before it is dropped (and counted).
+    pub send_timeout_ms: u64,
 }
 
 impl Default for BusSettings {
@@ -118,6 +126,9 @@ impl Default for BusSettings {
             ingress: "tcp://127.0.0.1:7201".into(),
             events: "tcp://127.0.0.1:7290".into(),
             max_message_bytes: 1_048_576,
+            max_queue: 65_536,
+            default_agent: None,
+            send_timeout_ms: 1_000,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{OnceLock, Weak};
 use std::time::Instant;
 
 use parking_lot::RwLock;
@@ -34,6 +35,11 @@ pub struct FleetCtx {
     pub started: Instant,
     records: RwLock<BTreeMap<String, AgentRecord>>,
     shutting_down: AtomicBool,
+    /// The fleet handle, for behaviours that drive the supervisor (weak: the
+    /// fleet owns this context).
+    fleet: OnceLock<Weak<super::fleet::Inner>>,
+    /// The bound task-bus endpoints (ROUTER, PUB), once RequestCoordinator runs.
+    bus_endpoints: RwLock<Option<(String, String)>>,
 }
 
 impl FleetCtx {
@@ -70,7 +76,28 @@ impl FleetCtx {
             started: Instant::now(),
             records: RwLock::new(records),
             shutting_down: AtomicBool::new(false),
+            fleet: OnceLock::new(),
+            bus_endpoints: RwLock::new(None),
         }
+    }
+
+    pub(crate) fn set_fleet(&self, fleet: Weak<super::fleet::Inner>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    /// Records the bound bus endpoints (ROUTER, PUB).
+    pub fn set_bus_endpoints(&self, ingress: String, events: String) {
+        *self.bus_endpoints.write() = Some((ingress, events));
+    }
+
+    /// The bound bus endpoints (ROUTER, PUB), when the bus runs.
+    pub fn bus_endpoints(&self) -> Option<(String, String)> {
+        self.bus_endpoints.read().clone()
+    }
+
+    /// The fleet handle, while the fleet exists.
+    pub fn fleet(&self) -> Option<super::fleet::Fleet> {
+        self.fleet.get().and_then(Weak::upgrade).map(super::fleet::Fleet::from_inner)
     }
 
     /// Moves `agent` to `state`, publishing `topic` (default: the state's

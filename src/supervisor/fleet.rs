@@ -62,7 +62,7 @@ pub struct Fleet {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     ctx: Arc<FleetCtx>,
     root: ActorRef<RootMsg>,
     groups: BTreeMap<String, ActorRef<GroupMsg>>,
@@ -99,7 +99,13 @@ impl Fleet {
                 .map_err(|e| spawn_err(&name, e))?;
             groups.insert(group, g);
         }
-        Ok(Fleet { inner: Arc::new(Inner { ctx, root, groups, lazy: LazyLoader::default() }) })
+        let inner = Arc::new(Inner { ctx: ctx.clone(), root, groups, lazy: LazyLoader::default() });
+        ctx.set_fleet(Arc::downgrade(&inner));
+        Ok(Fleet { inner })
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Fleet {
+        Fleet { inner }
     }
 
     /// The shared context (settings, catalog, plan, events, metrics, records).

@@ -46,7 +46,8 @@ async fn metrics(State(fleet): State<Fleet>) -> Response {
 }
 
 async fn health(State(fleet): State<Fleet>) -> Json<Value> {
-    Json(json!({"status": "ok", "uptime_seconds": fleet.ctx().started.elapsed().as_secs_f64()}))
+    let bus = fleet.ctx().bus_endpoints().map(|(ingress, events)| json!({"ingress": ingress, "events": events}));
+    Json(json!({"status": "ok", "uptime_seconds": fleet.ctx().started.elapsed().as_secs_f64(), "bus": bus}))
 }
 
 async fn ready(State(fleet): State<Fleet>) -> Response {

@@ -6,11 +6,14 @@
 //! text, ids or URLs.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets for start durations, seconds: 100 µs to 30 s (the start SLA).
 const START_BUCKETS: &[f64] = &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0];
+
+/// Buckets for task durations, seconds: 50 µs to 60 s.
+const TASK_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0, 60.0];
 
 /// The daemon's metrics. One registry per daemon, so tests can run several.
 #[derive(Clone)]
@@ -43,6 +46,18 @@ pub struct Metrics {
     pub tasks: IntCounterVec,
     /// `agentvisor_process_agents_running`: child processes alive.
     pub children: IntGauge,
+    /// `agentvisor_bad_requests_total{code}`: messages answered with an error code before or instead of running.
+    pub bad_requests: IntCounterVec,
+    /// `agentvisor_bus_replies_dropped_total{reason}`; reason timeout|peer_gone.
+    pub replies_dropped: IntCounterVec,
+    /// `agentvisor_bus_messages_total{direction}`; direction in|out.
+    pub bus_messages: IntCounterVec,
+    /// `agentvisor_bus_queue_depth`: tasks waiting in the admission queue.
+    pub queue_depth: IntGauge,
+    /// `agentvisor_task_duration_seconds{agent}`: receipt to reply of bus tasks.
+    pub task_duration: HistogramVec,
+    /// `agentvisor_events_dropped_total`: events the PUB socket missed because it lagged.
+    pub events_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -69,11 +84,19 @@ impl Metrics {
             registry.register(Box::new(h.clone())).expect("unique metric");
             h
         };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
         let build_info = gauge_vec("agentvisor_build_info", "Build information; always 1.", &["version"]);
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let children = IntGauge::new("agentvisor_process_agents_running", "Child processes of process agents alive.")
-            .expect("valid metric");
-        registry.register(Box::new(children.clone())).expect("unique metric");
+        let events_dropped = IntCounter::new(
+            "agentvisor_events_dropped_total",
+            "Events the PUB socket missed because it fell behind the event stream.",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(events_dropped.clone())).expect("unique metric");
         Metrics {
             build_info,
             agents_by_state: gauge_vec("agentvisor_agents", "Agents per lifecycle state.", &["state"]),
@@ -99,7 +122,30 @@ impl Metrics {
             ),
             events: counter_vec("agentvisor_events_total", "Events published, by topic.", &["topic"]),
             tasks: counter_vec("agentvisor_tasks_total", "Tasks answered, by agent and outcome.", &["agent", "outcome"]),
-            children,
+            children: gauge("agentvisor_process_agents_running", "Child processes of process agents alive."),
+            bad_requests: counter_vec(
+                "agentvisor_bad_requests_total",
+                "Task messages answered with an error before running, by error code.",
+                &["code"],
+            ),
+            replies_dropped: counter_vec(
+                "agentvisor_bus_replies_dropped_total",
+                "Replies that could not be handed to their client, by reason.",
+                &["reason"],
+            ),
+            bus_messages: counter_vec("agentvisor_bus_messages_total", "ZeroMQ task messages by direction.", &["direction"]),
+            queue_depth: gauge("agentvisor_bus_queue_depth", "Tasks waiting in the admission queue."),
+            task_duration: HistogramVec::new(
+                HistogramOpts::new("agentvisor_task_duration_seconds", "Receipt to reply of bus tasks, per agent.")
+                    .buckets(TASK_BUCKETS.to_vec()),
+                &["agent"],
+            )
+            .map(|h| {
+                registry.register(Box::new(h.clone())).expect("unique metric");
+                h
+            })
+            .expect("valid metric"),
+            events_dropped,
             registry,
         }
     }

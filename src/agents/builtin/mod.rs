@@ -1,4 +1,83 @@
 //! Builtin behaviours: Rust code answering tasks in-process, one file per
-//! behaviour. None is built yet: every builtin agent answers tasks with
-//! `not_implemented` until its issue lands (the task-bus issue brings
-//! UnifiedUtilsAgent and UnifiedSystemAgent first).
+//! behaviour. Each file documents the task types it handles, their input and
+//! output JSON, and its state.
+//!
+//! | agent | file | task types |
+//! | --- | --- | --- |
+//! | UnifiedUtilsAgent | [`utils`] | `utils.echo`, `utils.time`, `utils.uuid`, `utils.hash`, `utils.sleep` |
+//! | UnifiedSystemAgent | [`system`] | `system.agents`, `system.status`, `system.start`, `system.stop`, `system.restart` |
+//! | LazyLoader | [`lazy_loader`] | `lazy.ensure`, `lazy.status` |
+//! | RequestCoordinator | [`request_coordinator`] | `coordinator.status`; owns the ZeroMQ sockets |
+//!
+//! Every other builtin agent answers tasks with `not_implemented` until its
+//! issue lands — never with a made-up answer.
+
+pub mod lazy_loader;
+pub mod request_coordinator;
+pub mod system;
+pub mod utils;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::actor::StartError;
+use super::task::{ErrorCode, Task, TaskError, TaskReply};
+use crate::config::spec::AgentSpec;
+use crate::supervisor::context::FleetCtx;
+
+/// A builtin behaviour. Tasks run concurrently (each in its own tokio
+/// task), so handlers take `&self`; state lives behind interior mutability.
+#[async_trait]
+pub trait Builtin: Send + Sync + 'static {
+    /// Start hook, run in the actor's `pre_start` (bind sockets, open
+    /// files). The agent is `running` only after it returned `Ok`.
+    async fn start(&self) -> Result<(), StartError> {
+        Ok(())
+    }
+
+    /// Answers one task. Dropping the future (cancellation, deadline) must
+    /// stop the work.
+    async fn handle(&self, task: Task) -> TaskReply;
+
+    /// Stop hook, run in the actor's `post_stop`.
+    async fn stop(&self) {}
+}
+
+/// The behaviour of `spec`, when one is built; `None` otherwise.
+pub fn create(spec: &AgentSpec, ctx: &Arc<FleetCtx>) -> Option<Arc<dyn Builtin>> {
+    let name = match &spec.runtime {
+        crate::config::spec::RuntimeSpec::Builtin { behaviour } => behaviour.as_deref().unwrap_or(&spec.name),
+        _ => return None,
+    };
+    match name {
+        "UnifiedUtilsAgent" => Some(Arc::new(utils::Utils)),
+        "UnifiedSystemAgent" => Some(Arc::new(system::SystemAdmin { ctx: ctx.clone() })),
+        "LazyLoader" => Some(Arc::new(lazy_loader::LazyLoaderAgent { ctx: ctx.clone() })),
+        "RequestCoordinator" => Some(Arc::new(request_coordinator::RequestCoordinator::new(ctx.clone()))),
+        _ => None,
+    }
+}
+
+/// `invalid_field` error for a task input.
+pub(crate) fn bad_input(task: &Task, why: impl std::fmt::Display) -> TaskError {
+    TaskError::new(ErrorCode::InvalidField, format!("input of {}: {why}", task.task_type))
+}
+
+/// `unknown_task_type` error for a type this behaviour does not handle.
+pub(crate) fn unknown_type(agent: &str, task: &Task) -> TaskError {
+    TaskError::new(ErrorCode::UnknownTaskType, format!("{agent} does not handle task type {}", task.task_type))
+}
+
+/// The agent name a task input names: a string, or `{"agent": NAME}`.
+pub(crate) fn agent_arg(task: &Task) -> Result<String, TaskError> {
+    match &task.input {
+        serde_json::Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        serde_json::Value::Object(m) => m
+            .get("agent")
+            .and_then(|a| a.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| bad_input(task, "expected an agent name or {\"agent\": NAME}")),
+        _ => Err(bad_input(task, "expected an agent name or {\"agent\": NAME}")),
+    }
+}

@@ -1,0 +1,74 @@
+//! UnifiedSystemAgent: the admin interface as tasks. Holds no state of its
+//! own: it reads and drives the supervisor.
+//!
+//! | type | input | output |
+//! | --- | --- | --- |
+//! | `system.agents` | ignored | `{"profile", "agents": [AGENT]}` (AGENT as in `GET /agents/{name}`) |
+//! | `system.status` | agent name or `{"agent": NAME}` | AGENT |
+//! | `system.start` | agent name | AGENT after an on-demand start (dependencies included) |
+//! | `system.stop` | agent name | AGENT, now `stopped` |
+//! | `system.restart` | agent name | AGENT after an operator restart (a `fatal` agent comes back) |
+//!
+//! Errors: `unknown_agent`, `start_timeout`, `agent_unavailable`, `agent_fatal`, `start_failed`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::json;
+
+use super::{Builtin, agent_arg, unknown_type};
+use crate::agents::task::{Task, TaskError, TaskReply};
+use crate::supervisor::context::FleetCtx;
+use crate::supervisor::state::AgentState;
+use crate::telemetry::http::record_json;
+
+/// The UnifiedSystemAgent behaviour.
+pub struct SystemAdmin {
+    /// The fleet it administers.
+    pub ctx: Arc<FleetCtx>,
+}
+
+impl SystemAdmin {
+    fn status(&self, agent: &str) -> TaskReply {
+        self.ctx
+            .record(agent)
+            .map(|r| record_json(&r))
+            .ok_or_else(|| crate::agents::actor::StartError::UnknownAgent(agent.to_string()).to_task_error())
+    }
+}
+
+#[async_trait]
+impl Builtin for SystemAdmin {
+    async fn handle(&self, task: Task) -> TaskReply {
+        let fleet = self.ctx.fleet().ok_or_else(|| crate::agents::actor::StartError::ShuttingDown.to_task_error())?;
+        match task.task_type.as_str() {
+            "system.agents" => {
+                let agents: Vec<_> = self.ctx.snapshot().iter().map(record_json).collect();
+                Ok(json!({"profile": self.ctx.plan.name, "agents": agents}))
+            }
+            "system.status" => self.status(&agent_arg(&task)?),
+            "system.start" => {
+                let agent = agent_arg(&task)?;
+                fleet.ensure(&agent).await.map_err(|e| e.to_task_error())?;
+                self.status(&agent)
+            }
+            "system.stop" => {
+                let agent = agent_arg(&task)?;
+                if agent == "UnifiedSystemAgent" {
+                    return Err(TaskError::new(
+                        crate::agents::task::ErrorCode::InvalidField,
+                        "UnifiedSystemAgent cannot stop itself over a task; use POST /agents/UnifiedSystemAgent/stop",
+                    ));
+                }
+                fleet.stop_agent(&agent, AgentState::Stopped, "stopped by system.stop").await.map_err(|e| e.to_task_error())?;
+                self.status(&agent)
+            }
+            "system.restart" => {
+                let agent = agent_arg(&task)?;
+                fleet.restart_agent(&agent).await.map_err(|e| e.to_task_error())?;
+                self.status(&agent)
+            }
+            _ => Err(unknown_type("UnifiedSystemAgent", &task)),
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The ROUTER side: receives `[identity][(empty)][body]` messages, checks
+//! framing and size, decodes, and hands requests to the dispatcher; sends
+//! replies back with a timeout so that a slow or gone client never blocks
+//! anyone.
+//!
+//! REQ clients send `[identity][empty][body]` (the empty delimiter is
+//! added by their socket) and get replies with the delimiter; DEALER clients
+//! usually send `[identity][body]` and get replies the same way.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use zeromq::{RouterRecvHalf, RouterSendHalf, SocketRecv, SocketSend, ZmqMessage};
+
+use super::dispatch::Cmd;
+use super::envelope::{self, Reply, Request};
+use crate::agents::task::{ErrorCode, TaskError};
+use crate::supervisor::context::FleetCtx;
+
+/// Where a reply goes.
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    /// The ROUTER identity frame of the client's connection.
+    pub identity: Bytes,
+    /// The client sent an empty delimiter frame (REQ): replies carry one too.
+    pub delimited: bool,
+}
+
+/// Sends replies to clients; cheap to clone.
+#[derive(Clone)]
+pub struct Replier {
+    half: RouterSendHalf,
+    ctx: Arc<FleetCtx>,
+    timeout: Duration,
+}
+
+impl Replier {
+    /// A replier over the send half of the ROUTER socket.
+    pub fn new(half: RouterSendHalf, ctx: Arc<FleetCtx>) -> Replier {
+        let timeout = Duration::from_millis(ctx.settings.bus.send_timeout_ms.max(1));
+        Replier { half, ctx, timeout }
+    }
+
+    /// Sends `body` to `client`. A reply that cannot be handed over within
+    /// `bus.send_timeout_ms` or whose client is gone is dropped, logged and
+    /// counted (`agentvisor_bus_replies_dropped_total`).
+    pub async fn send(&self, client: &ClientAddr, body: Vec<u8>) {
+        let mut frames: Vec<Bytes> = Vec::with_capacity(3);
+        frames.push(client.identity.clone());
+        if client.delimited {
+            frames.push(Bytes::new());
+        }
+        frames.push(Bytes::from(body));
+        let Ok(msg) = ZmqMessage::try_from(frames) else { return };
+        let mut half = self.half.clone();
+        let reason = match tokio::time::timeout(self.timeout, half.send(msg)).await {
+            Ok(Ok(())) => {
+                self.ctx.metrics.bus_messages.with_label_values(&["out"]).inc();
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "reply to a gone client dropped");
+                "peer_gone"
+            }
+            Err(_) => {
+                tracing::warn!(timeout_ms = self.timeout.as_millis() as u64, "reply dropped: client too slow");
+                "timeout"
+            }
+        };
+        self.ctx.metrics.replies_dropped.with_label_values(&[reason]).inc();
+    }
+}
+
+/// Receives messages until the socket closes or the dispatcher is gone.
+pub async fn run(mut rx: RouterRecvHalf, replier: Replier, ctx: Arc<FleetCtx>, tx: mpsc::UnboundedSender<Cmd>) {
+    let max = ctx.settings.bus.max_message_bytes;
+    loop {
+        let msg = match rx.recv().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "ROUTER socket closed");
+                return;
+            }
+        };
+        let received = Instant::now();
+        ctx.metrics.bus_messages.with_label_values(&["in"]).inc();
+        let mut frames = msg.into_vecdeque();
+        let Some(identity) = frames.pop_front() else { continue };
+        let delimited = frames.front().is_some_and(|f| f.is_empty()) && frames.len() > 1;
+        if delimited {
+            frames.pop_front();
+        }
+        let client = ClientAddr { identity, delimited };
+        let size: usize = frames.iter().map(Bytes::len).sum();
+        let request = if size > max {
+            Err(envelope::Rejected {
+                id: None,
+                error: TaskError::new(
+                    ErrorCode::MessageTooLarge,
+                    format!("message of {size} bytes exceeds bus.max_message_bytes = {max}"),
+                ),
+            })
+        } else if frames.len() != 1 {
+            Err(envelope::Rejected {
+                id: None,
+                error: TaskError::new(
+                    ErrorCode::MalformedMessage,
+                    format!("expected one body frame after the identity (and empty delimiter), got {}", frames.len()),
+                ),
+            })
+        } else {
+            envelope::decode(&frames[0], max)
+        };
+        let cmd = match request {
+            Ok(Request::Task(task)) => Cmd::Admit { client, task, received },
+            Ok(Request::Cancel { id, target }) => Cmd::Cancel { client, id, target },
+            Err(rejected) => {
+                ctx.metrics.bad_requests.with_label_values(&[rejected.error.code.as_str()]).inc();
+                tracing::info!(task_id = ?rejected.id, code = rejected.error.code.as_str(), error = %rejected.error.message, "bad request");
+                let reply = Reply::error(rejected.id, None, rejected.error, None);
+                let replier = replier.clone();
+                tokio::spawn(async move { replier.send(&client, reply.to_bytes()).await });
+                continue;
+            }
+        };
+        if tx.send(cmd).is_err() {
+            return;
+        }
+    }
+}
