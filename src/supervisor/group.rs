@@ -117,8 +117,11 @@ pub struct GroupState {
     refs: HashMap<String, ActorRef<AgentMsg>>,
     trackers: HashMap<String, RestartTracker>,
     waiters: HashMap<String, Vec<RpcReplyPort<StartResult>>>,
-    /// Starts, restart timers and batches in progress, by agent.
+    /// Start tasks in progress, by agent.
     in_flight: HashMap<String, AbortHandle>,
+    /// Group restarts in progress: after the key agent is running, start these
+    /// (in start order).
+    batch_next: HashMap<String, Vec<String>>,
     /// Agents being stopped on purpose: their exit is not a failure.
     intentional: HashMap<String, (AgentState, String)>,
     /// Agents whose next `running` is a restart.
@@ -146,6 +149,7 @@ impl Actor for GroupSupervisor {
             trackers: HashMap::new(),
             waiters: HashMap::new(),
             in_flight: HashMap::new(),
+            batch_next: HashMap::new(),
             intentional: HashMap::new(),
             restarting: HashSet::new(),
             tasks: JoinSet::new(),
@@ -301,6 +305,26 @@ impl GroupState {
         restart_on_failure: bool,
     ) {
         self.in_flight.remove(&agent);
+        if result.is_err() && self.ctx.state(&agent) != Some(AgentState::Starting) {
+            // Stopped (or rolled back) while starting: the stop already settled its state.
+            tracing::debug!(agent, "start result after a stop ignored");
+            return;
+        }
+        self.spawn_done_inner(myself, &agent, result, elapsed, restart_on_failure);
+        if let Some(rest) = self.batch_next.remove(&agent) {
+            self.continue_batch(myself, rest);
+        }
+    }
+
+    fn spawn_done_inner(
+        &mut self,
+        myself: &ActorRef<GroupMsg>,
+        agent: &str,
+        result: Result<ActorRef<AgentMsg>, StartError>,
+        elapsed: Duration,
+        restart_on_failure: bool,
+    ) {
+        let agent = agent.to_string();
         let runtime = self.spec(&agent).map(|s| s.runtime.kind().as_str()).unwrap_or("builtin");
         let metrics = &self.ctx.metrics;
         match result {
@@ -400,23 +424,24 @@ impl GroupState {
                 self.restarting.insert(agent.to_string());
                 let delay_ms = delay.as_secs_f64() * 1e3;
                 self.ctx.transition(agent, AgentState::Backoff, None, json!({"delay_ms": delay_ms, "restart_with": affected}));
-                let mut batch = vec![agent.to_string()];
-                batch.extend(affected);
+                // Restart in start order (dependencies first), the failed agent in its place.
+                let batch: Vec<String> = self
+                    .members
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .filter(|n| n == agent || affected.contains(n))
+                    .collect();
                 let me = myself.clone();
                 let stop_timeout = Duration::from_secs_f64(self.ctx.settings.supervisor.shutdown_timeout_secs + 1.0);
-                let names = batch.clone();
-                let handle = self.tasks.spawn(async move {
+                self.tasks.spawn(async move {
                     for actor in stops.iter().rev() {
                         if actor.stop_and_wait(Some("group restart".into()), Some(stop_timeout)).await.is_err() {
                             actor.kill();
                         }
                     }
                     tokio::time::sleep(delay).await;
-                    let _ = me.cast(GroupMsg::RestartDue { batch: names });
+                    let _ = me.cast(GroupMsg::RestartDue { batch });
                 });
-                for name in batch {
-                    self.in_flight.insert(name, handle.clone());
-                }
             }
         }
     }
@@ -436,34 +461,24 @@ impl GroupState {
             .collect()
     }
 
+    /// The backoff delay passed: start the batch one agent after the other,
+    /// each once the previous one is running (or failed). Agents stopped
+    /// meanwhile (no longer `restarting`) are left out.
     fn restart_batch(&mut self, myself: &ActorRef<GroupMsg>, batch: Vec<String>) {
-        for name in &batch {
-            self.in_flight.remove(name);
-        }
         if self.ctx.shutting_down() {
             return;
         }
-        let specs: Vec<Arc<AgentSpec>> = batch.iter().filter_map(|n| self.spec(n).cloned()).collect();
-        let (ctx, cell, me) = (self.ctx.clone(), myself.get_cell(), myself.clone());
-        let handle = self.tasks.spawn(async move {
-            for spec in specs {
-                let agent = spec.name.clone();
-                if ctx.state(&agent) == Some(AgentState::Dormant) {
-                    continue; // rolled back meanwhile
-                }
-                ctx.transition(&agent, AgentState::Starting, None, json!({"restart": true}));
-                let t0 = Instant::now();
-                let result = spawn_agent(spec, ctx.clone(), None, cell.clone()).await;
-                let done = GroupMsg::SpawnDone { agent, result, elapsed: t0.elapsed(), restart_on_failure: true };
-                if let Err(ractor::MessagingErr::SendErr(GroupMsg::SpawnDone { result: Ok(actor), .. })) = me.cast(done) {
-                    actor.kill();
-                    return;
-                }
-            }
-        });
-        for name in batch {
-            self.in_flight.insert(name, handle.clone());
+        self.continue_batch(myself, batch);
+    }
+
+    fn continue_batch(&mut self, myself: &ActorRef<GroupMsg>, batch: Vec<String>) {
+        let mut rest = batch.into_iter().filter(|a| self.restarting.contains(a));
+        let Some(next) = rest.next() else { return };
+        let rest: Vec<String> = rest.collect();
+        if !rest.is_empty() {
+            self.batch_next.insert(next.clone(), rest);
         }
+        self.spawn_start(myself, next, None, true);
     }
 
     fn stop(&mut self, myself: &ActorRef<GroupMsg>, agent: String, target: AgentState, reason: String, reply: RpcReplyPort<()>) {
@@ -471,6 +486,10 @@ impl GroupState {
             h.abort();
         }
         self.restarting.remove(&agent);
+        if let Some(rest) = self.batch_next.remove(&agent) {
+            // A group restart was waiting for this agent: go on without it.
+            self.continue_batch(myself, rest);
+        }
         self.reply_waiters(&agent, Err(StartError::Cancelled { agent: agent.clone() }));
         let Some(actor) = self.refs.get(&agent).cloned() else {
             if self.ctx.state(&agent) != Some(target) {

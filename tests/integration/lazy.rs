@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::util::{self, EventLog, builtin, jsonl_agent, write_catalog};
 
 fn task(id: &str) -> Task {
-    Task { id: id.into(), task_type: "reasoning".into(), input: json!("why?"), deadline: None }
+    Task::new(id, "reasoning", json!("why?"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,13 @@
+//! Integration tests: the real daemon binary, real actors, real child
+//! processes, real HTTP. One binary; each test in its own temp dir. Run with
+//! `cargo nextest run` (one process per test).
+
+mod util;
+
+mod bus;
+mod check;
+mod crash;
+mod daemon;
+mod lazy;
+mod legacy;
+mod strategies;
