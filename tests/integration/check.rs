@@ -18,9 +18,8 @@ fn reference_profiles_resolve_to_their_true_sizes() {
     {
         let (code, out) = check(&["--profile", profile]);
         assert_eq!(code, 0, "{out}");
-        let expected = format!(
-            "profile {profile}: {total} agents ({selected} selected + {pulled} pulled in by dependencies)"
-        );
+        let expected =
+            format!("profile {profile}: {total} agents ({selected} selected + {pulled} pulled in by dependencies)");
         assert!(out.contains(&expected), "expected `{expected}` in:\n{out}");
         assert!(out.contains("ok: no problems"), "{out}");
     }
@@ -70,4 +69,39 @@ fn unknown_profile_and_agents_command() {
     let out = Command::new(bin()).args(["agents", "--profile", "full"]).current_dir(root()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 78, "header + 77 agents:\n{text}");
+}
+
+#[test]
+fn settings_layer_environment_over_file_and_reject_unknown_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir_all(&profiles).unwrap();
+    std::fs::write(
+        profiles.join("tiny.yaml"),
+        "profile: {name: tiny}\nagent_selection: {include_agents: [ObservabilityHub]}\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("agentvisor.yaml");
+    std::fs::write(&cfg, format!("agents_dir: {}\nprofiles_dir: /nonexistent\n", root().join("agents").display()))
+        .unwrap();
+    let run = |env: &[(&str, &str)]| {
+        let out = Command::new(bin())
+            .args(["--config", cfg.to_str().unwrap(), "check", "--profile", "tiny"])
+            .envs(env.iter().copied())
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    // The file's profiles_dir does not exist: the profile is not found.
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(1), "{out}");
+    // The environment wins over the file.
+    let (code, out) = run(&[("AGENTVISOR__PROFILES_DIR", profiles.to_str().unwrap())]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("profile tiny: 2 agents (1 selected + 1 pulled in by dependencies)"), "{out}");
+    // An unknown key is an error, naming it.
+    let (code, out) = run(&[("AGENTVISOR__HTTP__LISTNE", "x")]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("listne"), "{out}");
 }
