@@ -207,15 +207,20 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
                 env["agent"] = serde_json::json!(a);
             }
             let json_out = *json;
-            let reply = crate::bus::client::send(&endpoint, &env, std::time::Duration::from_secs_f64(*timeout + 1.0), |chunk| {
-                if json_out {
-                    println!("{chunk}");
-                } else if let Some(d) = chunk.get("delta").and_then(|d| d.as_str()) {
-                    use std::io::Write;
-                    print!("{d}");
-                    let _ = std::io::stdout().flush();
-                }
-            })
+            let reply = crate::bus::client::send(
+                &endpoint,
+                &env,
+                std::time::Duration::from_secs_f64(*timeout + 1.0),
+                |chunk| {
+                    if json_out {
+                        println!("{chunk}");
+                    } else if let Some(d) = chunk.get("delta").and_then(|d| d.as_str()) {
+                        use std::io::Write;
+                        print!("{d}");
+                        let _ = std::io::stdout().flush();
+                    }
+                },
+            )
             .await?;
             if json_out {
                 println!("{}", serde_json::to_string(&reply)?);

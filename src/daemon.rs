@@ -35,7 +35,12 @@ pub fn load_plan(settings: &Settings, catalog: Option<&Path>, profile_name: &str
 /// # Errors
 /// The HTTP address cannot be bound, the data dir cannot be created, or
 /// the supervisors cannot start.
-pub async fn run(settings: Settings, catalog: Catalog, plan: Plan, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    catalog: Catalog,
+    plan: Plan,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data_dir {}", settings.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(&settings.http.listen)

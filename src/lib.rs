@@ -10,6 +10,7 @@
 //! - [`config`]: settings, the agent catalog and its validation, profiles.
 //! - [`supervisor`]: root and group supervisors, restart policy, on-demand starts.
 //! - [`bus`]: the ZeroMQ task bus: envelope, admission queue, replies, events.
+//! - [`backends`]: model backends (OpenAI-compatible HTTP; embedded later).
 //! - [`agents`]: the agent actor and its runtimes (builtin, llm, process).
 //! - [`events`]: the ordered event stream (`seq`, `ts`).
 //! - [`telemetry`]: metric names, the HTTP endpoints, tracing.
@@ -30,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod agents;
+pub mod backends;
 pub mod bus;
 pub mod cli;
 pub mod config;

@@ -207,7 +207,9 @@ impl Actor for AgentActor {
                 }
                 match fault {
                     Fault::Panic => panic!("fault injection: {} panics in its handler", state.spec.name),
-                    Fault::Error => return Err(format!("fault injection: {} fails in its handler", state.spec.name).into()),
+                    Fault::Error => {
+                        return Err(format!("fault injection: {} fails in its handler", state.spec.name).into());
+                    }
                 }
             }
             AgentMsg::ChildExited { success, status } => {

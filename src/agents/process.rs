@@ -81,9 +81,9 @@ impl ProcessChild {
         let agent = spec.name.clone();
         let command = ctx.settings.agent_commands.get(&agent).unwrap_or(command);
         let Some((program, args)) = command.split_first() else {
-            let reason = unconfigured_reason.clone().unwrap_or_else(|| {
-                format!("no command configured: set agent_commands.{agent} in agentvisor.yaml")
-            });
+            let reason = unconfigured_reason
+                .clone()
+                .unwrap_or_else(|| format!("no command configured: set agent_commands.{agent} in agentvisor.yaml"));
             return Err(StartError::Unavailable { agent, reason });
         };
         let root = ctx.catalog.root.clone();
@@ -110,10 +110,9 @@ impl ProcessChild {
             cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from));
         }
         let mut child = cmd.spawn().map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => StartError::Unavailable {
-                agent: agent.clone(),
-                reason: format!("program not found: {program}"),
-            },
+            io::ErrorKind::NotFound => {
+                StartError::Unavailable { agent: agent.clone(), reason: format!("program not found: {program}") }
+            }
             _ => StartError::Failed { agent: agent.clone(), reason: format!("cannot run {program}: {e}") },
         })?;
         let pid = child.id().unwrap_or(0);
@@ -326,7 +325,8 @@ async fn wait_jsonl_ready(
             Ok(Some(line)) => match serde_json::from_str::<Value>(&line) {
                 Ok(v) if v.get("ready") == Some(&Value::Bool(true)) => return Ok(()),
                 Ok(v) if v.get("unavailable").is_some() => {
-                    let reason = v["unavailable"].as_str().map(str::to_string).unwrap_or_else(|| v["unavailable"].to_string());
+                    let reason =
+                        v["unavailable"].as_str().map(str::to_string).unwrap_or_else(|| v["unavailable"].to_string());
                     return Err(StartError::Unavailable { agent: agent.to_string(), reason });
                 }
                 _ => tracing::info!(agent, stream = "stdout", "{line}"),
@@ -346,7 +346,10 @@ async fn wait_http_ready(
     exited: watch::Receiver<Option<String>>,
 ) -> Result<(), StartError> {
     let Some(port) = port else {
-        return Err(StartError::Failed { agent: agent.to_string(), reason: "compat agent without health_check_port".into() });
+        return Err(StartError::Failed {
+            agent: agent.to_string(),
+            reason: "compat agent without health_check_port".into(),
+        });
     };
     let url = format!("http://127.0.0.1:{port}/health");
     let client = reqwest::Client::builder()
@@ -355,7 +358,10 @@ async fn wait_http_ready(
         .map_err(|e| StartError::Failed { agent: agent.to_string(), reason: e.to_string() })?;
     loop {
         if let Some(status) = exited.borrow().clone() {
-            return Err(StartError::Failed { agent: agent.to_string(), reason: format!("exited before ready ({status})") });
+            return Err(StartError::Failed {
+                agent: agent.to_string(),
+                reason: format!("exited before ready ({status})"),
+            });
         }
         if let Ok(resp) = client.get(&url).send().await
             && resp.status().is_success()
@@ -379,7 +385,8 @@ async fn route_replies(agent: String, mut lines: Lines<BufReader<ChildStdout>>, 
             tracing::info!(agent, stream = "stdout", "{line}");
             continue;
         };
-        let Some(id) = v.get("id").and_then(|i| i.as_str().map(str::to_string).or_else(|| i.as_u64().map(|n| n.to_string())))
+        let Some(id) =
+            v.get("id").and_then(|i| i.as_str().map(str::to_string).or_else(|| i.as_u64().map(|n| n.to_string())))
         else {
             tracing::warn!(agent, line = %line, "child reply without id");
             continue;
@@ -391,11 +398,14 @@ async fn route_replies(agent: String, mut lines: Lines<BufReader<ChildStdout>>, 
         let answer = match (v.get("output"), v.get("error")) {
             (_, Some(err)) => {
                 let code = err.get("code").and_then(Value::as_str).unwrap_or("error");
-                let msg = err.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| err.to_string());
+                let msg =
+                    err.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| err.to_string());
                 Err(TaskError::new(ErrorCode::AgentError, format!("{agent}: {code}: {msg}")))
             }
             (Some(out), None) => Ok(out.clone()),
-            (None, None) => Err(TaskError::new(ErrorCode::AgentError, format!("{agent}: reply has neither output nor error"))),
+            (None, None) => {
+                Err(TaskError::new(ErrorCode::AgentError, format!("{agent}: reply has neither output nor error")))
+            }
         };
         let outcome = match &answer {
             Ok(_) => "ok",

@@ -192,7 +192,10 @@ impl Dispatcher {
             return if in_plan(agent) {
                 Ok(agent.clone())
             } else if ctx.catalog.get(agent).is_some() {
-                Err(TaskError::new(ErrorCode::UnknownAgent, format!("agent {agent} is not in profile {}", ctx.plan.name)))
+                Err(TaskError::new(
+                    ErrorCode::UnknownAgent,
+                    format!("agent {agent} is not in profile {}", ctx.plan.name),
+                ))
             } else {
                 Err(TaskError::new(ErrorCode::UnknownAgent, format!("no agent named {agent}")))
             };
@@ -202,7 +205,10 @@ impl Dispatcher {
             Some(agent) if in_plan(agent) => Ok(agent.clone()),
             Some(agent) => Err(TaskError::new(
                 ErrorCode::UnknownTaskType,
-                format!("task type {task_type} is handled by {agent}, which profile {} does not include", ctx.plan.name),
+                format!(
+                    "task type {task_type} is handled by {agent}, which profile {} does not include",
+                    ctx.plan.name
+                ),
             )),
             None => match &ctx.settings.bus.default_agent {
                 Some(d) if in_plan(d) => Ok(d.clone()),
@@ -240,7 +246,16 @@ impl Dispatcher {
         let deadline = task.deadline_ms.map(|ms| received + Duration::from_millis(ms));
         let q = self.queues.entry(agent.clone()).or_default();
         q.limit = limit;
-        q.heap.push(Queued { priority: task.priority, seq: self.seq, key: key.clone(), client, task, agent: agent.clone(), received, deadline });
+        q.heap.push(Queued {
+            priority: task.priority,
+            seq: self.seq,
+            key: key.clone(),
+            client,
+            task,
+            agent: agent.clone(),
+            received,
+            deadline,
+        });
         self.queued_total += 1;
         self.slots.insert(key, Slot::Queued);
         self.pump(&agent).await;
@@ -318,7 +333,10 @@ impl Dispatcher {
                 self.finish_error(&client, target.clone(), None, e, None).await;
                 Ok(())
             }
-            None => Err(TaskError::new(ErrorCode::InvalidField, format!("field cancel: no task {target} in flight from this client"))),
+            None => Err(TaskError::new(
+                ErrorCode::InvalidField,
+                format!("field cancel: no task {target} in flight from this client"),
+            )),
         };
         let reply = match ack {
             Ok(()) => Reply {
@@ -342,7 +360,14 @@ impl Dispatcher {
         self.replier.send(client, Reply::error(id, agent, e, None).to_bytes()).await;
     }
 
-    async fn finish_error(&mut self, client: &ClientAddr, id: String, agent: Option<String>, e: TaskError, timings: Option<Timings>) {
+    async fn finish_error(
+        &mut self,
+        client: &ClientAddr,
+        id: String,
+        agent: Option<String>,
+        e: TaskError,
+        timings: Option<Timings>,
+    ) {
         let ctx = self.fleet.ctx();
         ctx.metrics.bad_requests.with_label_values(&[e.code.as_str()]).inc();
         ctx.events.publish("task.failed", json!({"id": id, "agent": agent, "code": e.code.as_str()}));
@@ -352,7 +377,13 @@ impl Dispatcher {
 
 /// Runs one dispatched task: on-demand start, the agent's work (with
 /// streaming, cancellation and the deadline), the reply.
-async fn execute(fleet: Fleet, replier: Replier, tx: mpsc::UnboundedSender<Cmd>, item: Queued, token: CancellationToken) {
+async fn execute(
+    fleet: Fleet,
+    replier: Replier,
+    tx: mpsc::UnboundedSender<Cmd>,
+    item: Queued,
+    token: CancellationToken,
+) {
     let Queued { key, client, task, agent, received, deadline, .. } = item;
     let ctx = fleet.ctx().clone();
     let id = key.1.clone();
@@ -374,9 +405,10 @@ async fn execute(fleet: Fleet, replier: Replier, tx: mpsc::UnboundedSender<Cmd>,
             }
             timings.start = t0.elapsed().as_secs_f64() * 1e3;
         }
-        let task_type = task.task_type.clone().unwrap_or_else(|| {
-            ctx.catalog.get(&agent).and_then(|s| s.handles.first().cloned()).unwrap_or_default()
-        });
+        let task_type = task
+            .task_type
+            .clone()
+            .unwrap_or_else(|| ctx.catalog.get(&agent).and_then(|s| s.handles.first().cloned()).unwrap_or_default());
         let (chunk_tx, mut chunk_rx) = mpsc::unbounded_channel::<String>();
         let forward = task.stream.then(|| {
             let (replier, client, id) = (replier.clone(), client.clone(), id.clone());

@@ -25,15 +25,7 @@ use crate::agents::task::{ErrorCode, TaskError};
 /// Longest accepted client task id, characters.
 pub const MAX_ID_CHARS: usize = 256;
 
-/// A user's routing preference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Prefer {
-    /// Local models.
-    Local,
-    /// Cloud APIs.
-    Cloud,
-}
+pub use crate::config::Prefer;
 
 /// The typed task envelope.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -135,7 +127,9 @@ fn id_of(v: &Value) -> Result<Option<String>, String> {
     match v {
         Value::Null => Ok(None),
         Value::String(s) if s.is_empty() => Err("id must not be empty".into()),
-        Value::String(s) if s.chars().count() > MAX_ID_CHARS => Err(format!("id longer than {MAX_ID_CHARS} characters")),
+        Value::String(s) if s.chars().count() > MAX_ID_CHARS => {
+            Err(format!("id longer than {MAX_ID_CHARS} characters"))
+        }
         Value::String(s) => Ok(Some(s.clone())),
         Value::Number(n) if n.is_i64() || n.is_u64() => Ok(Some(n.to_string())),
         other => Err(format!("id must be a string or an integer, not {}", kind(other))),
@@ -170,7 +164,11 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Request, Rejected> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| reject(None, ErrorCode::MalformedJson, format!("body is not JSON: {e}")))?;
     let Value::Object(map) = value else {
-        return Err(reject(None, ErrorCode::InvalidField, format!("envelope must be a JSON object, not {}", kind(&value))));
+        return Err(reject(
+            None,
+            ErrorCode::InvalidField,
+            format!("envelope must be a JSON object, not {}", kind(&value)),
+        ));
     };
     let id = match map.get("id").map(id_of).transpose() {
         Ok(id) => id.flatten(),
@@ -296,7 +294,8 @@ mod tests {
 
     #[test]
     fn valid_task_and_cancel() {
-        let r = decode(br#"{"id": 7, "type": "utils.echo", "input": "hi", "priority": 9, "stream": true}"#, 1024).unwrap();
+        let r =
+            decode(br#"{"id": 7, "type": "utils.echo", "input": "hi", "priority": 9, "stream": true}"#, 1024).unwrap();
         let Request::Task(t) = r else { panic!() };
         assert_eq!((t.id.as_deref(), t.priority, t.stream), (Some("7"), 9, true));
         assert_eq!(decode(br#"{"cancel": "a1"}"#, 1024).unwrap(), Request::Cancel { id: None, target: "a1".into() });

@@ -106,19 +106,15 @@ impl fmt::Display for Problem {
                 write!(f, "{agent} depends on {dependency}, which is not in the catalog")
             }
             Problem::Cycle { path } => write!(f, "dependency cycle: {}", path.join(" -> ")),
-            Problem::EssentialOnDemand { agent, dependency } => write!(
-                f,
-                "essential agent {agent} depends on on-demand agent {dependency}"
-            ),
-            Problem::TaskTypeConflict { task_type, agents } => write!(
-                f,
-                "task type {task_type} is claimed by {} without distinct priorities",
-                agents.join(", ")
-            ),
-            Problem::AutoloadMismatch { agent } => write!(
-                f,
-                "{agent}: required: true cannot go with autoload: on_demand"
-            ),
+            Problem::EssentialOnDemand { agent, dependency } => {
+                write!(f, "essential agent {agent} depends on on-demand agent {dependency}")
+            }
+            Problem::TaskTypeConflict { task_type, agents } => {
+                write!(f, "task type {task_type} is claimed by {} without distinct priorities", agents.join(", "))
+            }
+            Problem::AutoloadMismatch { agent } => {
+                write!(f, "{agent}: required: true cannot go with autoload: on_demand")
+            }
             Problem::Profile { message } => write!(f, "{message}"),
         }
     }
@@ -161,10 +157,8 @@ impl Catalog {
         let mut problems = Vec::new();
         let mut specs: Vec<(PathBuf, AgentSpec)> = Vec::new();
         let mut groups = BTreeMap::new();
-        let mut group_dirs: Vec<PathBuf> = read_dir_sorted(path, &mut problems)
-            .into_iter()
-            .filter(|p| p.is_dir())
-            .collect();
+        let mut group_dirs: Vec<PathBuf> =
+            read_dir_sorted(path, &mut problems).into_iter().filter(|p| p.is_dir()).collect();
         group_dirs.sort();
         for dir in group_dirs {
             let group_name = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -246,14 +240,12 @@ impl Catalog {
         for spec in agents.values() {
             for dep in &spec.dependencies {
                 match agents.get(dep) {
-                    None => problems.push(Problem::UnknownDependency {
-                        agent: spec.name.clone(),
-                        dependency: dep.clone(),
-                    }),
-                    Some(d) if spec.required && d.on_demand() => problems.push(Problem::EssentialOnDemand {
-                        agent: spec.name.clone(),
-                        dependency: dep.clone(),
-                    }),
+                    None => {
+                        problems.push(Problem::UnknownDependency { agent: spec.name.clone(), dependency: dep.clone() })
+                    }
+                    Some(d) if spec.required && d.on_demand() => {
+                        problems.push(Problem::EssentialOnDemand { agent: spec.name.clone(), dependency: dep.clone() })
+                    }
                     Some(_) => {}
                 }
             }
@@ -277,11 +269,7 @@ impl Catalog {
 
     /// Agents that depend directly on `name`.
     pub fn dependents(&self, name: &str) -> Vec<String> {
-        self.agents
-            .values()
-            .filter(|s| s.dependencies.iter().any(|d| d == name))
-            .map(|s| s.name.clone())
-            .collect()
+        self.agents.values().filter(|s| s.dependencies.iter().any(|d| d == name)).map(|s| s.name.clone()).collect()
     }
 
     /// Start waves of `names`: wave 0 has no dependency inside `names`, wave
@@ -289,12 +277,7 @@ impl Catalog {
     /// Assumes a validated (acyclic) catalog.
     pub fn waves(&self, names: &BTreeSet<String>) -> Vec<Vec<String>> {
         let mut level: BTreeMap<String, usize> = BTreeMap::new();
-        fn depth(
-            cat: &Catalog,
-            name: &str,
-            names: &BTreeSet<String>,
-            level: &mut BTreeMap<String, usize>,
-        ) -> usize {
+        fn depth(cat: &Catalog, name: &str, names: &BTreeSet<String>, level: &mut BTreeMap<String, usize>) -> usize {
             if let Some(l) = level.get(name) {
                 return *l;
             }

@@ -59,6 +59,10 @@ pub struct Settings {
     pub lazy_loader: LazyLoaderSettings,
     /// Supervision defaults.
     pub supervisor: SupervisorSettings,
+    /// Hybrid routing rules, tiers, failover and circuit breakers.
+    pub routing: RoutingSettings,
+    /// Model backends by name (`backends: {local: {kind: openai, base_url: ...}}`).
+    pub backends: BTreeMap<String, BackendSettings>,
     /// Commands for `process` agents, overriding the catalog's `runtime.command`
     /// (e.g. `agent_commands: {STTService: [python3, my_stt.py]}`).
     pub agent_commands: BTreeMap<String, Vec<String>>,
@@ -80,6 +84,8 @@ impl Default for Settings {
             lazy_loader: LazyLoaderSettings::default(),
             supervisor: SupervisorSettings::default(),
             agent_commands: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            routing: RoutingSettings::default(),
             log: LogSettings::default(),
             testing: TestingSettings::default(),
         }
@@ -186,6 +192,223 @@ impl Default for SupervisorSettings {
     }
 }
 
+/// A user's routing preference (`prefer` in the task envelope and in rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prefer {
+    /// Local models.
+    Local,
+    /// Cloud APIs.
+    Cloud,
+}
+
+/// `routing:` — how HybridRouter picks a tier and a backend (DESIGN §5;
+/// defaults from the earlier system's hybrid routing rules).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSettings {
+    /// Complexity at or above which cloud is preferred.
+    pub complexity_threshold: f64,
+    /// Rules by task type, first match wins.
+    pub rules: Vec<RoutingRule>,
+    /// Tier thresholds.
+    pub tiers: TierSettings,
+    /// Backends to try per tier, in order; a tier missing here uses its
+    /// enabled backends in name order.
+    pub chains: BTreeMap<Tier, Vec<String>>,
+    /// What to do when a tier cannot serve.
+    pub failover: FailoverSettings,
+    /// Circuit breaker per backend.
+    pub breaker: BreakerSettings,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        let rule = |pattern: &str, complexity: f64, prefer: Prefer| RoutingRule {
+            pattern: pattern.to_string(),
+            complexity,
+            prefer: Some(prefer),
+        };
+        RoutingSettings {
+            complexity_threshold: 0.7,
+            rules: vec![
+                rule("code_generation", 0.9, Prefer::Cloud),
+                rule("large_context_reasoning", 0.95, Prefer::Cloud),
+                rule("training|fine_tuning", 1.0, Prefer::Cloud),
+                rule("simple_chat|greeting", 0.2, Prefer::Local),
+                rule("command_parsing", 0.3, Prefer::Local),
+                rule("emotion_detection", 0.4, Prefer::Local),
+            ],
+            tiers: TierSettings::default(),
+            chains: BTreeMap::new(),
+            failover: FailoverSettings::default(),
+            breaker: BreakerSettings::default(),
+        }
+    }
+}
+
+/// One routing rule: task types matching `pattern` (a regex, anchored at
+/// both ends) get `complexity` and `prefer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingRule {
+    /// Regex over the task type, e.g. `training|fine_tuning`.
+    pub pattern: String,
+    /// Complexity 0.0–1.0.
+    pub complexity: f64,
+    /// Preferred side.
+    #[serde(default)]
+    pub prefer: Option<Prefer>,
+}
+
+/// `routing.tiers:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TierSettings {
+    /// Above this many context tokens: L3.
+    pub large_context_tokens: u32,
+    /// Local load above this percentage: L2 instead of L1.
+    pub high_load_percent: f64,
+}
+
+impl Default for TierSettings {
+    fn default() -> Self {
+        TierSettings { large_context_tokens: 32_000, high_load_percent: 90.0 }
+    }
+}
+
+/// `routing.failover:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverSettings {
+    /// `fallback_to_local` (default) or `fail`: when no cloud backend can serve.
+    pub cloud_unreachable: String,
+    /// `degrade_to_tiny` (default) or `fail`: when local model memory is exhausted.
+    pub vram_exhausted: String,
+}
+
+impl Default for FailoverSettings {
+    fn default() -> Self {
+        FailoverSettings { cloud_unreachable: "fallback_to_local".into(), vram_exhausted: "degrade_to_tiny".into() }
+    }
+}
+
+/// `routing.breaker:` — circuit breaker per backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    /// Consecutive failures that open the breaker.
+    pub failure_threshold: u32,
+    /// Seconds open before one half-open probe is let through.
+    pub cooldown_secs: f64,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings { failure_threshold: 5, cooldown_secs: 30.0 }
+    }
+}
+
+/// Routing tier of a backend (DESIGN §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Tier {
+    /// Local models.
+    L1,
+    /// Fast cloud.
+    L2,
+    /// Large-context cloud.
+    L3,
+}
+
+/// Kind of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// Any OpenAI-compatible HTTP API.
+    Openai,
+    /// GGUF in-process through llama.cpp (local-models issue).
+    Embedded,
+}
+
+/// `backends.<name>:` — one model backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSettings {
+    /// Backend kind.
+    pub kind: BackendKind,
+    /// Routing tier.
+    pub tier: Tier,
+    /// `false` keeps the backend configured but never used.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Base URL up to `/v1`, e.g. `http://127.0.0.1:11434/v1` (openai kind).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Name of the environment variable holding the API key (never the key itself).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Default model.
+    pub model: String,
+    /// Seconds to establish the connection.
+    #[serde(default = "connect_timeout")]
+    pub connect_timeout_secs: f64,
+    /// Seconds until the first token (streaming) or the response headers.
+    #[serde(default = "first_token_timeout")]
+    pub first_token_timeout_secs: f64,
+    /// Seconds for the whole answer.
+    #[serde(default = "total_timeout")]
+    pub total_timeout_secs: f64,
+    /// Retries after the first attempt, on retryable errors only.
+    #[serde(default = "max_retries")]
+    pub max_retries: u32,
+    /// First retry delay, seconds (doubles, capped at `retry_max_secs`, jittered).
+    #[serde(default = "retry_initial")]
+    pub retry_initial_secs: f64,
+    /// Largest retry delay, seconds (also caps `Retry-After`).
+    #[serde(default = "retry_max")]
+    pub retry_max_secs: f64,
+    /// Price per 1000 prompt tokens, USD.
+    #[serde(default)]
+    pub price_per_1k_input_usd: f64,
+    /// Price per 1000 completion tokens, USD.
+    #[serde(default)]
+    pub price_per_1k_output_usd: f64,
+    /// Seconds the `GET /models` list is cached.
+    #[serde(default = "models_ttl")]
+    pub models_ttl_secs: f64,
+    /// Largest context, tokens.
+    #[serde(default = "context_tokens")]
+    pub context_tokens: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn connect_timeout() -> f64 {
+    5.0
+}
+fn first_token_timeout() -> f64 {
+    30.0
+}
+fn total_timeout() -> f64 {
+    120.0
+}
+fn max_retries() -> u32 {
+    2
+}
+fn retry_initial() -> f64 {
+    0.25
+}
+fn retry_max() -> f64 {
+    8.0
+}
+fn models_ttl() -> f64 {
+    300.0
+}
+fn context_tokens() -> u32 {
+    8192
+}
+
 /// `log:` — tracing output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -234,16 +457,12 @@ impl Settings {
                 builder = builder.add_source(config::File::from(path).format(config::FileFormat::Yaml));
             }
             None => {
-                builder = builder.add_source(
-                    config::File::new("agentvisor.yaml", config::FileFormat::Yaml).required(false),
-                );
+                builder =
+                    builder.add_source(config::File::new("agentvisor.yaml", config::FileFormat::Yaml).required(false));
             }
         }
         builder = builder.add_source(
-            config::Environment::with_prefix("AGENTVISOR")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
+            config::Environment::with_prefix("AGENTVISOR").prefix_separator("__").separator("__").try_parsing(true),
         );
         for (key, value) in overrides {
             builder = builder.set_override(key.as_str(), value.as_str()).map_err(invalid)?;

@@ -73,16 +73,22 @@ pub fn resolve(catalog: &Catalog, profile: &ProfileSpec) -> Result<Plan, Problem
     let all_groups = profile.profile.name == "all" && sel.include_groups.is_empty() && sel.include_agents.is_empty();
     let check_group = |g: &String, problems: &mut Vec<Problem>| {
         if !catalog.groups.contains_key(g) {
-            problems.push(Problem::Profile { message: format!("unknown group {g} in profile {}", profile.profile.name) });
+            problems
+                .push(Problem::Profile { message: format!("unknown group {g} in profile {}", profile.profile.name) });
         }
     };
     let check_agent = |a: &String, problems: &mut Vec<Problem>| {
         if !catalog.agents.contains_key(a) {
-            problems.push(Problem::Profile { message: format!("unknown agent {a} in profile {}", profile.profile.name) });
+            problems
+                .push(Problem::Profile { message: format!("unknown agent {a} in profile {}", profile.profile.name) });
         }
     };
     sel.include_groups.iter().chain(&sel.exclude_groups).for_each(|g| check_group(g, &mut problems));
-    sel.include_agents.iter().chain(&sel.exclude_agents).chain(&sel.autoload_on_startup).for_each(|a| check_agent(a, &mut problems));
+    sel.include_agents
+        .iter()
+        .chain(&sel.exclude_agents)
+        .chain(&sel.autoload_on_startup)
+        .for_each(|a| check_agent(a, &mut problems));
 
     let keep_optional = !matches!(sel.optional_agents, Some(OptionalAgents::Flag(false)));
     let mut chosen: BTreeSet<String> = catalog
@@ -121,15 +127,9 @@ pub fn resolve(catalog: &Catalog, profile: &ProfileSpec) -> Result<Plan, Problem
     let mut pulled_in = Vec::new();
     let mut warnings = Vec::new();
     for extra in agents.difference(&chosen) {
-        let needed_by: Vec<String> = agents
-            .iter()
-            .filter(|a| catalog.get(a).is_some_and(|s| s.dependencies.contains(extra)))
-            .cloned()
-            .collect();
-        warnings.push(format!(
-            "{extra} pulled in by dependencies (needed by {})",
-            needed_by.join(", ")
-        ));
+        let needed_by: Vec<String> =
+            agents.iter().filter(|a| catalog.get(a).is_some_and(|s| s.dependencies.contains(extra))).cloned().collect();
+        warnings.push(format!("{extra} pulled in by dependencies (needed by {})", needed_by.join(", ")));
         pulled_in.push((extra.clone(), needed_by));
     }
     let boot_roots: BTreeSet<String> = agents

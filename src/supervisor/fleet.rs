@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared, join_all};
 use ractor::{Actor, ActorRef, rpc::CallResult};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -78,19 +79,16 @@ impl Fleet {
     pub async fn start(settings: Settings, catalog: Catalog, plan: Plan) -> Result<Fleet, FleetError> {
         let metrics = Metrics::new();
         let ctx = Arc::new(FleetCtx::new(settings, catalog, plan, metrics));
-        let spawn_err = |name: &str, e: ractor::SpawnErr| FleetError::Spawn { name: name.into(), reason: e.to_string() };
+        let spawn_err =
+            |name: &str, e: ractor::SpawnErr| FleetError::Spawn { name: name.into(), reason: e.to_string() };
         let (root, _) = Actor::spawn(Some(ctx.actor_name("agentvisor")), RootSupervisor, ctx.clone())
             .await
             .map_err(|e| spawn_err("agentvisor", e))?;
         let boot_order: Vec<String> = ctx.catalog.waves(&ctx.plan.agents).into_iter().flatten().collect();
         let mut groups = BTreeMap::new();
         for (group, _) in ctx.plan.by_group(&ctx.catalog) {
-            let members = boot_order
-                .iter()
-                .filter_map(|a| ctx.catalog.get(a))
-                .filter(|s| s.group == group)
-                .cloned()
-                .collect();
+            let members =
+                boot_order.iter().filter_map(|a| ctx.catalog.get(a)).filter(|s| s.group == group).cloned().collect();
             let strategy = ctx.catalog.groups.get(&group).map(|g| g.strategy).unwrap_or_default();
             let args = GroupArgs { name: group.clone(), strategy, members, ctx: ctx.clone(), root: root.clone() };
             let name = ctx.actor_name(&format!("group:{group}"));
@@ -113,30 +111,43 @@ impl Fleet {
         &self.inner.ctx
     }
 
-    /// Starts the boot set wave by wave (dependencies first), up to
-    /// `startup.parallel_starts` agents at once within a wave. A failed
-    /// essential agent goes through its restart policy; boot goes on.
+    /// Starts the boot set: each agent as soon as its own dependencies
+    /// have started (the waves of `check` are the dependency levels, but an
+    /// agent does not wait for unrelated agents of the previous level), up to
+    /// `startup.parallel_starts` starts at once. A failed essential agent goes
+    /// through its restart policy; boot goes on.
     pub async fn boot(&self) -> BootReport {
         let ctx = self.ctx();
         let t0 = Instant::now();
-        let limit = Arc::new(Semaphore::new(ctx.plan.startup.parallel_starts.max(1)));
+        let limit = Semaphore::new(ctx.plan.startup.parallel_starts.max(1));
+        let results = parking_lot::Mutex::new(Vec::new());
+        let order: Vec<&String> = ctx.plan.waves.iter().flatten().collect();
+        let mut started: BTreeMap<&str, Shared<BoxFuture<'_, ()>>> = BTreeMap::new();
+        for agent in order {
+            let deps: Vec<Shared<BoxFuture<'_, ()>>> = ctx
+                .catalog
+                .get(agent)
+                .map(|s| s.dependencies.iter().filter_map(|d| started.get(d.as_str()).cloned()).collect())
+                .unwrap_or_default();
+            let (limit, results) = (&limit, &results);
+            let start = async move {
+                join_all(deps).await;
+                let _permit = limit.acquire().await;
+                let r = self.start_agent(agent, None, true, false).await;
+                results.lock().push((agent.clone(), r));
+            };
+            started.insert(agent.as_str(), start.boxed().shared());
+        }
+        join_all(started.into_values()).await;
         let mut report = BootReport::default();
-        for wave in &ctx.plan.waves {
-            let starts = wave.iter().map(|agent| {
-                let limit = limit.clone();
-                async move {
-                    let _permit = limit.acquire().await;
-                    (agent.clone(), self.start_agent(agent, None, true, false).await)
-                }
-            });
-            for (agent, result) in join_all(starts).await {
-                match result {
-                    Ok(()) => report.running.push(agent),
-                    Err(StartError::Unavailable { reason, .. }) => report.unavailable.push((agent, reason)),
-                    Err(e) => report.failed.push((agent, e.to_string())),
-                }
+        for (agent, result) in results.into_inner() {
+            match result {
+                Ok(()) => report.running.push(agent),
+                Err(StartError::Unavailable { reason, .. }) => report.unavailable.push((agent, reason)),
+                Err(e) => report.failed.push((agent, e.to_string())),
             }
         }
+        report.running.sort();
         report.elapsed = t0.elapsed();
         ctx.events.publish(
             "fleet.booted",
@@ -251,7 +262,8 @@ impl Fleet {
         let Some(actor) = ctx.agent_ref(agent) else {
             return Err(TaskError::new(ErrorCode::AgentNotRunning, format!("{agent} is not running")));
         };
-        let timeout = task.deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(DEFAULT_TASK_TIMEOUT);
+        let timeout =
+            task.deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(DEFAULT_TASK_TIMEOUT);
         match actor.call(|reply| AgentMsg::Task(task, reply), Some(timeout)).await {
             Ok(CallResult::Success(reply)) => reply,
             Ok(CallResult::Timeout) => Err(TaskError::new(

@@ -166,7 +166,12 @@ impl Actor for GroupSupervisor {
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<GroupMsg>, msg: GroupMsg, st: &mut GroupState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<GroupMsg>,
+        msg: GroupMsg,
+        st: &mut GroupState,
+    ) -> Result<(), ActorProcessingErr> {
         while st.tasks.try_join_next().is_some() {}
         match msg {
             GroupMsg::Start { agent, deadline, restart_on_failure, reset, reply } => {
@@ -279,7 +284,13 @@ impl GroupState {
         }
     }
 
-    fn spawn_start(&mut self, myself: &ActorRef<GroupMsg>, agent: String, deadline: Option<Instant>, restart_on_failure: bool) {
+    fn spawn_start(
+        &mut self,
+        myself: &ActorRef<GroupMsg>,
+        agent: String,
+        deadline: Option<Instant>,
+        restart_on_failure: bool,
+    ) {
         let Some(spec) = self.spec(&agent).cloned() else { return };
         self.ctx.transition(&agent, AgentState::Starting, None, json!({}));
         let (ctx, cell, me) = (self.ctx.clone(), myself.get_cell(), myself.clone());
@@ -403,11 +414,17 @@ impl GroupState {
         match decision {
             Decision::GiveUp { restarts, within_secs } => {
                 self.restarting.remove(agent);
-                let why = format!("restart intensity exceeded: {restarts} restarts within {within_secs} s; last error: {reason}");
+                let why = format!(
+                    "restart intensity exceeded: {restarts} restarts within {within_secs} s; last error: {reason}"
+                );
                 self.ctx.transition(agent, AgentState::Fatal, None, json!({"reason": why}));
                 self.reply_waiters(agent, Err(StartError::Fatal { agent: agent.to_string() }));
                 self.tell_dependents(agent, "agent.dependency_fatal");
-                let _ = self.root.cast(RootMsg::Escalate { group: self.name.clone(), agent: agent.to_string(), reason: why });
+                let _ = self.root.cast(RootMsg::Escalate {
+                    group: self.name.clone(),
+                    agent: agent.to_string(),
+                    reason: why,
+                });
             }
             Decision::Restart(delay) => {
                 let affected = self.affected_siblings(agent);
@@ -423,7 +440,12 @@ impl GroupState {
                 }
                 self.restarting.insert(agent.to_string());
                 let delay_ms = delay.as_secs_f64() * 1e3;
-                self.ctx.transition(agent, AgentState::Backoff, None, json!({"delay_ms": delay_ms, "restart_with": affected}));
+                self.ctx.transition(
+                    agent,
+                    AgentState::Backoff,
+                    None,
+                    json!({"delay_ms": delay_ms, "restart_with": affected}),
+                );
                 // Restart in start order (dependencies first), the failed agent in its place.
                 let batch: Vec<String> = self
                     .members
@@ -439,7 +461,10 @@ impl GroupState {
                             actor.kill();
                         }
                     }
-                    tokio::time::sleep(delay).await;
+                    if !delay.is_zero() {
+                        // A zero sleep still costs a timer tick (1 ms).
+                        tokio::time::sleep(delay).await;
+                    }
                     let _ = me.cast(GroupMsg::RestartDue { batch });
                 });
             }
@@ -454,11 +479,7 @@ impl GroupState {
             Strategy::OneForAll => self.members.iter().filter(|s| s.name != agent).collect(),
             Strategy::RestForOne => self.members.iter().skip(pos + 1).collect(),
         };
-        candidates
-            .into_iter()
-            .filter(|s| self.refs.contains_key(&s.name))
-            .map(|s| s.name.clone())
-            .collect()
+        candidates.into_iter().filter(|s| self.refs.contains_key(&s.name)).map(|s| s.name.clone()).collect()
     }
 
     /// The backoff delay passed: start the batch one agent after the other,
@@ -481,7 +502,14 @@ impl GroupState {
         self.spawn_start(myself, next, None, true);
     }
 
-    fn stop(&mut self, myself: &ActorRef<GroupMsg>, agent: String, target: AgentState, reason: String, reply: RpcReplyPort<()>) {
+    fn stop(
+        &mut self,
+        myself: &ActorRef<GroupMsg>,
+        agent: String,
+        target: AgentState,
+        reason: String,
+        reply: RpcReplyPort<()>,
+    ) {
         if let Some(h) = self.in_flight.remove(&agent) {
             h.abort();
         }

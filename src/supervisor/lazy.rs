@@ -95,12 +95,12 @@ async fn run(fleet: &Fleet, agent: &str) -> StartResult {
     let sla = Duration::from_secs_f64(ctx.settings.lazy_loader.startup_timeout_seconds.max(0.0));
     let deadline = t0 + sla;
     let chain = ctx.catalog.closure(&BTreeSet::from([agent.to_string()]));
-    let to_start: BTreeSet<String> =
-        chain.into_iter().filter(|a| ctx.state(a) != Some(AgentState::Running)).collect();
+    let to_start: BTreeSet<String> = chain.into_iter().filter(|a| ctx.state(a) != Some(AgentState::Running)).collect();
     let waves = ctx.catalog.waves(&to_start);
     let work = async {
         for wave in &waves {
-            let starts = wave.iter().map(|a| async move { (a, fleet.start_agent(a, Some(deadline), false, false).await) });
+            let starts =
+                wave.iter().map(|a| async move { (a, fleet.start_agent(a, Some(deadline), false, false).await) });
             for (a, result) in join_all(starts).await {
                 match result {
                     Ok(()) => {}

@@ -73,11 +73,8 @@ pub fn backoff(attempt: u32, s: &SupervisorSettings) -> Duration {
     let base = s.backoff_initial_secs.max(0.0) * 2f64.powi(attempt.min(62) as i32);
     let capped = base.min(s.backoff_max_secs.max(0.0));
     let jitter = s.backoff_jitter.clamp(0.0, 1.0);
-    let secs = if jitter > 0.0 && capped > 0.0 {
-        rand::rng().random_range(capped * (1.0 - jitter)..=capped)
-    } else {
-        capped
-    };
+    let secs =
+        if jitter > 0.0 && capped > 0.0 { rand::rng().random_range(capped * (1.0 - jitter)..=capped) } else { capped };
     Duration::from_secs_f64(secs)
 }
 

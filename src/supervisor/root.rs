@@ -30,14 +30,28 @@ impl Actor for RootSupervisor {
     type State = Arc<FleetCtx>;
     type Arguments = Arc<FleetCtx>;
 
-    async fn pre_start(&self, _myself: ActorRef<RootMsg>, ctx: Arc<FleetCtx>) -> Result<Arc<FleetCtx>, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<RootMsg>,
+        ctx: Arc<FleetCtx>,
+    ) -> Result<Arc<FleetCtx>, ActorProcessingErr> {
         Ok(ctx)
     }
 
-    async fn handle(&self, _myself: ActorRef<RootMsg>, msg: RootMsg, ctx: &mut Arc<FleetCtx>) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<RootMsg>,
+        msg: RootMsg,
+        ctx: &mut Arc<FleetCtx>,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             RootMsg::Escalate { group, agent, reason } => {
-                tracing::error!(group, agent, reason, "agent is fatal; escalated to the root, the rest of the fleet keeps running");
+                tracing::error!(
+                    group,
+                    agent,
+                    reason,
+                    "agent is fatal; escalated to the root, the rest of the fleet keeps running"
+                );
                 ctx.metrics.escalations.with_label_values(&[&group]).inc();
                 ctx.events.publish("group.escalated", json!({"group": group, "agent": agent, "reason": reason}));
             }

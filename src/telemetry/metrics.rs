@@ -13,7 +13,8 @@ use prometheus::{
 const START_BUCKETS: &[f64] = &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0];
 
 /// Buckets for task durations, seconds: 50 µs to 60 s.
-const TASK_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0, 60.0];
+const TASK_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0, 60.0];
 
 /// The daemon's metrics. One registry per daemon, so tests can run several.
 #[derive(Clone)]
@@ -102,13 +103,21 @@ impl Metrics {
             agents_by_state: gauge_vec("agentvisor_agents", "Agents per lifecycle state.", &["state"]),
             agent_up: gauge_vec("agentvisor_agent_up", "1 when the agent is running, else 0.", &["agent", "group"]),
             restarts: counter_vec("agentvisor_agent_restarts_total", "Agent restarts by the supervisor.", &["agent"]),
-            starts: counter_vec("agentvisor_agent_starts_total", "Agent start attempts by outcome.", &["agent", "outcome"]),
+            starts: counter_vec(
+                "agentvisor_agent_starts_total",
+                "Agent start attempts by outcome.",
+                &["agent", "outcome"],
+            ),
             start_duration: histogram_vec(
                 "agentvisor_agent_start_duration_seconds",
                 "Time from start request to running, per runtime.",
                 &["runtime"],
             ),
-            transitions: counter_vec("agentvisor_agent_transitions_total", "Lifecycle transitions by new state.", &["state"]),
+            transitions: counter_vec(
+                "agentvisor_agent_transitions_total",
+                "Lifecycle transitions by new state.",
+                &["state"],
+            ),
             lazy_starts: counter_vec("agentvisor_lazy_starts_total", "On-demand starts by outcome.", &["outcome"]),
             lazy_start_duration: histogram_vec(
                 "agentvisor_lazy_start_duration_seconds",
@@ -121,7 +130,11 @@ impl Metrics {
                 &["group"],
             ),
             events: counter_vec("agentvisor_events_total", "Events published, by topic.", &["topic"]),
-            tasks: counter_vec("agentvisor_tasks_total", "Tasks answered, by agent and outcome.", &["agent", "outcome"]),
+            tasks: counter_vec(
+                "agentvisor_tasks_total",
+                "Tasks answered, by agent and outcome.",
+                &["agent", "outcome"],
+            ),
             children: gauge("agentvisor_process_agents_running", "Child processes of process agents alive."),
             bad_requests: counter_vec(
                 "agentvisor_bad_requests_total",
@@ -133,7 +146,11 @@ impl Metrics {
                 "Replies that could not be handed to their client, by reason.",
                 &["reason"],
             ),
-            bus_messages: counter_vec("agentvisor_bus_messages_total", "ZeroMQ task messages by direction.", &["direction"]),
+            bus_messages: counter_vec(
+                "agentvisor_bus_messages_total",
+                "ZeroMQ task messages by direction.",
+                &["direction"],
+            ),
             queue_depth: gauge("agentvisor_bus_queue_depth", "Tasks waiting in the admission queue."),
             task_duration: HistogramVec::new(
                 HistogramOpts::new("agentvisor_task_duration_seconds", "Receipt to reply of bus tasks, per agent.")

@@ -89,7 +89,9 @@ async fn pyzmq_req_dealer_and_sub_against_the_daemon() {
     assert_eq!(r["req_bad"]["error"]["code"], "unknown_task_type");
     let dealer = r["dealer"].as_array().unwrap();
     assert_eq!(dealer.len(), 100);
-    assert!(dealer.iter().all(|x| x["output"]["hex"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+    assert!(
+        dealer.iter().all(|x| x["output"]["hex"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    );
     let chunks: Vec<&str> = r["chunks"].as_array().unwrap().iter().map(|c| c["delta"].as_str().unwrap()).collect();
     assert_eq!(chunks.concat(), "one two three four");
     assert!(chunks.len() >= 4, "{chunks:?}");
@@ -108,14 +110,18 @@ async fn pyzmq_req_dealer_and_sub_against_the_daemon() {
 
     // The Rust CLI, same daemon.
     let bin = util::bin();
-    let out = std::process::Command::new(&bin).args(["send", "utils.echo", "from the cli", "--endpoint", &ingress]).output().unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["send", "utils.echo", "from the cli", "--endpoint", &ingress])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "from the cli");
     let out = std::process::Command::new(&bin)
         .args(["send", "utils.echo", "a b", "--stream", "--json", "--endpoint", &ingress])
         .output()
         .unwrap();
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.iter().filter(|l| l["event"] == "chunk").count(), 2, "{lines:?}");
     assert_eq!(lines.last().unwrap()["status"], "ok");
     let out = std::process::Command::new(&bin).args(["send", "nope", "x", "--endpoint", &ingress]).output().unwrap();
@@ -127,7 +133,10 @@ async fn pyzmq_req_dealer_and_sub_against_the_daemon() {
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await; // slow joiner
-    let out = std::process::Command::new(&bin).args(["send", "system.restart", "UnifiedUtilsAgent", "--endpoint", &ingress]).output().unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["send", "system.restart", "UnifiedUtilsAgent", "--endpoint", &ingress])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let ev = tokio::time::timeout(Duration::from_secs(10), ev.wait_with_output()).await.unwrap().unwrap();
     let text = String::from_utf8_lossy(&ev.stdout);
@@ -219,7 +228,11 @@ async fn a_thousand_in_flight_all_answered_once_and_priority_goes_first() {
     // Saturate UnifiedUtilsAgent (max_concurrency from its spec) with 2 ms sleeps.
     for i in 0..1000u32 {
         let priority = [0, 9, 5, 1][i as usize % 4];
-        send_json(&mut sock, &json!({"id": format!("t{i}"), "type": "utils.sleep", "input": 0.002, "priority": priority})).await;
+        send_json(
+            &mut sock,
+            &json!({"id": format!("t{i}"), "type": "utils.sleep", "input": 0.002, "priority": priority}),
+        )
+        .await;
     }
     let mut order: BTreeMap<String, usize> = BTreeMap::new();
     let mut seen = HashSet::new();
@@ -234,7 +247,8 @@ async fn a_thousand_in_flight_all_answered_once_and_priority_goes_first() {
     // Nothing more arrives: each task was answered exactly once.
     assert!(tokio::time::timeout(Duration::from_millis(300), sock.recv()).await.is_err());
     let mean_position = |p: u32| {
-        let v: Vec<usize> = (0..1000u32).filter(|i| [0, 9, 5, 1][*i as usize % 4] == p).map(|i| order[&format!("t{i}")]).collect();
+        let v: Vec<usize> =
+            (0..1000u32).filter(|i| [0, 9, 5, 1][*i as usize % 4] == p).map(|i| order[&format!("t{i}")]).collect();
         v.iter().sum::<usize>() as f64 / v.len() as f64
     };
     let (p9, p5, p1, p0) = (mean_position(9), mean_position(5), mean_position(1), mean_position(0));
@@ -250,7 +264,8 @@ async fn cancel_stops_running_and_queued_tasks() {
     send_json(&mut sock, &json!({"id": "long", "type": "utils.sleep", "input": 30})).await;
     let ctx = fleet.ctx().clone();
     util::poll_until(Duration::from_secs(5), "task running", || {
-        ctx.metrics.render().contains("agentvisor_tasks_total") || ctx.state("UnifiedUtilsAgent") == Some(AgentState::Running)
+        ctx.metrics.render().contains("agentvisor_tasks_total")
+            || ctx.state("UnifiedUtilsAgent") == Some(AgentState::Running)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await; // let it reach the agent
@@ -264,7 +279,10 @@ async fn cancel_stops_running_and_queued_tasks() {
     assert!(replies[1]["timings_ms"]["total"].as_f64().unwrap() < 10_000.0, "the 30 s sleep stopped");
     // The agent stopped the work: its handler ended as cancelled.
     let metrics = fleet.ctx().metrics.render();
-    assert!(metrics.contains("agentvisor_tasks_total{agent=\"UnifiedUtilsAgent\",outcome=\"cancelled\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("agentvisor_tasks_total{agent=\"UnifiedUtilsAgent\",outcome=\"cancelled\"} 1"),
+        "{metrics}"
+    );
     fleet.shutdown(Duration::from_secs(10)).await;
 }
 
@@ -276,7 +294,10 @@ async fn a_client_that_leaves_mid_task_disturbs_no_one() {
     {
         let mut leaver = dealer(&ingress).await;
         send_json(&mut leaver, &json!({"id": "orphan", "type": "utils.sleep", "input": 20})).await;
-        log.wait_for(Duration::from_secs(5), "accepted", |e| e.topic == "task.accepted" && e.str("id") == Some("orphan")).await;
+        log.wait_for(Duration::from_secs(5), "accepted", |e| {
+            e.topic == "task.accepted" && e.str("id") == Some("orphan")
+        })
+        .await;
     } // dropped: disconnected
     let mut stayer = dealer(&ingress).await;
     for i in 0..20 {
@@ -285,7 +306,11 @@ async fn a_client_that_leaves_mid_task_disturbs_no_one() {
         assert_eq!(r["output"], i);
     }
     // The leaver's task was cancelled when its connection closed.
-    let e = log.wait_for(Duration::from_secs(10), "orphan cancelled", |e| e.topic == "task.cancelled" && e.str("id") == Some("orphan")).await;
+    let e = log
+        .wait_for(Duration::from_secs(10), "orphan cancelled", |e| {
+            e.topic == "task.cancelled" && e.str("id") == Some("orphan")
+        })
+        .await;
     assert_eq!(e.data["code"], "cancelled");
     fleet.shutdown(Duration::from_secs(10)).await;
 }
@@ -319,7 +344,11 @@ async fn admin_tasks_deadlines_and_a_full_queue() {
 
     // A full admission queue answers busy (max_queue 40, the agent saturated by long sleeps).
     for i in 0..80 {
-        send_json(&mut sock, &json!({"id": format!("q{i}"), "type": "utils.sleep", "input": 0.5, "deadline_ms": 60000})).await;
+        send_json(
+            &mut sock,
+            &json!({"id": format!("q{i}"), "type": "utils.sleep", "input": 0.5, "deadline_ms": 60000}),
+        )
+        .await;
     }
     let mut busy = 0;
     let mut ok = 0;

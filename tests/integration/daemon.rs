@@ -46,7 +46,8 @@ fn promtool(text: &str) -> Option<(bool, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_full_profile_serves_agents_metrics_and_stops_cleanly() {
     let data = tempfile::tempdir().unwrap();
-    let mut d = Daemon::start(&root(), &["run", "--profile", "full", "--data-dir", data.path().to_str().unwrap()], &[]).await;
+    let mut d =
+        Daemon::start(&root(), &["run", "--profile", "full", "--data-dir", data.path().to_str().unwrap()], &[]).await;
     d.wait_ready().await;
 
     let (status, health) = d.get_json("/health").await;
@@ -75,7 +76,10 @@ async fn run_full_profile_serves_agents_metrics_and_stops_cleanly() {
     }
     assert_eq!(agents["AudioCapture"]["state"], "unavailable");
     assert!(agents["STTService"]["reason"].as_str().unwrap().contains("no STT engine configured"));
-    assert_eq!(agents["ChainOfThoughtAgent"]["dependencies"], json!(["ModelManagerSuite", "SystemDigitalTwin", "ObservabilityHub"]));
+    assert_eq!(
+        agents["ChainOfThoughtAgent"]["dependencies"],
+        json!(["ModelManagerSuite", "SystemDigitalTwin", "ObservabilityHub"])
+    );
 
     // An on-demand start over HTTP.
     let (status, chit) = d.post("/agents/ChitchatAgent/start", json!({})).await;
@@ -85,7 +89,13 @@ async fn run_full_profile_serves_agents_metrics_and_stops_cleanly() {
     assert_eq!(status, 404);
     assert_eq!(err["error"]["code"], "unknown_agent");
     // Fault injection is off by default: the route does not exist.
-    let r = d.http.post(format!("{}/agents/ChitchatAgent/fault", d.base)).json(&json!({"kind": "panic"})).send().await.unwrap();
+    let r = d
+        .http
+        .post(format!("{}/agents/ChitchatAgent/fault", d.base))
+        .json(&json!({"kind": "panic"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
 
     let metrics = d.get_text("/metrics").await;
@@ -145,7 +155,14 @@ async fn sigterm_leaves_no_child_process_behind() {
         dir.path(),
         &[
             &builtin("Core", "g", true, &[]),
-            &jsonl_agent("Polite", "g", true, &["Core"], &[("FIXTURE_SPAWN_GRANDCHILD", "1"), ("FIXTURE_PIDFILE", &pf)], 10.0),
+            &jsonl_agent(
+                "Polite",
+                "g",
+                true,
+                &["Core"],
+                &[("FIXTURE_SPAWN_GRANDCHILD", "1"), ("FIXTURE_PIDFILE", &pf)],
+                10.0,
+            ),
             &jsonl_agent(
                 "Stubborn",
                 "g",
@@ -173,7 +190,8 @@ async fn sigterm_leaves_no_child_process_behind() {
     )
     .await;
     d.wait_ready().await;
-    let pids: Vec<u32> = std::fs::read_to_string(&pidfile).unwrap().lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let pids: Vec<u32> =
+        std::fs::read_to_string(&pidfile).unwrap().lines().filter_map(|l| l.trim().parse().ok()).collect();
     assert_eq!(pids.len(), 4, "two agents and their grandchildren: {pids:?}");
     assert!(pids.iter().all(|p| util::pid_alive(*p)));
     let status = d.terminate(Duration::from_secs(30)).await;

@@ -47,7 +47,8 @@ async fn fifty_concurrent_requests_cause_one_start() {
     assert!(results.iter().all(Result::is_ok), "{results:?}");
 
     log.drain();
-    let starts = |agent: &str| log.seen.iter().filter(|e| e.topic == "agent.starting" && e.str("agent") == Some(agent)).count();
+    let starts =
+        |agent: &str| log.seen.iter().filter(|e| e.topic == "agent.starting" && e.str("agent") == Some(agent)).count();
     assert_eq!(starts("CognitiveModelAgent"), 1);
     assert_eq!(starts("ChainOfThoughtAgent"), 1);
     let lazy = log.seen.iter().filter(|e| e.topic == "lazy.started").count();
@@ -98,7 +99,8 @@ async fn start_past_the_sla_times_out_and_rolls_back() {
     assert_eq!(ctx.state("Base"), Some(AgentState::Running), "essential agents are not rolled back");
     let failed = log.wait_for(Duration::from_secs(5), "lazy.failed", |e| e.topic == "lazy.failed").await;
     assert_eq!(failed.data["code"], "start_timeout");
-    let pids: Vec<u32> = std::fs::read_to_string(&pidfile).unwrap().lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let pids: Vec<u32> =
+        std::fs::read_to_string(&pidfile).unwrap().lines().filter_map(|l| l.trim().parse().ok()).collect();
     assert!(!pids.is_empty(), "the child was started");
     util::poll_until(Duration::from_secs(5), "child gone", || pids.iter().all(|p| !util::pid_alive(*p))).await;
 

@@ -26,9 +26,12 @@ fn legacy_fixture(dir: &std::path::Path) -> (std::path::PathBuf, Vec<(String, u1
     }
     let mut text = std::fs::read_to_string(src.join("startup_config.yaml")).unwrap();
     let mut ports = Vec::new();
-    for (agent, old) in
-        [("LegacyHealthAgent", 18801), ("LegacyWorkerAgent", 18802), ("LegacyOnDemandAgent", 18803), ("LegacyMissingScript", 18804)]
-    {
+    for (agent, old) in [
+        ("LegacyHealthAgent", 18801),
+        ("LegacyWorkerAgent", 18802),
+        ("LegacyOnDemandAgent", 18803),
+        ("LegacyMissingScript", 18804),
+    ] {
         let port = free_port();
         text = text.replace(&format!("health_check_port: {old}"), &format!("health_check_port: {port}"));
         ports.push((agent.to_string(), port));

@@ -86,7 +86,14 @@ pub fn builtin(name: &str, group: &str, required: bool, deps: &[&str]) -> String
 
 /// A `jsonl` process agent running `tests/fixtures/jsonl_agent.py` with
 /// the given `FIXTURE_*` environment.
-pub fn jsonl_agent(name: &str, group: &str, required: bool, deps: &[&str], env: &[(&str, &str)], ready_secs: f64) -> String {
+pub fn jsonl_agent(
+    name: &str,
+    group: &str,
+    required: bool,
+    deps: &[&str],
+    env: &[(&str, &str)],
+    ready_secs: f64,
+) -> String {
     let autoload = if required { "on_startup" } else { "on_demand" };
     let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}: '{v}'")).collect();
     format!(

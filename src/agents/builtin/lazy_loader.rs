@@ -37,7 +37,8 @@ impl Builtin for LazyLoaderAgent {
             }
             "lazy.status" => {
                 let records = self.ctx.snapshot();
-                let names = |s: AgentState| records.iter().filter(|r| r.state == s).map(|r| r.name.clone()).collect::<Vec<_>>();
+                let names =
+                    |s: AgentState| records.iter().filter(|r| r.state == s).map(|r| r.name.clone()).collect::<Vec<_>>();
                 Ok(json!({
                     "dormant": names(AgentState::Dormant),
                     "starting": names(AgentState::Starting),

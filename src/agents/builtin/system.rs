@@ -60,7 +60,10 @@ impl Builtin for SystemAdmin {
                         "UnifiedSystemAgent cannot stop itself over a task; use POST /agents/UnifiedSystemAgent/stop",
                     ));
                 }
-                fleet.stop_agent(&agent, AgentState::Stopped, "stopped by system.stop").await.map_err(|e| e.to_task_error())?;
+                fleet
+                    .stop_agent(&agent, AgentState::Stopped, "stopped by system.stop")
+                    .await
+                    .map_err(|e| e.to_task_error())?;
                 self.status(&agent)
             }
             "system.restart" => {

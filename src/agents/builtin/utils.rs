@@ -46,7 +46,10 @@ impl Builtin for Utils {
                 let (text, algorithm) = match &task.input {
                     Value::String(s) => (s.clone(), "sha256".to_string()),
                     Value::Object(m) => (
-                        m.get("text").and_then(Value::as_str).ok_or_else(|| bad_input(&task, "missing text"))?.to_string(),
+                        m.get("text")
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| bad_input(&task, "missing text"))?
+                            .to_string(),
                         m.get("algorithm").and_then(Value::as_str).unwrap_or("sha256").to_string(),
                     ),
                     _ => return Err(bad_input(&task, "expected text or {\"text\": ...}")),
