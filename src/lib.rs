@@ -10,9 +10,11 @@
 //! - [`config`]: settings, the agent catalog and its validation, profiles.
 //! - [`supervisor`]: root and group supervisors, restart policy, on-demand starts.
 //! - [`bus`]: the ZeroMQ task bus: envelope, admission queue, replies, events.
+//! - [`routing`]: hybrid routing: the policy (tier, backend chain) and circuit breakers.
 //! - [`backends`]: model backends (OpenAI-compatible HTTP; embedded later).
 //! - [`agents`]: the agent actor and its runtimes (builtin, llm, process).
 //! - [`events`]: the ordered event stream (`seq`, `ts`).
+//! - [`store`]: SQLite on its own thread: migrations, receipts.
 //! - [`telemetry`]: metric names, the HTTP endpoints, tracing.
 //! - [`daemon`]: the `run` command's life cycle; [`cli`]: the commands.
 //!
@@ -37,5 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod store;
+pub mod routing;
 pub mod supervisor;
 pub mod telemetry;

@@ -21,7 +21,7 @@ use futures::FutureExt;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use tokio::task::JoinSet;
 
-use super::builtin::{self, Builtin};
+use super::builtin::{self, Behaviour};
 use super::process::ProcessChild;
 use super::task::{ErrorCode, Task, TaskError, TaskReply};
 use crate::config::spec::{AgentSpec, RuntimeSpec};
@@ -145,7 +145,7 @@ pub struct AgentState {
     spec: Arc<AgentSpec>,
     ctx: Arc<FleetCtx>,
     child: Option<ProcessChild>,
-    builtin: Option<Arc<dyn Builtin>>,
+    builtin: Option<Arc<dyn Behaviour>>,
     /// Tasks being answered by the builtin behaviour (aborted on stop).
     tasks: JoinSet<()>,
     /// Dependency restarts seen (re-resolutions done).
@@ -166,7 +166,7 @@ impl Actor for AgentActor {
             RuntimeSpec::Process { .. } => Some(ProcessChild::start(&spec, &ctx, myself, deadline).await?),
             RuntimeSpec::Builtin { .. } | RuntimeSpec::Llm { .. } => None,
         };
-        let builtin = builtin::create(&spec, &ctx);
+        let builtin = builtin::create(&spec, &ctx)?;
         if let Some(b) = &builtin {
             b.start().await?;
         }

@@ -30,6 +30,13 @@ pub struct Task {
     pub cancel: CancellationToken,
     /// Conversation session, when the client set one.
     pub session: Option<String>,
+    /// Routing preference of the client.
+    pub prefer: Option<crate::config::Prefer>,
+    /// Explicit complexity 0.0–1.0 from the client.
+    pub complexity: Option<f64>,
+    /// Where the agent leaves the routing receipt of its model call (the
+    /// reply's `route`).
+    pub receipt: std::sync::Arc<parking_lot::Mutex<Option<crate::store::receipts::Receipt>>>,
 }
 
 impl Task {
@@ -43,6 +50,9 @@ impl Task {
             chunks: None,
             cancel: CancellationToken::new(),
             session: None,
+            prefer: None,
+            complexity: None,
+            receipt: Default::default(),
         }
     }
 
@@ -105,6 +115,12 @@ pub enum ErrorCode {
     Cancelled,
     /// The daemon is stopping.
     ShuttingDown,
+    /// No model backend can serve the call (none configured, all breakers open).
+    NoBackend,
+    /// Every backend of the routing chain failed (the last error is in the message).
+    BackendError,
+    /// The model's answer did not match the agent's output schema, even after one repair.
+    InvalidOutput,
     /// A bug or an unexpected condition.
     Internal,
 }
@@ -131,6 +147,9 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::NoBackend => "no_backend",
+            ErrorCode::BackendError => "backend_error",
+            ErrorCode::InvalidOutput => "invalid_output",
             ErrorCode::Internal => "internal",
         }
     }

@@ -388,6 +388,7 @@ async fn execute(
     let ctx = fleet.ctx().clone();
     let id = key.1.clone();
     let mut timings = Timings { queue: received.elapsed().as_secs_f64() * 1e3, ..Default::default() };
+    let receipt_slot: Arc<parking_lot::Mutex<Option<crate::store::receipts::Receipt>>> = Default::default();
     let limit = async {
         match deadline {
             Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -410,6 +411,7 @@ async fn execute(
             .clone()
             .unwrap_or_else(|| ctx.catalog.get(&agent).and_then(|s| s.handles.first().cloned()).unwrap_or_default());
         let (chunk_tx, mut chunk_rx) = mpsc::unbounded_channel::<String>();
+        let receipt = receipt_slot.clone();
         let forward = task.stream.then(|| {
             let (replier, client, id) = (replier.clone(), client.clone(), id.clone());
             tokio::spawn(async move {
@@ -429,6 +431,9 @@ async fn execute(
             chunks: task.stream.then_some(chunk_tx),
             cancel: token.clone(),
             session: task.session.clone(),
+            prefer: task.prefer,
+            complexity: task.complexity,
+            receipt: receipt.clone(),
         };
         let t0 = Instant::now();
         let answer = tokio::select! {
@@ -449,17 +454,22 @@ async fn execute(
     }
     .await;
     timings.total = received.elapsed().as_secs_f64() * 1e3;
+    let route = receipt_slot.lock().take();
+    if let Some(r) = &route {
+        timings.route = r.decide_us / 1e3;
+    }
+    let route = route.and_then(|r| serde_json::to_value(r).ok());
     ctx.metrics.task_duration.with_label_values(&[&agent]).observe(timings.total / 1e3);
     let reply = match result {
         Ok(output) => {
             ctx.events.publish("task.completed", json!({"id": id, "agent": agent, "total_ms": timings.total}));
-            Reply::ok(id.clone(), agent.clone(), output, timings)
+            Reply { route, ..Reply::ok(id.clone(), agent.clone(), output, timings) }
         }
         Err(e) => {
             let topic = if e.code == ErrorCode::Cancelled { "task.cancelled" } else { "task.failed" };
             ctx.events.publish(topic, json!({"id": id, "agent": agent, "code": e.code.as_str()}));
             tracing::info!(task_id = %id, agent, code = e.code.as_str(), error = %e.message, "task failed");
-            Reply::error(Some(id.clone()), Some(agent.clone()), e, Some(timings))
+            Reply { route, ..Reply::error(Some(id.clone()), Some(agent.clone()), e, Some(timings)) }
         }
     };
     replier.send(&client, reply.to_bytes()).await;

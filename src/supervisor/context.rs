@@ -33,6 +33,10 @@ pub struct FleetCtx {
     pub metrics: Metrics,
     /// When the daemon started.
     pub started: Instant,
+    /// The SQLite store.
+    pub store: crate::store::Store,
+    /// Latest CPU load, percent ×100 (SystemDigitalTwin); `u64::MAX` = unknown.
+    load_centi_percent: std::sync::atomic::AtomicU64,
     records: RwLock<BTreeMap<String, AgentRecord>>,
     shutting_down: AtomicBool,
     /// The fleet handle, for behaviours that drive the supervisor (weak: the
@@ -44,7 +48,7 @@ pub struct FleetCtx {
 
 impl FleetCtx {
     /// A context with a record per agent of `plan` (all `dormant`).
-    pub fn new(settings: Settings, catalog: Catalog, plan: Plan, metrics: Metrics) -> FleetCtx {
+    pub fn new(settings: Settings, catalog: Catalog, plan: Plan, metrics: Metrics, store: crate::store::Store) -> FleetCtx {
         let records = plan
             .agents
             .iter()
@@ -74,6 +78,8 @@ impl FleetCtx {
             plan,
             metrics,
             started: Instant::now(),
+            store,
+            load_centi_percent: std::sync::atomic::AtomicU64::new(u64::MAX),
             records: RwLock::new(records),
             shutting_down: AtomicBool::new(false),
             fleet: OnceLock::new(),
@@ -83,6 +89,25 @@ impl FleetCtx {
 
     pub(crate) fn set_fleet(&self, fleet: Weak<super::fleet::Inner>) {
         let _ = self.fleet.set(fleet);
+    }
+
+    /// Records the machine's CPU load, percent (SystemDigitalTwin).
+    pub fn set_system_load_percent(&self, percent: f64) {
+        let v = (percent.clamp(0.0, 100.0) * 100.0) as u64;
+        self.load_centi_percent.store(v, Ordering::Relaxed);
+    }
+
+    /// The latest CPU load, percent; `None` until SystemDigitalTwin measured it.
+    pub fn system_load_percent(&self) -> Option<f64> {
+        match self.load_centi_percent.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            v => Some(v as f64 / 100.0),
+        }
+    }
+
+    /// The HybridRouter actor, looked up by name.
+    pub fn router(&self) -> Option<ractor::ActorRef<crate::routing::router::RouterMsg>> {
+        ractor::registry::where_is(self.actor_name(crate::routing::router::ROUTER_NAME)).map(Into::into)
     }
 
     /// Records the bound bus endpoints (ROUTER, PUB).

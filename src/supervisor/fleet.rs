@@ -33,6 +33,9 @@ const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Errors of the fleet's own machinery (not of one agent).
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
+    /// The SQLite store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// A supervisor actor could not be spawned (name taken: another fleet
     /// runs in this process).
     #[error("cannot start supervisor {name}: {reason}")]
@@ -78,12 +81,17 @@ impl Fleet {
     /// [`FleetError::Spawn`] when a supervisor name is already registered.
     pub async fn start(settings: Settings, catalog: Catalog, plan: Plan) -> Result<Fleet, FleetError> {
         let metrics = Metrics::new();
-        let ctx = Arc::new(FleetCtx::new(settings, catalog, plan, metrics));
+        let store = crate::store::Store::open(&settings.data_dir)?;
+        let ctx = Arc::new(FleetCtx::new(settings, catalog, plan, metrics, store));
         let spawn_err =
             |name: &str, e: ractor::SpawnErr| FleetError::Spawn { name: name.into(), reason: e.to_string() };
         let (root, _) = Actor::spawn(Some(ctx.actor_name("agentvisor")), RootSupervisor, ctx.clone())
             .await
             .map_err(|e| spawn_err("agentvisor", e))?;
+        let router = ctx.actor_name(crate::routing::router::ROUTER_NAME);
+        Actor::spawn_linked(Some(router.clone()), crate::routing::router::HybridRouter, ctx.clone(), root.get_cell())
+            .await
+            .map_err(|e| spawn_err(&router, e))?;
         let boot_order: Vec<String> = ctx.catalog.waves(&ctx.plan.agents).into_iter().flatten().collect();
         let mut groups = BTreeMap::new();
         for (group, _) in ctx.plan.by_group(&ctx.catalog) {
@@ -319,6 +327,9 @@ impl Fleet {
         }
         for group in self.inner.groups.values() {
             let _ = group.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
+        }
+        if let Some(router) = ctx.router() {
+            let _ = router.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
         }
         let _ = self.inner.root.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
         ctx.events.publish("fleet.stopped", json!({"stop_ms": t0.elapsed().as_secs_f64() * 1e3}));

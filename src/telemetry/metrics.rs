@@ -59,6 +59,16 @@ pub struct Metrics {
     pub task_duration: HistogramVec,
     /// `agentvisor_events_dropped_total`: events the PUB socket missed because it lagged.
     pub events_dropped: IntCounter,
+    /// `agentvisor_route_decisions_total{tier,backend,outcome}`: model calls routed (one receipt each).
+    pub route_decisions: IntCounterVec,
+    /// `agentvisor_route_decide_seconds`: time to decide a route.
+    pub route_decide_seconds: prometheus::Histogram,
+    /// `agentvisor_backend_requests_total{backend,outcome}`; outcome ok or a backend error kind.
+    pub backend_requests: IntCounterVec,
+    /// `agentvisor_llm_tokens_total{backend,direction}`; direction in|out.
+    pub llm_tokens: IntCounterVec,
+    /// `agentvisor_backend_breaker_state{backend}`: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: IntGaugeVec,
 }
 
 impl Metrics {
@@ -79,12 +89,13 @@ impl Metrics {
             registry.register(Box::new(c.clone())).expect("unique metric");
             c
         };
-        let histogram_vec = |name: &str, help: &str, labels: &[&str]| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(START_BUCKETS.to_vec()), labels)
+        let histogram_vec_with = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
                 .expect("valid metric");
             registry.register(Box::new(h.clone())).expect("unique metric");
             h
         };
+        let histogram_vec = |name: &str, help: &str, labels: &[&str]| histogram_vec_with(name, help, labels, START_BUCKETS);
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
             registry.register(Box::new(g.clone())).expect("unique metric");
@@ -152,17 +163,38 @@ impl Metrics {
                 &["direction"],
             ),
             queue_depth: gauge("agentvisor_bus_queue_depth", "Tasks waiting in the admission queue."),
-            task_duration: HistogramVec::new(
-                HistogramOpts::new("agentvisor_task_duration_seconds", "Receipt to reply of bus tasks, per agent.")
-                    .buckets(TASK_BUCKETS.to_vec()),
+            task_duration: histogram_vec_with(
+                "agentvisor_task_duration_seconds",
+                "Receipt to reply of bus tasks, per agent.",
                 &["agent"],
-            )
-            .map(|h| {
+                TASK_BUCKETS,
+            ),
+            events_dropped,
+            route_decisions: counter_vec(
+                "agentvisor_route_decisions_total",
+                "Model calls routed, by tier, answering backend and outcome.",
+                &["tier", "backend", "outcome"],
+            ),
+            route_decide_seconds: {
+                let h = prometheus::Histogram::with_opts(
+                    HistogramOpts::new("agentvisor_route_decide_seconds", "Time HybridRouter takes to decide a route.")
+                        .buckets(vec![1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3]),
+                )
+                .expect("valid metric");
                 registry.register(Box::new(h.clone())).expect("unique metric");
                 h
-            })
-            .expect("valid metric"),
-            events_dropped,
+            },
+            backend_requests: counter_vec(
+                "agentvisor_backend_requests_total",
+                "Backend calls by outcome (ok or the error kind).",
+                &["backend", "outcome"],
+            ),
+            llm_tokens: counter_vec("agentvisor_llm_tokens_total", "Model tokens by backend and direction.", &["backend", "direction"]),
+            breaker_state: gauge_vec(
+                "agentvisor_backend_breaker_state",
+                "Circuit breaker per backend: 0 closed, 1 open, 2 half-open.",
+                &["backend"],
+            ),
             registry,
         }
     }

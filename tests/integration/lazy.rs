@@ -115,10 +115,15 @@ async fn tasks_start_dormant_agents_and_never_get_fake_answers() {
     let dir = tempfile::tempdir().unwrap();
     let fleet = util::fleet(util::settings(dir.path()), None, "learning").await;
     fleet.boot().await;
+    // An llm agent with no model backend configured says so.
     let err = fleet.call("CognitiveModelAgent", task("t1")).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::NotImplemented, "{err:?}");
-    assert!(err.message.contains("CognitiveModelAgent (llm runtime)"), "{err:?}");
+    assert_eq!(err.code, ErrorCode::NoBackend, "{err:?}");
+    assert!(err.message.contains("no model backend is configured"), "{err:?}");
     assert_eq!(fleet.ctx().state("CognitiveModelAgent"), Some(AgentState::Running));
+    // A builtin agent whose behaviour is not written yet says so.
+    let err = fleet.call("KnowledgeBase", Task::new("t3", "kb.search", json!("x"))).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotImplemented, "{err:?}");
+    assert!(err.message.contains("KnowledgeBase (builtin runtime)"), "{err:?}");
     let err = fleet.call("NoSuchAgent", task("t2")).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::UnknownAgent);
     fleet.shutdown(Duration::from_secs(10)).await;

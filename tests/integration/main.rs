@@ -4,10 +4,12 @@
 
 mod util;
 
+mod backend_openai;
 mod bus;
 mod check;
 mod crash;
 mod daemon;
+mod fake_openai;
 mod lazy;
 mod legacy;
 mod strategies;

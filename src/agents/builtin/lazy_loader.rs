@@ -12,7 +12,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::{Builtin, agent_arg, unknown_type};
+use super::{Behaviour, agent_arg, unknown_type};
 use crate::agents::actor::StartError;
 use crate::agents::task::{Task, TaskReply};
 use crate::supervisor::context::FleetCtx;
@@ -25,7 +25,7 @@ pub struct LazyLoaderAgent {
 }
 
 #[async_trait]
-impl Builtin for LazyLoaderAgent {
+impl Behaviour for LazyLoaderAgent {
     async fn handle(&self, task: Task) -> TaskReply {
         match task.task_type.as_str() {
             "lazy.ensure" => {

@@ -1,4 +1,4 @@
-//! Builtin behaviours: Rust code answering tasks in-process, one file per
+//! Behaviour behaviours: Rust code answering tasks in-process, one file per
 //! behaviour. Each file documents the task types it handles, their input and
 //! output JSON, and its state.
 //!
@@ -8,10 +8,12 @@
 //! | UnifiedSystemAgent | [`system`] | `system.agents`, `system.status`, `system.start`, `system.stop`, `system.restart` |
 //! | LazyLoader | [`lazy_loader`] | `lazy.ensure`, `lazy.status` |
 //! | RequestCoordinator | [`request_coordinator`] | `coordinator.status`; owns the ZeroMQ sockets |
+//! | SystemDigitalTwin | [`digital_twin`] | `twin.snapshot`, `twin.system_load` |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
 //! issue lands — never with a made-up answer.
 
+pub mod digital_twin;
 pub mod lazy_loader;
 pub mod request_coordinator;
 pub mod system;
@@ -29,7 +31,7 @@ use crate::supervisor::context::FleetCtx;
 /// A builtin behaviour. Tasks run concurrently (each in its own tokio
 /// task), so handlers take `&self`; state lives behind interior mutability.
 #[async_trait]
-pub trait Builtin: Send + Sync + 'static {
+pub trait Behaviour: Send + Sync + 'static {
     /// Start hook, run in the actor's `pre_start` (bind sockets, open
     /// files). The agent is `running` only after it returned `Ok`.
     async fn start(&self) -> Result<(), StartError> {
@@ -45,16 +47,27 @@ pub trait Builtin: Send + Sync + 'static {
 }
 
 /// The behaviour of `spec`, when one is built; `None` otherwise.
-pub fn create(spec: &AgentSpec, ctx: &Arc<FleetCtx>) -> Option<Arc<dyn Builtin>> {
+pub fn create(spec: &Arc<AgentSpec>, ctx: &Arc<FleetCtx>) -> Result<Option<Arc<dyn Behaviour>>, StartError> {
     let name = match &spec.runtime {
         crate::config::spec::RuntimeSpec::Builtin { behaviour } => behaviour.as_deref().unwrap_or(&spec.name),
-        _ => return None,
+        crate::config::spec::RuntimeSpec::Llm { .. } => {
+            return match crate::agents::llm::LlmAgent::new(spec.clone(), ctx.clone()) {
+                Ok(b) => Ok(b.map(|b| Arc::new(b) as Arc<dyn Behaviour>)),
+                Err(reason) => Err(StartError::Failed { agent: spec.name.clone(), reason }),
+            };
+        }
+        crate::config::spec::RuntimeSpec::Process { .. } => return Ok(None),
     };
+    Ok(builtin_for(name, ctx))
+}
+
+fn builtin_for(name: &str, ctx: &Arc<FleetCtx>) -> Option<Arc<dyn Behaviour>> {
     match name {
         "UnifiedUtilsAgent" => Some(Arc::new(utils::Utils)),
         "UnifiedSystemAgent" => Some(Arc::new(system::SystemAdmin { ctx: ctx.clone() })),
         "LazyLoader" => Some(Arc::new(lazy_loader::LazyLoaderAgent { ctx: ctx.clone() })),
         "RequestCoordinator" => Some(Arc::new(request_coordinator::RequestCoordinator::new(ctx.clone()))),
+        "SystemDigitalTwin" => Some(Arc::new(digital_twin::DigitalTwin::new(ctx.clone()))),
         _ => None,
     }
 }

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde_json::json;
 
-use super::{Builtin, unknown_type};
+use super::{Behaviour, unknown_type};
 use crate::agents::actor::StartError;
 use crate::agents::task::{Task, TaskReply};
 use crate::bus::Bus;
@@ -33,7 +33,7 @@ impl RequestCoordinator {
 }
 
 #[async_trait]
-impl Builtin for RequestCoordinator {
+impl Behaviour for RequestCoordinator {
     async fn start(&self) -> Result<(), StartError> {
         let bus = Bus::start(self.ctx.clone())
             .await

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::{Builtin, agent_arg, unknown_type};
+use super::{Behaviour, agent_arg, unknown_type};
 use crate::agents::task::{Task, TaskError, TaskReply};
 use crate::supervisor::context::FleetCtx;
 use crate::supervisor::state::AgentState;
@@ -38,7 +38,7 @@ impl SystemAdmin {
 }
 
 #[async_trait]
-impl Builtin for SystemAdmin {
+impl Behaviour for SystemAdmin {
     async fn handle(&self, task: Task) -> TaskReply {
         let fleet = self.ctx.fleet().ok_or_else(|| crate::agents::actor::StartError::ShuttingDown.to_task_error())?;
         match task.task_type.as_str() {

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Builtin, bad_input, unknown_type};
+use super::{Behaviour, bad_input, unknown_type};
 use crate::agents::task::{Task, TaskReply};
 
 /// Longest `utils.sleep`, seconds.
@@ -24,7 +24,7 @@ const MAX_SLEEP_SECS: f64 = 300.0;
 pub struct Utils;
 
 #[async_trait]
-impl Builtin for Utils {
+impl Behaviour for Utils {
     async fn handle(&self, task: Task) -> TaskReply {
         match task.task_type.as_str() {
             "utils.echo" => {

@@ -1,0 +1,148 @@
+//! State on disk (DESIGN §8): one SQLite database, `data_dir/agentvisor.db`,
+//! in WAL mode, owned by one dedicated thread. Callers send closures to that
+//! thread and await their result, so no SQLite call ever runs inside an
+//! actor's handler or on the async runtime.
+//!
+//! Migrations are versioned with `PRAGMA user_version`; each step runs once,
+//! in order, inside a transaction.
+
+pub mod receipts;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or migrated.
+    #[error("cannot open {path}: {reason}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's message.
+        reason: String,
+    },
+    /// A query failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The store thread is gone (daemon stopping).
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// Stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Open { .. } => "store_open",
+            StoreError::Sqlite(_) => "store_query",
+            StoreError::Closed => "store_closed",
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Handle on the store thread; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::UnboundedSender<Job>,
+    path: PathBuf,
+}
+
+/// Schema migrations, in order; `user_version` counts the ones applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: routing receipts (the shadow audit).
+    "CREATE TABLE receipts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        task_id TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        task_type TEXT NOT NULL,
+        tier TEXT NOT NULL,
+        backend TEXT,
+        model TEXT,
+        complexity REAL NOT NULL,
+        reason TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        fallbacks TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        decide_us REAL NOT NULL,
+        queue_ms REAL NOT NULL,
+        first_token_ms REAL,
+        total_ms REAL NOT NULL,
+        tokens_in INTEGER NOT NULL,
+        tokens_out INTEGER NOT NULL,
+        cost_usd REAL NOT NULL
+    );
+    CREATE INDEX receipts_ts ON receipts(ts);
+    CREATE INDEX receipts_task ON receipts(task_id);",
+];
+
+/// Opens (creating when needed) and migrates the database at `path`.
+///
+/// # Errors
+/// [`StoreError::Open`] when the file cannot be opened or a migration fails.
+pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let open_err = |e: rusqlite::Error| StoreError::Open { path: path.to_path_buf(), reason: e.to_string() };
+    let mut conn = Connection::open(path).map_err(open_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        let tx = conn.transaction().map_err(open_err)?;
+        tx.execute_batch(sql).map_err(open_err)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(open_err)?;
+        tx.commit().map_err(open_err)?;
+        tracing::info!(version = i + 1, path = %path.display(), "store migrated");
+    }
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens `data_dir/agentvisor.db` on a new thread.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`].
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Open { path: data_dir.to_path_buf(), reason: e.to_string() })?;
+        let path = data_dir.join("agentvisor.db");
+        let mut conn = open_connection(&path)?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        std::thread::Builder::new()
+            .name("agentvisor-store".into())
+            .spawn(move || {
+                while let Some(job) = rx.blocking_recv() {
+                    job(&mut conn);
+                }
+            })
+            .map_err(|e| StoreError::Open { path: path.clone(), reason: e.to_string() })?;
+        Ok(Store { tx, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the store thread and returns its result.
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] when the thread is gone, or `f`'s error.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Box::new(move |conn| {
+                let _ = tx.send(f(conn));
+            }))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
