@@ -202,12 +202,12 @@ fn routing(c: &mut Criterion) {
     eprintln!("edge cases:");
     for (name, edge) in &edges {
         let d = decide(edge);
-        eprintln!("  {name:<34} {} chain {:?} fallbacks {:?}: {}", tier_str(d.tier), d.chain, d.fallbacks, d.reason);
+        eprintln!("  {name:<36} {} chain {:?} fallbacks {:?}: {}", tier_str(d.tier), d.chain, d.fallbacks, d.reason);
     }
     let cloud_dead = |name: &str| name == "local";
     let d = policy.decide(&RouteInput::new("code_generation", code), &cloud_dead).unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
-        "  {:<34} {} chain {:?} fallbacks {:?}",
+        "  {:<36} {} chain {:?} fallbacks {:?}",
         "code_generation, cloud breakers open",
         tier_str(d.tier),
         d.chain,

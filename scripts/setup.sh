@@ -4,7 +4,7 @@
 #   espeak-ng   TTSService's engine (agents/speech_io/tts_service.py)
 #   prometheus  for promtool, which lints /metrics in the tests
 #   python3     process agents and test fixtures
-#   pyzmq       the Python client of the interop tests and examples/python
+#   pyzmq, openai  Python clients of the interop tests (ZeroMQ bus, /v1 gateway)
 #   cargo-nextest  the test runner (one process per test)
 set -euo pipefail
 
@@ -21,11 +21,13 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-if ! python3 -c "import zmq" >/dev/null 2>&1; then
-  echo "setup: installing pyzmq"
-  python3 -m pip install --quiet --disable-pip-version-check pyzmq 2>/dev/null \
-    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages pyzmq 2>/dev/null \
-    || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"; DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-zmq >/dev/null; }
+py_missing=()
+python3 -c "import zmq" >/dev/null 2>&1 || py_missing+=(pyzmq)
+python3 -c "import openai" >/dev/null 2>&1 || py_missing+=(openai)
+if ((${#py_missing[@]})); then
+  echo "setup: installing Python packages ${py_missing[*]}"
+  python3 -m pip install --quiet --disable-pip-version-check "${py_missing[@]}" 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${py_missing[@]}"
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -106,6 +106,18 @@ pub enum Command {
         #[arg(long)]
         endpoint: Option<String>,
     },
+    /// Print the newest routing receipts from the SQLite store (`data_dir/agentvisor.db`).
+    Receipts {
+        /// How many, newest last.
+        #[arg(long, default_value_t = 20)]
+        last: u32,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Data directory (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Load generator: drive tasks through the ZeroMQ ingress, report tasks/s
     /// and latency percentiles.
     Bench {
@@ -283,6 +295,52 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
                 );
             }
             Ok(if r.errors == 0 { 0 } else { 1 })
+        }
+        Command::Receipts { last, json, data_dir } => {
+            let mut extra = Vec::new();
+            if let Some(d) = data_dir {
+                extra.push(("data_dir".to_string(), d.display().to_string()));
+            }
+            let settings = cli.settings(&extra)?;
+            let path = settings.data_dir.join("agentvisor.db");
+            if !path.exists() {
+                bail!("no store at {} (has the daemon run with this data_dir?)", path.display());
+            }
+            let conn = crate::store::open_connection(&path)?;
+            let receipts = crate::store::receipts::last(&conn, *last)?;
+            if *json {
+                for r in &receipts {
+                    println!("{}", serde_json::to_string(r)?);
+                }
+            } else {
+                println!(
+                    "{:<24} {:<22} {:<24} {:<4} {:<14} {:<7} {:>6} {:>9} {:>6} {:>6} {:>10}  REASON / FALLBACKS",
+                    "TIME", "TASK", "AGENT", "TIER", "BACKEND", "OUTCOME", "TRIES", "TOTAL_MS", "IN", "OUT", "COST_USD"
+                );
+                for r in &receipts {
+                    let ts = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(r.ts.max(0.0));
+                    let mut why = r.reason.clone();
+                    if !r.fallbacks.is_empty() {
+                        why.push_str(&format!(" [{}]", r.fallbacks.join(", ")));
+                    }
+                    println!(
+                        "{:<24} {:<22} {:<24} {:<4} {:<14} {:<7} {:>6} {:>9.1} {:>6} {:>6} {:>10.6}  {}",
+                        humantime::format_rfc3339_seconds(ts).to_string(),
+                        r.task_id.chars().take(22).collect::<String>(),
+                        r.agent,
+                        r.tier,
+                        r.backend.as_deref().unwrap_or("-"),
+                        r.outcome,
+                        r.attempts,
+                        r.total_ms,
+                        r.tokens_in,
+                        r.tokens_out,
+                        r.cost_usd,
+                        why
+                    );
+                }
+            }
+            Ok(0)
         }
         Command::Agents { profile, tree } => {
             let settings = cli.settings(&[])?;

@@ -39,7 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod events;
-pub mod store;
 pub mod routing;
+pub mod store;
 pub mod supervisor;
 pub mod telemetry;

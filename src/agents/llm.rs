@@ -67,13 +67,18 @@ impl LlmAgent {
     }
 
     /// One model call through HybridRouter; leaves the receipt on the task.
-    async fn ask(&self, task: &Task, messages: Vec<ChatMessage>, json: bool, stream: bool) -> Result<String, TaskError> {
-        let router = self
-            .ctx
-            .router()
-            .ok_or_else(|| TaskError::new(ErrorCode::Internal, "HybridRouter is not running"))?;
+    async fn ask(
+        &self,
+        task: &Task,
+        messages: Vec<ChatMessage>,
+        json: bool,
+        stream: bool,
+    ) -> Result<String, TaskError> {
+        let router =
+            self.ctx.router().ok_or_else(|| TaskError::new(ErrorCode::Internal, "HybridRouter is not running"))?;
         let (complexity, max_tokens, _) = self.runtime();
-        let timeout = task.deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(DEFAULT_CALL_TIMEOUT);
+        let timeout =
+            task.deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(DEFAULT_CALL_TIMEOUT);
         let call = ModelCall {
             task_id: task.id.clone(),
             agent: self.spec.name.clone(),
@@ -103,8 +108,12 @@ impl LlmAgent {
                 }
                 Err(failure.error)
             }
-            Ok(CallResult::Timeout) => Err(TaskError::new(ErrorCode::DeadlineExceeded, "the model call did not finish in time")),
-            Ok(CallResult::SenderError) | Err(_) => Err(TaskError::new(ErrorCode::Internal, "HybridRouter stopped during the call")),
+            Ok(CallResult::Timeout) => {
+                Err(TaskError::new(ErrorCode::DeadlineExceeded, "the model call did not finish in time"))
+            }
+            Ok(CallResult::SenderError) | Err(_) => {
+                Err(TaskError::new(ErrorCode::Internal, "HybridRouter stopped during the call"))
+            }
         }
     }
 
@@ -152,7 +161,10 @@ impl LlmAgent {
                 repair.cancel = task.cancel.clone();
                 let repaired = fleet.call("NLUAgent", repair).await?;
                 choice(&repaired.get("entities").cloned().unwrap_or(repaired.clone()).to_string()).ok_or_else(|| {
-                    TaskError::new(ErrorCode::InvalidOutput, format!("the arbiter's choice could not be repaired: {raw}"))
+                    TaskError::new(
+                        ErrorCode::InvalidOutput,
+                        format!("the arbiter's choice could not be repaired: {raw}"),
+                    )
                 })?
             }
         };

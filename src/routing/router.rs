@@ -122,7 +122,11 @@ impl Actor for HybridRouter {
     type State = RouterState;
     type Arguments = Arc<FleetCtx>;
 
-    async fn pre_start(&self, _myself: ActorRef<RouterMsg>, ctx: Arc<FleetCtx>) -> Result<RouterState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<RouterMsg>,
+        ctx: Arc<FleetCtx>,
+    ) -> Result<RouterState, ActorProcessingErr> {
         let settings = &ctx.settings;
         let policy = Policy::new(&settings.routing, &settings.backends)?;
         let mut backends: BTreeMap<String, Arc<dyn ChatBackend>> = BTreeMap::new();
@@ -147,7 +151,12 @@ impl Actor for HybridRouter {
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<RouterMsg>, msg: RouterMsg, st: &mut RouterState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        msg: RouterMsg,
+        st: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
         while st.calls.try_join_next().is_some() {}
         match msg {
             RouterMsg::Call(call, reply) => st.call(myself, *call, reply),
@@ -194,7 +203,12 @@ fn estimate_tokens(messages: &[ChatMessage]) -> u32 {
 }
 
 impl RouterState {
-    fn call(&mut self, myself: ActorRef<RouterMsg>, call: ModelCall, reply: RpcReplyPort<Result<ModelAnswer, ModelFailure>>) {
+    fn call(
+        &mut self,
+        myself: ActorRef<RouterMsg>,
+        call: ModelCall,
+        reply: RpcReplyPort<Result<ModelAnswer, ModelFailure>>,
+    ) {
         let t0 = Instant::now();
         let now = Instant::now();
         let mut input = RouteInput::new(&call.task_type, call.agent_complexity);
@@ -204,7 +218,9 @@ impl RouterState {
         input.local_load_percent = self.ctx.system_load_percent();
         let breakers = RefCell::new(&mut self.breakers);
         let decision = match &call.backend {
-            Some(forced) => self.policy.decide(&input, &|b| b == forced && breakers.borrow().get(b).is_some_and(|br| br.would_allow(now))),
+            Some(forced) => self
+                .policy
+                .decide(&input, &|b| b == forced && breakers.borrow().get(b).is_some_and(|br| br.would_allow(now))),
             None => self.policy.decide(&input, &|b| breakers.borrow().get(b).is_some_and(|br| br.would_allow(now))),
         };
         let decide_us = t0.elapsed().as_secs_f64() * 1e6;
@@ -225,11 +241,13 @@ impl RouterState {
                 receipt.reason = e.to_string();
                 receipt.outcome = ErrorCode::NoBackend.as_str().into();
                 let hint = if self.backends.is_empty() {
-                    "no model backend is configured: add one under backends: in agentvisor.yaml (see README)".to_string()
+                    "no model backend is configured: add one under backends: in agentvisor.yaml (see README)"
+                        .to_string()
                 } else {
                     e.to_string()
                 };
-                let failure = ModelFailure { error: TaskError::new(ErrorCode::NoBackend, hint), receipt: Some(receipt.clone()) };
+                let failure =
+                    ModelFailure { error: TaskError::new(ErrorCode::NoBackend, hint), receipt: Some(receipt.clone()) };
                 self.finish_later(receipt);
                 let _ = reply.send(Err(failure));
                 return;
@@ -249,15 +267,30 @@ impl RouterState {
         let prices: BTreeMap<String, (f64, f64, String)> = chain
             .iter()
             .filter_map(|(n, _)| {
-                ctx.settings.backends.get(n).map(|b| (n.clone(), (b.price_per_1k_input_usd, b.price_per_1k_output_usd, b.model.clone())))
+                ctx.settings
+                    .backends
+                    .get(n)
+                    .map(|b| (n.clone(), (b.price_per_1k_input_usd, b.price_per_1k_output_usd, b.model.clone())))
             })
             .collect();
-        let permits: Vec<bool> = chain.iter().map(|(n, _)| self.breakers.get_mut(n).is_some_and(|b| b.allow(now))).collect();
+        let permits: Vec<bool> =
+            chain.iter().map(|(n, _)| self.breakers.get_mut(n).is_some_and(|b| b.allow(now))).collect();
         self.calls.spawn(async move {
             let t_call = Instant::now();
             let mut attempts = 0;
             let mut last_error: Option<TaskError> = None;
             let streamed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            // Backends whose breaker let us through but that we never call
+            // (an earlier one answered) give their half-open probe back.
+            let give_back = |rest: &[(String, bool)]| {
+                for (name, permitted) in rest {
+                    if *permitted {
+                        let _ = myself.cast(RouterMsg::Outcome { backend: name.clone(), success: None });
+                    }
+                }
+            };
+            let untried: Vec<(String, bool)> =
+                chain.iter().map(|(n, _)| n.clone()).zip(permits.iter().copied()).collect();
             for (i, ((name, backend), permitted)) in chain.into_iter().zip(permits).enumerate() {
                 if !permitted {
                     receipt.fallbacks.push(format!("skip_open_breaker:{name}"));
@@ -298,12 +331,13 @@ impl RouterState {
                         receipt.tokens_out = resp.tokens_out;
                         receipt.first_token_ms = resp.first_token.map(|d| d.as_secs_f64() * 1e3);
                         receipt.total_ms = t_call.elapsed().as_secs_f64() * 1e3;
-                        receipt.cost_usd =
-                            f64::from(resp.tokens_in) / 1000.0 * price_in + f64::from(resp.tokens_out) / 1000.0 * price_out;
+                        receipt.cost_usd = f64::from(resp.tokens_in) / 1000.0 * price_in
+                            + f64::from(resp.tokens_out) / 1000.0 * price_out;
                         receipt.outcome = "ok".into();
                         ctx.metrics.llm_tokens.with_label_values(&[&name, "in"]).inc_by(u64::from(resp.tokens_in));
                         ctx.metrics.llm_tokens.with_label_values(&[&name, "out"]).inc_by(u64::from(resp.tokens_out));
                         ctx.metrics.backend_requests.with_label_values(&[&name, "ok"]).inc();
+                        give_back(&untried[i + 1..]);
                         finish(&ctx, receipt.clone()).await;
                         let _ = reply.send(Ok(ModelAnswer { response: resp, receipt }));
                         return;
@@ -319,9 +353,15 @@ impl RouterState {
                         });
                         ctx.metrics.backend_requests.with_label_values(&[&name, e.kind.as_str()]).inc();
                         tracing::warn!(backend = %name, error = %e, "backend call failed");
-                        let code = if e.kind == BackendErrorKind::Cancelled { ErrorCode::Cancelled } else { ErrorCode::BackendError };
+                        let code = if e.kind == BackendErrorKind::Cancelled {
+                            ErrorCode::Cancelled
+                        } else {
+                            ErrorCode::BackendError
+                        };
                         last_error = Some(TaskError::new(code, e.to_string()));
-                        if e.kind == BackendErrorKind::Cancelled || streamed.load(std::sync::atomic::Ordering::Acquire) {
+                        if e.kind == BackendErrorKind::Cancelled || streamed.load(std::sync::atomic::Ordering::Acquire)
+                        {
+                            give_back(&untried[i + 1..]);
                             break; // no failover after cancel or after part of the answer was streamed
                         }
                     }

@@ -134,7 +134,12 @@ mod tests {
         {
             let conn = crate::store::open_connection(&path).unwrap();
             for i in 0..3 {
-                let r = Receipt { task_id: format!("t{i}"), tier: "L1".into(), fallbacks: vec!["x".into()], ..Default::default() };
+                let r = Receipt {
+                    task_id: format!("t{i}"),
+                    tier: "L1".into(),
+                    fallbacks: vec!["x".into()],
+                    ..Default::default()
+                };
                 insert(&conn, &r).unwrap();
             }
         }

@@ -48,7 +48,13 @@ pub struct FleetCtx {
 
 impl FleetCtx {
     /// A context with a record per agent of `plan` (all `dormant`).
-    pub fn new(settings: Settings, catalog: Catalog, plan: Plan, metrics: Metrics, store: crate::store::Store) -> FleetCtx {
+    pub fn new(
+        settings: Settings,
+        catalog: Catalog,
+        plan: Plan,
+        metrics: Metrics,
+        store: crate::store::Store,
+    ) -> FleetCtx {
         let records = plan
             .agents
             .iter()

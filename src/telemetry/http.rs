@@ -9,6 +9,7 @@
 //! | `GET /agents` | `{"profile", "groups": [{"name", "strategy", "agents": [AGENT]}]}` |
 //! | `GET /agents/{name}` | `AGENT`: `{"name", "group", "state", "runtime", "essential", "restarts", "uptime_seconds", "pid", "reason", "dependencies"}` |
 //! | `POST /agents/{name}/start` / `stop` / `restart` | `200 AGENT` or `4xx/5xx {"error": {"code", "message"}}` |
+//! | `POST /v1/chat/completions`, `GET /v1/models` | the OpenAI-compatible gateway ([`super::gateway`]) |
 //! | `POST /agents/{name}/fault` body `{"kind": "panic"\|"error"}` | only with `testing.fault_injection: true` (404 otherwise) |
 
 use axum::extract::{Path, State};
@@ -33,7 +34,9 @@ pub fn router(fleet: Fleet) -> Router {
         .route("/agents/{name}", get(agent))
         .route("/agents/{name}/start", post(start))
         .route("/agents/{name}/stop", post(stop))
-        .route("/agents/{name}/restart", post(restart));
+        .route("/agents/{name}/restart", post(restart))
+        .route("/v1/chat/completions", post(super::gateway::chat_completions))
+        .route("/v1/models", get(super::gateway::models));
     if fleet.ctx().settings.testing.fault_injection {
         r = r.route("/agents/{name}/fault", post(fault));
     }

@@ -95,7 +95,8 @@ impl Metrics {
             registry.register(Box::new(h.clone())).expect("unique metric");
             h
         };
-        let histogram_vec = |name: &str, help: &str, labels: &[&str]| histogram_vec_with(name, help, labels, START_BUCKETS);
+        let histogram_vec =
+            |name: &str, help: &str, labels: &[&str]| histogram_vec_with(name, help, labels, START_BUCKETS);
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
             registry.register(Box::new(g.clone())).expect("unique metric");
@@ -189,7 +190,11 @@ impl Metrics {
                 "Backend calls by outcome (ok or the error kind).",
                 &["backend", "outcome"],
             ),
-            llm_tokens: counter_vec("agentvisor_llm_tokens_total", "Model tokens by backend and direction.", &["backend", "direction"]),
+            llm_tokens: counter_vec(
+                "agentvisor_llm_tokens_total",
+                "Model tokens by backend and direction.",
+                &["backend", "direction"],
+            ),
             breaker_state: gauge_vec(
                 "agentvisor_backend_breaker_state",
                 "Circuit breaker per backend: 0 closed, 1 open, 2 half-open.",

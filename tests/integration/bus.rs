@@ -270,7 +270,7 @@ async fn cancel_stops_running_and_queued_tasks() {
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await; // let it reach the agent
     send_json(&mut sock, &json!({"id": "c1", "cancel": "long"})).await;
-    let mut replies = vec![recv_json(&mut sock).await, recv_json(&mut sock).await];
+    let mut replies = [recv_json(&mut sock).await, recv_json(&mut sock).await];
     replies.sort_by_key(|r| r["id"].as_str().unwrap_or("").to_string());
     assert_eq!(replies[0]["id"], "c1");
     assert_eq!(replies[0]["output"]["cancelled"], "long");

@@ -10,6 +10,7 @@ mod check;
 mod crash;
 mod daemon;
 mod fake_openai;
+mod gateway;
 mod lazy;
 mod legacy;
 mod strategies;

@@ -37,10 +37,12 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// Settings for an in-process fleet: the repo's catalog and profiles, a
 /// temp data dir, a unique actor-name prefix, fault injection on.
 pub fn settings(data: &Path) -> Settings {
-    let mut s = Settings::default();
-    s.agents_dir = root().join("agents");
-    s.profiles_dir = root().join("profiles");
-    s.data_dir = data.to_path_buf();
+    let mut s = Settings {
+        agents_dir: root().join("agents"),
+        profiles_dir: root().join("profiles"),
+        data_dir: data.to_path_buf(),
+        ..Default::default()
+    };
     s.http.listen = "127.0.0.1:0".into();
     s.testing.fault_injection = true;
     s.testing.actor_name_prefix = format!("t{}-{}/", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));

@@ -1,0 +1,250 @@
+//! The OpenAI-compatible gateway on the HTTP server: any OpenAI client can
+//! use agentvisor as its endpoint, and every request goes through
+//! HybridRouter (with a receipt, like agent calls).
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `POST /v1/chat/completions` | OpenAI `chat.completion` (or SSE `chat.completion.chunk`s with `stream: true`) |
+//! | `GET /v1/models` | `{"object": "list", "data": [{"id", "object": "model", "owned_by"}]}`: `auto`, each backend's name, each backend's model |
+//!
+//! Request fields used: `model` (`auto`, a backend name to force that
+//! backend, or a backend's model), `messages` (string content or text
+//! parts), `stream`, `max_tokens`/`max_completion_tokens`, `temperature`,
+//! `response_format: {"type": "json_object"}`; other fields are accepted and
+//! ignored. Routing hints as headers: `x-agentvisor-task-type` (default
+//! `chat`, matched against `routing.rules`), `x-agentvisor-prefer`
+//! (`local`/`cloud`), `x-agentvisor-complexity` (0–1).
+//!
+//! Non-streaming answers carry the receipt in headers: `x-agentvisor-backend`,
+//! `x-agentvisor-tier`, `x-agentvisor-route-reason`, `x-agentvisor-cost-usd`
+//! (and the whole receipt as `x_agentvisor_route` in the body). Streaming
+//! answers carry it in the last chunk's `x_agentvisor_route` (headers leave
+//! before the route is known). Errors use OpenAI's shape
+//! `{"error": {"message", "type", "code"}}`: 400 bad request, 503
+//! `no_backend`, 502 `backend_error`, 504 timeout.
+
+use std::convert::Infallible;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use ractor::rpc::CallResult;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::task::{ErrorCode, TaskError};
+use crate::backends::ChatMessage;
+use crate::config::Prefer;
+use crate::routing::router::{ModelAnswer, ModelCall, ModelFailure, RouterMsg};
+use crate::supervisor::Fleet;
+
+/// Longest a gateway call may take.
+const GATEWAY_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Deserialize)]
+struct ChatBody {
+    model: Option<String>,
+    messages: Vec<InMessage>,
+    #[serde(default)]
+    stream: bool,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    temperature: Option<f32>,
+    response_format: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InMessage {
+    role: String,
+    #[serde(default)]
+    content: Value,
+}
+
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => {
+            parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("")
+        }
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn openai_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let kind = if status.is_client_error() { "invalid_request_error" } else { "api_error" };
+    (status, Json(json!({"error": {"message": message, "type": kind, "code": code}}))).into_response()
+}
+
+fn task_error(e: &TaskError) -> Response {
+    let status = match e.code {
+        ErrorCode::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::BackendError => StatusCode::BAD_GATEWAY,
+        ErrorCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::InvalidField => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    openai_error(status, e.code.as_str(), &e.message)
+}
+
+fn header(value: impl AsRef<str>) -> HeaderValue {
+    let clean: String = value.as_ref().chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).take(300).collect();
+    HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+fn unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(State(fleet): State<Fleet>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let body: ChatBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return openai_error(StatusCode::BAD_REQUEST, "invalid_field", &format!("request body: {e}")),
+    };
+    if body.messages.is_empty() {
+        return openai_error(StatusCode::BAD_REQUEST, "invalid_field", "messages must not be empty");
+    }
+    let ctx = fleet.ctx();
+    let hint = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let prefer = match hint("x-agentvisor-prefer").as_deref() {
+        Some("local") => Some(Prefer::Local),
+        Some("cloud") => Some(Prefer::Cloud),
+        _ => None,
+    };
+    let complexity =
+        hint("x-agentvisor-complexity").and_then(|c| c.parse::<f64>().ok()).filter(|c| (0.0..=1.0).contains(c));
+    let (backend, model) = match body.model.as_deref() {
+        None | Some("auto") | Some("") => (None, None),
+        Some(m) if ctx.settings.backends.contains_key(m) => (Some(m.to_string()), None),
+        Some(m) => match ctx.settings.backends.iter().find(|(_, b)| b.model == m) {
+            Some((name, _)) => (Some(name.clone()), Some(m.to_string())),
+            None => (None, None),
+        },
+    };
+    let Some(router) = ctx.router() else {
+        return openai_error(StatusCode::SERVICE_UNAVAILABLE, "internal", "HybridRouter is not running");
+    };
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let cancel = CancellationToken::new();
+    let (delta_tx, delta_rx) = mpsc::unbounded_channel::<String>();
+    let call = ModelCall {
+        task_id: id.clone(),
+        agent: "gateway".into(),
+        task_type: hint("x-agentvisor-task-type").unwrap_or_else(|| "chat".into()),
+        complexity,
+        agent_complexity: 0.5,
+        prefer,
+        backend,
+        model,
+        messages: body.messages.iter().map(|m| ChatMessage::new(&m.role, text_of(&m.content))).collect(),
+        max_tokens: body.max_tokens.or(body.max_completion_tokens),
+        temperature: body.temperature,
+        json: body.response_format.as_ref().and_then(|f| f.get("type")).and_then(Value::as_str) == Some("json_object"),
+        deltas: body.stream.then_some(delta_tx),
+        cancel: cancel.clone(),
+        queue_ms: 0.0,
+    };
+    let pending = async move {
+        match router.call(|reply| RouterMsg::Call(Box::new(call), reply), Some(GATEWAY_TIMEOUT)).await {
+            Ok(CallResult::Success(r)) => r,
+            Ok(CallResult::Timeout) => Err(ModelFailure {
+                error: TaskError::new(ErrorCode::DeadlineExceeded, "the model call did not finish in time"),
+                receipt: None,
+            }),
+            _ => {
+                Err(ModelFailure { error: TaskError::new(ErrorCode::Internal, "HybridRouter stopped"), receipt: None })
+            }
+        }
+    };
+    if body.stream {
+        return stream_response(id, pending, delta_rx, cancel);
+    }
+    let _cancel_on_drop = cancel.drop_guard(); // the client left: stop the backend call
+    match pending.await {
+        Ok(ModelAnswer { response, receipt }) => {
+            let mut resp = Json(json!({
+                "id": id, "object": "chat.completion", "created": unix(), "model": response.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": response.content},
+                             "finish_reason": response.finish_reason.clone().unwrap_or_else(|| "stop".into())}],
+                "usage": {"prompt_tokens": response.tokens_in, "completion_tokens": response.tokens_out,
+                          "total_tokens": response.tokens_in + response.tokens_out},
+                "x_agentvisor_route": receipt,
+            }))
+            .into_response();
+            let h = resp.headers_mut();
+            h.insert("x-agentvisor-backend", header(receipt.backend.as_deref().unwrap_or("-")));
+            h.insert("x-agentvisor-tier", header(&receipt.tier));
+            h.insert("x-agentvisor-route-reason", header(&receipt.reason));
+            h.insert("x-agentvisor-cost-usd", header(format!("{:.8}", receipt.cost_usd)));
+            resp
+        }
+        Err(failure) => task_error(&failure.error),
+    }
+}
+
+fn stream_response(
+    id: String,
+    pending: impl std::future::Future<Output = Result<ModelAnswer, ModelFailure>> + Send + 'static,
+    deltas: mpsc::UnboundedReceiver<String>,
+    cancel: CancellationToken,
+) -> Response {
+    let created = unix();
+    let (tx, rx) = mpsc::unbounded_channel::<Result<Event, Infallible>>();
+    let chunk = move |id: &str, delta: Value, finish: Option<&str>, extra: Option<Value>| {
+        let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": "agentvisor",
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        if let Some(extra) = extra {
+            c["x_agentvisor_route"] = extra;
+        }
+        Event::default().data(c.to_string())
+    };
+    tokio::spawn(async move {
+        let mut deltas = UnboundedReceiverStream::new(deltas);
+        let _ = tx.send(Ok(chunk(&id, json!({"role": "assistant"}), None, None)));
+        let pending = pending;
+        tokio::pin!(pending);
+        let result = loop {
+            tokio::select! {
+                Some(d) = deltas.next() => {
+                    if tx.send(Ok(chunk(&id, json!({"content": d}), None, None))).is_err() {
+                        cancel.cancel(); // the client left
+                    }
+                }
+                r = &mut pending => break r,
+            }
+        };
+        while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(50), deltas.next()).await {
+            let _ = tx.send(Ok(chunk(&id, json!({"content": d}), None, None)));
+        }
+        match result {
+            Ok(answer) => {
+                let reason = answer.response.finish_reason.clone().unwrap_or_else(|| "stop".into());
+                let _ = tx.send(Ok(chunk(&id, json!({}), Some(&reason), serde_json::to_value(&answer.receipt).ok())));
+            }
+            Err(failure) => {
+                let err = json!({"error": {"message": failure.error.message, "type": "api_error", "code": failure.error.code}});
+                let _ = tx.send(Ok(Event::default().data(err.to_string())));
+            }
+        }
+        let _ = tx.send(Ok(Event::default().data("[DONE]")));
+    });
+    Sse::new(UnboundedReceiverStream::new(rx)).into_response()
+}
+
+/// `GET /v1/models`.
+pub async fn models(State(fleet): State<Fleet>) -> Json<Value> {
+    let mut data = vec![json!({"id": "auto", "object": "model", "created": 0, "owned_by": "agentvisor"})];
+    for (name, b) in fleet.ctx().settings.backends.iter().filter(|(_, b)| b.enabled) {
+        data.push(json!({"id": name, "object": "model", "created": 0, "owned_by": "agentvisor"}));
+        data.push(json!({"id": b.model, "object": "model", "created": 0, "owned_by": name}));
+    }
+    Json(json!({"object": "list", "data": data}))
+}
