@@ -10,8 +10,12 @@
 //! `{"specialist", "reason", "answer"}`. A malformed choice is repaired once
 //! through the interpreter specialist (NLUAgent), else `invalid_output`.
 //!
-//! Not yet: session history (SessionMemoryAgent comes with the memory issue;
-//! until then each task is a single turn).
+//! Sessions: when the task has a `session`, the agent asks
+//! SessionMemoryAgent for the session's history (the newest turns that fit
+//! in [`SESSION_HISTORY_TOKENS`], oldest first) and puts it between the
+//! system prompt and the new input; after answering it appends the user's
+//! input and its answer. Without a running SessionMemoryAgent the task is a
+//! single turn (logged).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +33,10 @@ use crate::supervisor::context::FleetCtx;
 
 /// Longest a model call may take when the task has no deadline.
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Most tokens of session history put into a request (estimated at 4
+/// characters per token), so long sessions stay within small models' context.
+pub const SESSION_HISTORY_TOKENS: usize = 2048;
 
 /// The specialists the arbiter may choose, by agent name and role word.
 const SPECIALISTS: &[(&str, &str)] = &[
@@ -117,14 +125,68 @@ impl LlmAgent {
         }
     }
 
-    fn messages(&self, task: &Task) -> Vec<ChatMessage> {
+    fn messages(&self, task: &Task, history: &[ChatMessage]) -> Vec<ChatMessage> {
         let (_, _, prompt) = self.runtime();
-        vec![ChatMessage::new("system", prompt), ChatMessage::new("user", task.input_text())]
+        let mut m = Vec::with_capacity(history.len() + 2);
+        m.push(ChatMessage::new("system", prompt));
+        m.extend_from_slice(history);
+        m.push(ChatMessage::new("user", task.input_text()));
+        m
+    }
+
+    /// The session's recent turns (newest that fit the token budget), oldest first.
+    async fn history(&self, task: &Task) -> Vec<ChatMessage> {
+        let (Some(session), Some(fleet)) = (&task.session, self.ctx.fleet()) else { return Vec::new() };
+        if self.ctx.state("SessionMemoryAgent").is_none() {
+            return Vec::new();
+        }
+        let q = Task::new(format!("{}-history", task.id), "session.history", json!({"session": session, "limit": 200}));
+        let turns = match fleet.call("SessionMemoryAgent", q).await {
+            Ok(v) => v.get("turns").and_then(Value::as_array).cloned().unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(agent = %self.spec.name, task_id = %task.id, error = %e, "no session history");
+                return Vec::new();
+            }
+        };
+        let mut budget = SESSION_HISTORY_TOKENS * 4;
+        let mut out = Vec::new();
+        for t in turns.iter().rev() {
+            let (Some(role), Some(content)) = (t.get("role").and_then(Value::as_str), t.get("content").and_then(Value::as_str))
+            else {
+                continue;
+            };
+            if content.len() > budget {
+                break;
+            }
+            budget -= content.len();
+            out.push(ChatMessage::new(role, content));
+        }
+        out.reverse();
+        out
+    }
+
+    /// Appends the user's input and the answer to the session.
+    async fn remember(&self, task: &Task, answer: &Value) {
+        let (Some(session), Some(fleet)) = (&task.session, self.ctx.fleet()) else { return };
+        if self.ctx.state("SessionMemoryAgent").is_none() {
+            return;
+        }
+        let text = match answer {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let turns = json!({"session": session, "turns": [
+            {"role": "user", "content": task.input_text(), "agent": self.spec.name},
+            {"role": "assistant", "content": text, "agent": self.spec.name},
+        ]});
+        if let Err(e) = fleet.call("SessionMemoryAgent", Task::new(format!("{}-remember", task.id), "session.append", turns)).await {
+            tracing::warn!(agent = %self.spec.name, task_id = %task.id, error = %e, "turn not stored in the session");
+        }
     }
 
     /// Parses and validates a JSON answer; on failure asks once more with the error.
-    async fn json_answer(&self, task: &Task, schema: &jsonschema::Validator) -> TaskReply {
-        let mut messages = self.messages(task);
+    async fn json_answer(&self, task: &Task, schema: &jsonschema::Validator, history: &[ChatMessage]) -> TaskReply {
+        let mut messages = self.messages(task, history);
         let first = self.ask(task, messages.clone(), true, false).await?;
         let problem = match check(&first, schema) {
             Ok(v) => return Ok(v),
@@ -144,7 +206,7 @@ impl LlmAgent {
 
     async fn arbitrate(&self, task: &Task) -> TaskReply {
         let fleet = self.ctx.fleet().ok_or_else(|| TaskError::new(ErrorCode::ShuttingDown, "the fleet is stopping"))?;
-        let raw = self.ask(task, self.messages(task), true, false).await?;
+        let raw = self.ask(task, self.messages(task, &[]), true, false).await?;
         let (specialist, reason) = match choice(&raw) {
             Some(c) => c,
             None => {
@@ -216,10 +278,15 @@ impl Behaviour for LlmAgent {
         if self.spec.role.as_deref() == Some("arbiter") {
             return self.arbitrate(&task).await;
         }
-        match &self.schema {
-            Some(schema) => self.json_answer(&task, schema).await,
-            None => self.ask(&task, self.messages(&task), false, task.chunks.is_some()).await.map(Value::String),
-        }
+        let history = self.history(&task).await;
+        let answer = match &self.schema {
+            Some(schema) => self.json_answer(&task, schema, &history).await,
+            None => {
+                self.ask(&task, self.messages(&task, &history), false, task.chunks.is_some()).await.map(Value::String)
+            }
+        }?;
+        self.remember(&task, &answer).await;
+        Ok(answer)
     }
 }
 

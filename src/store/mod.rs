@@ -79,6 +79,16 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX receipts_ts ON receipts(ts);
     CREATE INDEX receipts_task ON receipts(task_id);",
+    // 2: conversation turns per session (SessionMemoryAgent).
+    "CREATE TABLE session_turns (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        session TEXT NOT NULL,
+        ts REAL NOT NULL,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL,
+        agent TEXT
+    );
+    CREATE INDEX session_turns_session ON session_turns(session, id);",
 ];
 
 /// Opens (creating when needed) and migrates the database at `path`.

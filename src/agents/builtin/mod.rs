@@ -9,6 +9,7 @@
 //! | LazyLoader | [`lazy_loader`] | `lazy.ensure`, `lazy.status` |
 //! | RequestCoordinator | [`request_coordinator`] | `coordinator.status`; owns the ZeroMQ sockets |
 //! | SystemDigitalTwin | [`digital_twin`] | `twin.snapshot`, `twin.system_load` |
+//! | SessionMemoryAgent | [`session_memory`] | `session.append`, `session.history`, `session.clear` |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
 //! issue lands — never with a made-up answer.
@@ -16,6 +17,7 @@
 pub mod digital_twin;
 pub mod lazy_loader;
 pub mod request_coordinator;
+pub mod session_memory;
 pub mod system;
 pub mod utils;
 
@@ -68,6 +70,7 @@ fn builtin_for(name: &str, ctx: &Arc<FleetCtx>) -> Option<Arc<dyn Behaviour>> {
         "LazyLoader" => Some(Arc::new(lazy_loader::LazyLoaderAgent { ctx: ctx.clone() })),
         "RequestCoordinator" => Some(Arc::new(request_coordinator::RequestCoordinator::new(ctx.clone()))),
         "SystemDigitalTwin" => Some(Arc::new(digital_twin::DigitalTwin::new(ctx.clone()))),
+        "SessionMemoryAgent" => Some(Arc::new(session_memory::SessionMemory { ctx: ctx.clone() })),
         _ => None,
     }
 }
