@@ -66,6 +66,8 @@ pub struct Settings {
     /// Commands for `process` agents, overriding the catalog's `runtime.command`
     /// (e.g. `agent_commands: {STTService: [python3, my_stt.py]}`).
     pub agent_commands: BTreeMap<String, Vec<String>>,
+    /// The Executor agent's sandbox.
+    pub executor: ExecutorSettings,
     /// Logging.
     pub log: LogSettings,
     /// Switches that exist only for tests.
@@ -86,6 +88,7 @@ impl Default for Settings {
             agent_commands: BTreeMap::new(),
             backends: BTreeMap::new(),
             routing: RoutingSettings::default(),
+            executor: ExecutorSettings::default(),
             log: LogSettings::default(),
             testing: TestingSettings::default(),
         }
@@ -407,6 +410,27 @@ fn models_ttl() -> f64 {
 }
 fn context_tokens() -> u32 {
     8192
+}
+
+/// `executor:` — the Executor agent's sandbox for `code.execute`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorSettings {
+    /// `true`/`false`; unset: enabled only when the bus and HTTP listen on
+    /// loopback addresses.
+    pub enabled: Option<bool>,
+    /// Wall-clock limit per snippet, seconds.
+    pub timeout_secs: f64,
+    /// Address-space limit per snippet (RLIMIT_AS), bytes.
+    pub memory_bytes: u64,
+    /// Most bytes kept of stdout and of stderr each.
+    pub output_bytes: usize,
+}
+
+impl Default for ExecutorSettings {
+    fn default() -> Self {
+        ExecutorSettings { enabled: None, timeout_secs: 10.0, memory_bytes: 512 * 1024 * 1024, output_bytes: 65_536 }
+    }
 }
 
 /// `log:` — tracing output.

@@ -6,7 +6,9 @@
 //! Migrations are versioned with `PRAGMA user_version`; each step runs once,
 //! in order, inside a transaction.
 
+pub mod memory;
 pub mod receipts;
+pub mod services;
 
 use std::path::{Path, PathBuf};
 
@@ -89,6 +91,10 @@ const MIGRATIONS: &[&str] = &[
         agent TEXT
     );
     CREATE INDEX session_turns_session ON session_turns(session, id);",
+    // 3: memories and the knowledge base (FTS5).
+    memory::MIGRATION,
+    // 4: the service registry.
+    services::MIGRATION,
 ];
 
 /// Opens (creating when needed) and migrates the database at `path`.

@@ -36,7 +36,8 @@ pub fn router(fleet: Fleet) -> Router {
         .route("/agents/{name}/stop", post(stop))
         .route("/agents/{name}/restart", post(restart))
         .route("/v1/chat/completions", post(super::gateway::chat_completions))
-        .route("/v1/models", get(super::gateway::models));
+        .route("/v1/models", get(super::gateway::models))
+        .merge(crate::agents::builtin::service_registry::routes());
     if fleet.ctx().settings.testing.fault_injection {
         r = r.route("/agents/{name}/fault", post(fault));
     }

@@ -16,7 +16,9 @@
 
 pub mod digital_twin;
 pub mod lazy_loader;
+pub mod memory;
 pub mod request_coordinator;
+pub mod service_registry;
 pub mod session_memory;
 pub mod system;
 pub mod utils;
@@ -64,6 +66,9 @@ pub fn create(spec: &Arc<AgentSpec>, ctx: &Arc<FleetCtx>) -> Result<Option<Arc<d
 }
 
 fn builtin_for(name: &str, ctx: &Arc<FleetCtx>) -> Option<Arc<dyn Behaviour>> {
+    if let Some(b) = memory::behaviour(name, ctx).or_else(|| service_registry::behaviour(name, ctx)) {
+        return Some(b);
+    }
     match name {
         "UnifiedUtilsAgent" => Some(Arc::new(utils::Utils)),
         "UnifiedSystemAgent" => Some(Arc::new(system::SystemAdmin { ctx: ctx.clone() })),
