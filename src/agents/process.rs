@@ -92,6 +92,7 @@ impl ProcessChild {
         cmd.args(args)
             .current_dir(&workdir)
             .envs(env)
+            .envs(ctx.settings.process_env(&agent))
             .env("AGENT_NAME", &agent)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -494,6 +494,41 @@ impl Settings {
         builder.build().map_err(invalid)?.try_deserialize().map_err(invalid)
     }
 
+    /// Environment variables derived from these settings for the process
+    /// agent `agent` (they override the spec's `env`): the Executor gets its
+    /// sandbox limits as `EXECUTOR_*`.
+    pub fn process_env(&self, agent: &str) -> Vec<(String, String)> {
+        match agent {
+            "Executor" => {
+                let e = &self.executor;
+                let enabled = e.enabled.unwrap_or_else(|| self.loopback_only());
+                vec![
+                    ("EXECUTOR_ENABLED".into(), if enabled { "1" } else { "0" }.into()),
+                    ("EXECUTOR_TIMEOUT_SECS".into(), e.timeout_secs.to_string()),
+                    ("EXECUTOR_MEMORY_BYTES".into(), e.memory_bytes.to_string()),
+                    ("EXECUTOR_OUTPUT_BYTES".into(), e.output_bytes.to_string()),
+                ]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// `true` when the HTTP server and both bus sockets listen on loopback
+    /// (or ipc), so nothing is reachable from another host.
+    pub fn loopback_only(&self) -> bool {
+        let local_tcp = |hostport: &str| {
+            let host = hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        };
+        let local_bus = |ep: &str| match ep.split_once("://") {
+            Some(("ipc", _)) => true,
+            Some(("tcp", rest)) => local_tcp(rest),
+            _ => false,
+        };
+        local_tcp(&self.http.listen) && local_bus(&self.bus.ingress) && local_bus(&self.bus.events)
+    }
+
     /// The project root: the parent of `agents_dir` (process agents run here).
     pub fn project_root(&self) -> PathBuf {
         match self.agents_dir.parent() {
@@ -517,6 +552,19 @@ mod tests {
         assert_eq!(s.bus.events, "tcp://127.0.0.1:7290");
         assert_eq!(s.bus.max_message_bytes, 1_048_576);
         assert_eq!(s.lazy_loader.startup_timeout_seconds, 30.0);
+    }
+
+    #[test]
+    fn executor_is_enabled_only_on_loopback_unless_configured() {
+        let mut s = Settings::default();
+        assert!(s.loopback_only());
+        assert!(s.process_env("Executor").contains(&("EXECUTOR_ENABLED".into(), "1".into())));
+        s.bus.ingress = "tcp://0.0.0.0:7201".into();
+        assert!(!s.loopback_only());
+        assert!(s.process_env("Executor").contains(&("EXECUTOR_ENABLED".into(), "0".into())));
+        s.executor.enabled = Some(true);
+        assert!(s.process_env("Executor").contains(&("EXECUTOR_ENABLED".into(), "1".into())));
+        assert!(s.process_env("TTSService").is_empty());
     }
 
     #[test]

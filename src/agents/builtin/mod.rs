@@ -10,6 +10,7 @@
 //! | RequestCoordinator | [`request_coordinator`] | `coordinator.status`; owns the ZeroMQ sockets |
 //! | SystemDigitalTwin | [`digital_twin`] | `twin.snapshot`, `twin.system_load` |
 //! | SessionMemoryAgent | [`session_memory`] | `session.append`, `session.history`, `session.clear` |
+//! | StreamingTTSAgent | [`streaming_tts`] | `tts.stream` (through TTSService, one chunk per sentence) |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
 //! issue lands — never with a made-up answer.
@@ -20,6 +21,7 @@ pub mod memory;
 pub mod request_coordinator;
 pub mod service_registry;
 pub mod session_memory;
+pub mod streaming_tts;
 pub mod system;
 pub mod utils;
 
@@ -76,6 +78,7 @@ fn builtin_for(name: &str, ctx: &Arc<FleetCtx>) -> Option<Arc<dyn Behaviour>> {
         "RequestCoordinator" => Some(Arc::new(request_coordinator::RequestCoordinator::new(ctx.clone()))),
         "SystemDigitalTwin" => Some(Arc::new(digital_twin::DigitalTwin::new(ctx.clone()))),
         "SessionMemoryAgent" => Some(Arc::new(session_memory::SessionMemory { ctx: ctx.clone() })),
+        "StreamingTTSAgent" => Some(Arc::new(streaming_tts::StreamingTts { ctx: ctx.clone() })),
         _ => None,
     }
 }
