@@ -237,12 +237,21 @@ impl RouterState {
         let decision = match decision {
             Ok(d) => d,
             Err(e) => {
+                let open: Vec<String> = self
+                    .breakers
+                    .iter()
+                    .filter(|(_, b)| !b.would_allow(now))
+                    .map(|(n, _)| n.clone())
+                    .collect();
                 receipt.tier = "none".into();
                 receipt.reason = e.to_string();
+                receipt.fallbacks = open.iter().map(|n| format!("skip_open_breaker:{n}")).collect();
                 receipt.outcome = ErrorCode::NoBackend.as_str().into();
                 let hint = if self.backends.is_empty() {
                     "no model backend is configured: add one under backends: in agentvisor.yaml (see README)"
                         .to_string()
+                } else if !open.is_empty() {
+                    format!("{e} (circuit breaker open for {})", open.join(", "))
                 } else {
                     e.to_string()
                 };
@@ -308,19 +317,27 @@ impl RouterState {
                     json: call.json,
                 };
                 // Forward deltas, noting that some were sent (no failover after that).
-                let deltas = call.deltas.as_ref().map(|out| {
-                    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-                    let (out, streamed) = (out.clone(), streamed.clone());
-                    tokio::spawn(async move {
-                        while let Some(d) = rx.recv().await {
-                            streamed.store(true, std::sync::atomic::Ordering::Release);
-                            let _ = out.send(d);
-                        }
-                    });
-                    tx
-                });
+                let (deltas, forwarder) = match call.deltas.as_ref() {
+                    Some(out) => {
+                        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+                        let (out, streamed) = (out.clone(), streamed.clone());
+                        let forwarder = tokio::spawn(async move {
+                            while let Some(d) = rx.recv().await {
+                                streamed.store(true, std::sync::atomic::Ordering::Release);
+                                let _ = out.send(d);
+                            }
+                        });
+                        (Some(tx), Some(forwarder))
+                    }
+                    None => (None, None),
+                };
                 receipt.backend = Some(name.clone());
                 let result = backend.chat(request, deltas, call.cancel.clone()).await;
+                if let Some(f) = forwarder {
+                    // The backend dropped its sender: once this ends every delta it
+                    // sent is forwarded and `streamed` is final.
+                    let _ = f.await;
+                }
                 match result {
                     Ok(resp) => {
                         let _ = myself.cast(RouterMsg::Outcome { backend: name.clone(), success: Some(true) });
