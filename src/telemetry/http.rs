@@ -10,6 +10,7 @@
 //! | `GET /agents/{name}` | `AGENT`: `{"name", "group", "state", "runtime", "essential", "restarts", "uptime_seconds", "pid", "reason", "dependencies"}` |
 //! | `POST /agents/{name}/start` / `stop` / `restart` | `200 AGENT` or `4xx/5xx {"error": {"code", "message"}}` |
 //! | `POST /v1/chat/completions`, `GET /v1/models` | the OpenAI-compatible gateway ([`super::gateway`]) |
+//! | `POST /registry/register`, `PUT /registry/heartbeat`, `GET /registry/discover`, `POST /registry/promote`, `DELETE /registry/{id}` | ServiceRegistry ([`crate::agents::builtin::service_registry`]) |
 //! | `POST /agents/{name}/fault` body `{"kind": "panic"\|"error"}` | only with `testing.fault_injection: true` (404 otherwise) |
 
 use axum::extract::{Path, State};

@@ -10,6 +10,7 @@
 //! | RequestCoordinator | [`request_coordinator`] | `coordinator.status`; owns the ZeroMQ sockets |
 //! | SystemDigitalTwin | [`digital_twin`] | `twin.snapshot`, `twin.system_load` |
 //! | SessionMemoryAgent | [`session_memory`] | `session.append`, `session.history`, `session.clear` |
+//! | ServiceRegistry | [`service_registry`] | `registry.register`, `registry.heartbeat`, `registry.discover`, `registry.promote`, `registry.deregister` (also over HTTP `/registry/*`) |
 //! | StreamingTTSAgent | [`streaming_tts`] | `tts.stream` (through TTSService, one chunk per sentence) |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
