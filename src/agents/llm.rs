@@ -151,7 +151,8 @@ impl LlmAgent {
         let mut budget = SESSION_HISTORY_TOKENS * 4;
         let mut out = Vec::new();
         for t in turns.iter().rev() {
-            let (Some(role), Some(content)) = (t.get("role").and_then(Value::as_str), t.get("content").and_then(Value::as_str))
+            let (Some(role), Some(content)) =
+                (t.get("role").and_then(Value::as_str), t.get("content").and_then(Value::as_str))
             else {
                 continue;
             };
@@ -179,7 +180,9 @@ impl LlmAgent {
             {"role": "user", "content": task.input_text(), "agent": self.spec.name},
             {"role": "assistant", "content": text, "agent": self.spec.name},
         ]});
-        if let Err(e) = fleet.call("SessionMemoryAgent", Task::new(format!("{}-remember", task.id), "session.append", turns)).await {
+        if let Err(e) =
+            fleet.call("SessionMemoryAgent", Task::new(format!("{}-remember", task.id), "session.append", turns)).await
+        {
             tracing::warn!(agent = %self.spec.name, task_id = %task.id, error = %e, "turn not stored in the session");
         }
     }

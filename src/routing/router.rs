@@ -237,12 +237,8 @@ impl RouterState {
         let decision = match decision {
             Ok(d) => d,
             Err(e) => {
-                let open: Vec<String> = self
-                    .breakers
-                    .iter()
-                    .filter(|(_, b)| !b.would_allow(now))
-                    .map(|(n, _)| n.clone())
-                    .collect();
+                let open: Vec<String> =
+                    self.breakers.iter().filter(|(_, b)| !b.would_allow(now)).map(|(n, _)| n.clone()).collect();
                 receipt.tier = "none".into();
                 receipt.reason = e.to_string();
                 receipt.fallbacks = open.iter().map(|n| format!("skip_open_breaker:{n}")).collect();

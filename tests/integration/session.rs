@@ -24,7 +24,8 @@ async fn session_history_feeds_the_second_chat_turn() {
     let mut s = util::settings(dir.path());
     s.bus.ingress = "tcp://127.0.0.1:0".into();
     s.bus.events = "tcp://127.0.0.1:0".into();
-    let backend = format!("{{kind: openai, tier: L1, base_url: '{}', model: fake-local, max_retries: 0}}", fake.base_url());
+    let backend =
+        format!("{{kind: openai, tier: L1, base_url: '{}', model: fake-local, max_retries: 0}}", fake.base_url());
     s.backends.insert("local".into(), serde_norway::from_str(&backend).unwrap());
     let fleet = util::fleet(s, None, "full").await;
     fleet.boot().await;
@@ -34,10 +35,12 @@ async fn session_history_feeds_the_second_chat_turn() {
 
     fake.push(Behaviour::Answer("Nice to meet you, Ada.".into()));
     fake.push(Behaviour::Answer("Your name is Ada.".into()));
-    let r1 = ask(&mut sock, json!({"id": "t1", "type": "simple_chat", "input": "My name is Ada.", "session": "s-42"})).await;
+    let r1 =
+        ask(&mut sock, json!({"id": "t1", "type": "simple_chat", "input": "My name is Ada.", "session": "s-42"})).await;
     assert_eq!(r1["status"], "ok", "{r1}");
     assert_eq!(r1["agent"], "ChitchatAgent");
-    let r2 = ask(&mut sock, json!({"id": "t2", "type": "simple_chat", "input": "What is my name?", "session": "s-42"})).await;
+    let r2 = ask(&mut sock, json!({"id": "t2", "type": "simple_chat", "input": "What is my name?", "session": "s-42"}))
+        .await;
     assert_eq!(r2["output"], "Your name is Ada.", "{r2}");
 
     let reqs = fake.requests();
@@ -63,9 +66,17 @@ async fn session_history_feeds_the_second_chat_turn() {
     assert_eq!(turns.len(), 4, "{h}");
     assert_eq!(turns[3]["content"], "Your name is Ada.");
     assert_eq!(turns[3]["agent"], "ChitchatAgent");
-    let a = ask(&mut sock, json!({"id": "a1", "type": "session.append", "input": {"session": "s-42", "role": "user", "content": "hi"}})).await;
+    let a = ask(
+        &mut sock,
+        json!({"id": "a1", "type": "session.append", "input": {"session": "s-42", "role": "user", "content": "hi"}}),
+    )
+    .await;
     assert_eq!(a["output"]["appended"], 1, "{a}");
-    let bad = ask(&mut sock, json!({"id": "a2", "type": "session.append", "input": {"session": "s-42", "role": "robot", "content": "x"}})).await;
+    let bad = ask(
+        &mut sock,
+        json!({"id": "a2", "type": "session.append", "input": {"session": "s-42", "role": "robot", "content": "x"}}),
+    )
+    .await;
     assert_eq!(bad["error"]["code"], "invalid_field");
     let c = ask(&mut sock, json!({"id": "c1", "type": "session.clear", "input": "s-42"})).await;
     assert_eq!(c["output"]["deleted"], 5, "{c}");

@@ -25,7 +25,8 @@ async fn each_sentence_streams_as_its_own_audio_chunk() {
     let (ingress, _) = fleet.ctx().bus_endpoints().unwrap();
     let mut sock = DealerSocket::new();
     sock.connect(&ingress).await.unwrap();
-    let env = json!({"id": "s1", "type": "tts.stream", "input": "Hello there. How are you today? Fine!", "stream": true});
+    let env =
+        json!({"id": "s1", "type": "tts.stream", "input": "Hello there. How are you today? Fine!", "stream": true});
     sock.send(ZmqMessage::from(env.to_string())).await.unwrap();
     let mut chunks = Vec::new();
     let reply = loop {

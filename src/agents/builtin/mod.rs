@@ -10,6 +10,9 @@
 //! | RequestCoordinator | [`request_coordinator`] | `coordinator.status`; owns the ZeroMQ sockets |
 //! | SystemDigitalTwin | [`digital_twin`] | `twin.snapshot`, `twin.system_load` |
 //! | SessionMemoryAgent | [`session_memory`] | `session.append`, `session.history`, `session.clear` |
+//! | MemoryOrchestratorService | [`memory`] | `memory.store`, `memory.get`, `memory.delete`, `memory.search`; TTL expiry |
+//! | MemoryClient | [`memory`] | `memory.recall`, `memory.search` (forwarded to MemoryOrchestratorService, else `agent_unavailable`) |
+//! | KnowledgeBase | [`memory`] | `kb.add`, `kb.search` (FTS5, bm25), `kb.delete` |
 //! | ServiceRegistry | [`service_registry`] | `registry.register`, `registry.heartbeat`, `registry.discover`, `registry.promote`, `registry.deregister` (also over HTTP `/registry/*`) |
 //! | StreamingTTSAgent | [`streaming_tts`] | `tts.stream` (through TTSService, one chunk per sentence) |
 //!

@@ -63,7 +63,8 @@ impl Behaviour for SessionMemory {
                     if !matches!(role, "user" | "assistant" | "system") {
                         return Err(bad_input(&task, "role must be user, assistant or system"));
                     }
-                    let content = t.get("content").and_then(Value::as_str).ok_or_else(|| bad_input(&task, "missing content"))?;
+                    let content =
+                        t.get("content").and_then(Value::as_str).ok_or_else(|| bad_input(&task, "missing content"))?;
                     let agent = t.get("agent").and_then(Value::as_str).map(str::to_string);
                     rows.push((role.to_string(), content.to_string(), agent));
                 }
@@ -87,7 +88,12 @@ impl Behaviour for SessionMemory {
                 Ok(json!({"appended": n}))
             }
             "session.history" => {
-                let limit = task.input.get("limit").and_then(Value::as_u64).map(|l| l.min(10_000) as u32).unwrap_or(DEFAULT_LIMIT);
+                let limit = task
+                    .input
+                    .get("limit")
+                    .and_then(Value::as_u64)
+                    .map(|l| l.min(10_000) as u32)
+                    .unwrap_or(DEFAULT_LIMIT);
                 let s = session.clone();
                 let turns = self
                     .ctx
@@ -112,7 +118,9 @@ impl Behaviour for SessionMemory {
                 let deleted = self
                     .ctx
                     .store
-                    .call(move |conn| Ok(conn.execute("DELETE FROM session_turns WHERE session = ?1", params![session])?))
+                    .call(move |conn| {
+                        Ok(conn.execute("DELETE FROM session_turns WHERE session = ?1", params![session])?)
+                    })
                     .await
                     .map_err(store_error)?;
                 Ok(json!({"deleted": deleted}))
