@@ -102,7 +102,7 @@ impl LlmAgent {
             json,
             deltas: if stream { task.chunks.clone() } else { None },
             cancel: task.cancel.clone(),
-            queue_ms: 0.0,
+            queue_ms: task.queue_ms,
         };
         let result = router.call(|reply| RouterMsg::Call(Box::new(call), reply), Some(timeout)).await;
         match result {

@@ -34,6 +34,9 @@ pub struct Task {
     pub prefer: Option<crate::config::Prefer>,
     /// Explicit complexity 0.0–1.0 from the client.
     pub complexity: Option<f64>,
+    /// Milliseconds the task waited in the bus's admission queue and for an
+    /// on-demand start before reaching the agent (0 for direct calls).
+    pub queue_ms: f64,
     /// Where the agent leaves the routing receipt of its model call (the
     /// reply's `route`).
     pub receipt: std::sync::Arc<parking_lot::Mutex<Option<crate::store::receipts::Receipt>>>,
@@ -52,6 +55,7 @@ impl Task {
             session: None,
             prefer: None,
             complexity: None,
+            queue_ms: 0.0,
             receipt: Default::default(),
         }
     }

@@ -433,6 +433,7 @@ async fn execute(
             session: task.session.clone(),
             prefer: task.prefer,
             complexity: task.complexity,
+            queue_ms: timings.queue + timings.start,
             receipt: receipt.clone(),
         };
         let t0 = Instant::now();

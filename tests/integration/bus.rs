@@ -5,44 +5,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use agentvisor::supervisor::{AgentState, Fleet};
+use agentvisor::supervisor::AgentState;
 use bytes::Bytes;
 use serde_json::{Value, json};
-use zeromq::{DealerSocket, ReqSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{ReqSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
-use crate::util::{self, Daemon, EventLog, root};
-
-/// A booted `full` fleet with its bus on free ports; returns it and the ROUTER endpoint.
-async fn bus_fleet(dir: &std::path::Path, tweak: impl FnOnce(&mut agentvisor::config::Settings)) -> (Fleet, String) {
-    let mut s = util::settings(dir);
-    s.bus.ingress = "tcp://127.0.0.1:0".into();
-    s.bus.events = "tcp://127.0.0.1:0".into();
-    tweak(&mut s);
-    let fleet = util::fleet(s, None, "full").await;
-    fleet.boot().await;
-    let (ingress, _) = fleet.ctx().bus_endpoints().expect("bus bound");
-    (fleet, ingress)
-}
-
-async fn dealer(endpoint: &str) -> DealerSocket {
-    let mut s = DealerSocket::new();
-    s.connect(endpoint).await.expect("connect");
-    s
-}
-
-async fn send_frames(s: &mut DealerSocket, frames: Vec<Bytes>) {
-    s.send(ZmqMessage::try_from(frames).expect("frames")).await.expect("send");
-}
-
-async fn send_json(s: &mut DealerSocket, v: &Value) {
-    send_frames(s, vec![Bytes::from(serde_json::to_vec(v).unwrap())]).await;
-}
-
-async fn recv_json(s: &mut DealerSocket) -> Value {
-    let msg = tokio::time::timeout(Duration::from_secs(10), s.recv()).await.expect("reply in time").expect("recv");
-    let body = msg.into_vecdeque().into_iter().rfind(|f| !f.is_empty()).expect("body");
-    serde_json::from_slice(&body).expect("json reply")
-}
+use crate::util::{self, Daemon, EventLog, dealer, recv_json, root, send_frames, send_json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyzmq_req_dealer_and_sub_against_the_daemon() {
@@ -148,7 +116,7 @@ async fn pyzmq_req_dealer_and_sub_against_the_daemon() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_malformed_message_gets_its_error_code_and_the_daemon_stays_up() {
     let dir = tempfile::tempdir().unwrap();
-    let (fleet, ingress) = bus_fleet(dir.path(), |s| s.bus.max_message_bytes = 4096).await;
+    let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |s| s.bus.max_message_bytes = 4096).await;
     let b = |s: &str| Bytes::from(s.to_string());
     let huge = Bytes::from(vec![b'x'; 5000]);
     let big_json = Bytes::from(format!("{{\"type\":\"utils.echo\",\"input\":\"{}\"}}", "y".repeat(5000)));
@@ -223,7 +191,7 @@ async fn every_malformed_message_gets_its_error_code_and_the_daemon_stays_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_in_flight_all_answered_once_and_priority_goes_first() {
     let dir = tempfile::tempdir().unwrap();
-    let (fleet, ingress) = bus_fleet(dir.path(), |_| {}).await;
+    let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |_| {}).await;
     let mut sock = dealer(&ingress).await;
     // Saturate UnifiedUtilsAgent (max_concurrency from its spec) with 2 ms sleeps.
     for i in 0..1000u32 {
@@ -259,7 +227,7 @@ async fn a_thousand_in_flight_all_answered_once_and_priority_goes_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_running_and_queued_tasks() {
     let dir = tempfile::tempdir().unwrap();
-    let (fleet, ingress) = bus_fleet(dir.path(), |_| {}).await;
+    let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |_| {}).await;
     let mut sock = dealer(&ingress).await;
     send_json(&mut sock, &json!({"id": "long", "type": "utils.sleep", "input": 30})).await;
     let ctx = fleet.ctx().clone();
@@ -289,7 +257,7 @@ async fn cancel_stops_running_and_queued_tasks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_mid_task_disturbs_no_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (fleet, ingress) = bus_fleet(dir.path(), |_| {}).await;
+    let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |_| {}).await;
     let mut log = EventLog::new(&fleet);
     {
         let mut leaver = dealer(&ingress).await;
@@ -318,7 +286,7 @@ async fn a_client_that_leaves_mid_task_disturbs_no_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_tasks_deadlines_and_a_full_queue() {
     let dir = tempfile::tempdir().unwrap();
-    let (fleet, ingress) = bus_fleet(dir.path(), |s| s.bus.max_queue = 40).await;
+    let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |s| s.bus.max_queue = 40).await;
     let mut log = EventLog::new(&fleet);
     let mut sock = dealer(&ingress).await;
     let ask = |id: &str, t: &str, input: Value| json!({"id": id, "type": t, "input": input});

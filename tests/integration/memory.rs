@@ -8,33 +8,18 @@ use std::time::{Duration, Instant};
 
 use agentvisor::supervisor::{AgentState, Fleet};
 use serde_json::{Value, json};
-use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::DealerSocket;
 
-use crate::util;
+use crate::util::{self, ask};
 
 /// A booted `full` fleet with its bus on free ports, and a client socket.
 async fn start() -> (tempfile::TempDir, Fleet, DealerSocket) {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = util::settings(dir.path());
-    s.bus.ingress = "tcp://127.0.0.1:0".into();
-    s.bus.events = "tcp://127.0.0.1:0".into();
-    let fleet = util::fleet(s, None, "full").await;
-    fleet.boot().await;
+    let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |_| {}).await;
     for agent in ["MemoryOrchestratorService", "MemoryClient", "KnowledgeBase"] {
         assert_eq!(fleet.ctx().state(agent), Some(AgentState::Running), "{agent}");
     }
-    let (ingress, _) = fleet.ctx().bus_endpoints().unwrap();
-    let mut sock = DealerSocket::new();
-    sock.connect(&ingress).await.unwrap();
-    (dir, fleet, sock)
-}
-
-/// Sends one task envelope and returns the reply.
-async fn ask(sock: &mut DealerSocket, v: Value) -> Value {
-    sock.send(ZmqMessage::from(v.to_string())).await.unwrap();
-    let msg = tokio::time::timeout(Duration::from_secs(20), sock.recv()).await.expect("reply in time").unwrap();
-    let body = msg.into_vecdeque().into_iter().rfind(|f| !f.is_empty()).unwrap();
-    serde_json::from_slice(&body).unwrap()
+    (dir, fleet, util::dealer(&ingress).await)
 }
 
 /// Sends `task_type` with `input` (fresh id each time) and returns the reply.

@@ -55,15 +55,9 @@ fn find<'a>(discovered: &'a Value, name: &str) -> Option<&'a Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_over_zeromq_heartbeats_monitor_discover_and_promote() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = util::settings(dir.path());
-    s.bus.ingress = "tcp://127.0.0.1:0".into();
-    s.bus.events = "tcp://127.0.0.1:0".into();
-    let fleet = util::fleet(s, None, "full").await;
-    fleet.boot().await;
+    let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |_| {}).await;
     let mut events = EventLog::new(&fleet);
-    let (ingress, _) = fleet.ctx().bus_endpoints().unwrap();
-    let mut sock = DealerSocket::new();
-    sock.connect(&ingress).await.unwrap();
+    let mut sock = util::dealer(&ingress).await;
 
     // Validation names the field.
     let e = err(&mut sock, "registry.register", json!({"name": "x", "type": "robot"})).await;

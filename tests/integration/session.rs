@@ -4,34 +4,22 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use serde_json::json;
 
 use crate::fake_openai::{Behaviour, FakeOpenAi};
-use crate::util;
-
-async fn ask(sock: &mut DealerSocket, v: Value) -> Value {
-    sock.send(ZmqMessage::from(v.to_string())).await.unwrap();
-    let msg = tokio::time::timeout(Duration::from_secs(20), sock.recv()).await.expect("reply in time").unwrap();
-    let body = msg.into_vecdeque().into_iter().rfind(|f| !f.is_empty()).unwrap();
-    serde_json::from_slice(&body).unwrap()
-}
+use crate::util::{self, ask};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_history_feeds_the_second_chat_turn() {
     let fake = FakeOpenAi::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut s = util::settings(dir.path());
-    s.bus.ingress = "tcp://127.0.0.1:0".into();
-    s.bus.events = "tcp://127.0.0.1:0".into();
     let backend =
         format!("{{kind: openai, tier: L1, base_url: '{}', model: fake-local, max_retries: 0}}", fake.base_url());
-    s.backends.insert("local".into(), serde_norway::from_str(&backend).unwrap());
-    let fleet = util::fleet(s, None, "full").await;
-    fleet.boot().await;
-    let (ingress, _) = fleet.ctx().bus_endpoints().unwrap();
-    let mut sock = DealerSocket::new();
-    sock.connect(&ingress).await.unwrap();
+    let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |s| {
+        s.backends.insert("local".into(), serde_norway::from_str(&backend).unwrap());
+    })
+    .await;
+    let mut sock = util::dealer(&ingress).await;
 
     fake.push(Behaviour::Answer("Nice to meet you, Ada.".into()));
     fake.push(Behaviour::Answer("Your name is Ada.".into()));

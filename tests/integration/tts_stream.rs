@@ -4,35 +4,26 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::util;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_sentence_streams_as_its_own_audio_chunk() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = util::settings(dir.path());
-    s.bus.ingress = "tcp://127.0.0.1:0".into();
-    s.bus.events = "tcp://127.0.0.1:0".into();
-    let fleet = util::fleet(s, None, "core").await;
-    fleet.boot().await;
+    let (fleet, ingress) = util::bus_fleet(dir.path(), "core", |_| {}).await;
     if fleet.ctx().state("TTSService") != Some(agentvisor::supervisor::AgentState::Running) {
         let reason = fleet.ctx().record("TTSService").and_then(|r| r.reason);
         assert!(std::env::var_os("CI").is_none(), "TTSService must run in CI: {reason:?}");
         eprintln!("TTSService not running ({reason:?}); skipping");
         return;
     }
-    let (ingress, _) = fleet.ctx().bus_endpoints().unwrap();
-    let mut sock = DealerSocket::new();
-    sock.connect(&ingress).await.unwrap();
+    let mut sock = util::dealer(&ingress).await;
     let env =
         json!({"id": "s1", "type": "tts.stream", "input": "Hello there. How are you today? Fine!", "stream": true});
-    sock.send(ZmqMessage::from(env.to_string())).await.unwrap();
+    util::send_json(&mut sock, &env).await;
     let mut chunks = Vec::new();
     let reply = loop {
-        let msg = tokio::time::timeout(Duration::from_secs(30), sock.recv()).await.expect("in time").unwrap();
-        let body = msg.into_vecdeque().into_iter().rfind(|f| !f.is_empty()).unwrap();
-        let v: Value = serde_json::from_slice(&body).unwrap();
+        let v = util::recv_json(&mut sock).await;
         if v["event"] == "chunk" {
             chunks.push(serde_json::from_str::<Value>(v["delta"].as_str().unwrap()).unwrap());
         } else {

@@ -270,3 +270,55 @@ impl Daemon {
         tokio::time::timeout(timeout, self.child.wait()).await.expect("daemon exits in time").expect("wait")
     }
 }
+
+/// [`settings`] with both bus sockets on free ports.
+pub fn bus_settings(data: &Path) -> Settings {
+    let mut s = settings(data);
+    s.bus.ingress = "tcp://127.0.0.1:0".into();
+    s.bus.events = "tcp://127.0.0.1:0".into();
+    s
+}
+
+/// A booted fleet of `profile` (repo catalog) with its bus on free ports,
+/// after `tweak` edits the settings; returns it and the ROUTER endpoint.
+pub async fn bus_fleet(data: &Path, profile_name: &str, tweak: impl FnOnce(&mut Settings)) -> (Fleet, String) {
+    let mut s = bus_settings(data);
+    tweak(&mut s);
+    let fleet = fleet(s, None, profile_name).await;
+    fleet.boot().await;
+    let (ingress, _) = fleet.ctx().bus_endpoints().expect("bus bound");
+    (fleet, ingress)
+}
+
+/// A DEALER socket connected to `endpoint`.
+pub async fn dealer(endpoint: &str) -> zeromq::DealerSocket {
+    use zeromq::Socket;
+    let mut s = zeromq::DealerSocket::new();
+    s.connect(endpoint).await.expect("connect");
+    s
+}
+
+/// Sends one message of `frames`.
+pub async fn send_frames(s: &mut zeromq::DealerSocket, frames: Vec<bytes::Bytes>) {
+    use zeromq::SocketSend;
+    s.send(zeromq::ZmqMessage::try_from(frames).expect("frames")).await.expect("send");
+}
+
+/// Sends one JSON envelope.
+pub async fn send_json(s: &mut zeromq::DealerSocket, v: &serde_json::Value) {
+    send_frames(s, vec![bytes::Bytes::from(serde_json::to_vec(v).expect("json"))]).await;
+}
+
+/// The next message's body as JSON (a reply or a chunk); panics after 20 s.
+pub async fn recv_json(s: &mut zeromq::DealerSocket) -> serde_json::Value {
+    use zeromq::SocketRecv;
+    let msg = tokio::time::timeout(Duration::from_secs(20), s.recv()).await.expect("reply in time").expect("recv");
+    let body = msg.into_vecdeque().into_iter().rfind(|f| !f.is_empty()).expect("body");
+    serde_json::from_slice(&body).expect("json reply")
+}
+
+/// Sends one envelope and returns the next message.
+pub async fn ask(s: &mut zeromq::DealerSocket, v: serde_json::Value) -> serde_json::Value {
+    send_json(s, &v).await;
+    recv_json(s).await
+}
