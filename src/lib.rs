@@ -14,6 +14,7 @@
 //! - [`backends`]: model backends (OpenAI-compatible HTTP; embedded later).
 //! - [`agents`]: the agent actor and its runtimes (builtin, llm, process).
 //! - [`events`]: the ordered event stream (`seq`, `ts`).
+//! - [`models`]: GGUF files under `models_dir`; the default model fetch.
 //! - [`store`]: SQLite on its own thread: migrations, receipts.
 //! - [`telemetry`]: metric names, the HTTP endpoints, tracing.
 //! - [`daemon`]: the `run` command's life cycle; [`cli`]: the commands.
@@ -39,6 +40,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod models;
 pub mod routing;
 pub mod store;
 pub mod supervisor;

@@ -15,6 +15,7 @@ mod lazy;
 mod legacy;
 mod llm;
 mod memory;
+mod models;
 mod registry;
 mod session;
 mod speech_exec;

