@@ -163,6 +163,8 @@ def handle_line(line):
     if not isinstance(request, dict):
         emit({"id": None, "error": {"code": "malformed_json", "message": "each line must be a JSON object"}})
         return
+    if "cancel" in request:
+        return  # agentvisor's cancel notice: synthesis is short and sequential, nothing to stop
     request_id = request.get("id")
     try:
         if "input" not in request:

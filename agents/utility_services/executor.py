@@ -102,6 +102,8 @@ _out_lock = threading.Lock()
 # Process group ids of the snippets running now (killed on shutdown).
 _running = set()
 _running_lock = threading.Lock()
+# Request id -> process group of its running snippet (for cancel notices).
+_by_request = {}
 # Request threads, joined on shutdown so scratch directories get removed.
 _threads = []
 # Seconds shutdown waits for request threads to clean up after the kill.
@@ -309,7 +311,7 @@ def python_program():
     return sys.executable or shutil.which("python3") or "/usr/bin/python3"
 
 
-def execute(language, code, limits):
+def execute(language, code, limits, request_id=None):
     """Run one snippet under the limits; return the output object.
 
     Raises RequestError `timeout` when the wall-clock limit killed it, and
@@ -343,6 +345,8 @@ def execute(language, code, limits):
             raise RequestError("exec_failed", f"cannot start {argv[0]}: {e}") from None
         with _running_lock:
             _running.add(proc.pid)
+            if request_id is not None:
+                _by_request[request_id] = proc.pid
         try:
             out, err = Capture(limits.output_bytes), Capture(limits.output_bytes)
             timed_out = pump(proc, [(proc.stdout, out), (proc.stderr, err)], started + limits.timeout_secs)
@@ -358,6 +362,7 @@ def execute(language, code, limits):
             proc.stderr.close()
             with _running_lock:
                 _running.discard(proc.pid)
+                _by_request.pop(request_id, None)
         if timed_out:
             raise RequestError(
                 "timeout",
@@ -397,7 +402,7 @@ def handle(request, limits):
         if "input" not in request:
             raise RequestError("invalid_input", "missing field: input")
         language, code = parse_request(request["input"])
-        emit({"id": request_id, "output": execute(language, code, limits)})
+        emit({"id": request_id, "output": execute(language, code, limits, request_id)})
     except RequestError as e:
         emit({"id": request_id, "error": {"code": e.code, "message": str(e)}})
     except Exception as e:  # noqa: BLE001 - every request gets an answer
@@ -413,6 +418,14 @@ def dispatch(line, limits):
         return
     if not isinstance(request, dict):
         emit({"id": None, "error": {"code": "malformed_json", "message": "each line must be a JSON object"}})
+        return
+    if "cancel" in request:
+        # agentvisor's cancel notice (client gone, deadline): kill that snippet.
+        # No answer: the caller already got `cancelled`.
+        with _running_lock:
+            pgid = _by_request.get(request["cancel"])
+        if pgid is not None:
+            kill_group(pgid)
         return
     thread = threading.Thread(target=handle, args=(request, limits), daemon=True)
     _threads[:] = [t for t in _threads if t.is_alive()]

@@ -41,7 +41,21 @@ use super::task::{ErrorCode, Task, TaskError, TaskReply};
 use crate::config::spec::{AgentSpec, ProcessProtocol, RuntimeSpec};
 use crate::supervisor::context::FleetCtx;
 
-type Pending = Arc<Mutex<HashMap<String, RpcReplyPort<TaskReply>>>>;
+/// A task waiting for the child's answer, and the watcher that cancels it.
+struct Waiting {
+    reply: RpcReplyPort<TaskReply>,
+    watcher: tokio::task::AbortHandle,
+}
+
+type Pending = Arc<Mutex<HashMap<String, Waiting>>>;
+
+/// Takes a waiting task out of `pending`, stopping its cancel watcher.
+fn take(pending: &Pending, id: &str) -> Option<RpcReplyPort<TaskReply>> {
+    pending.lock().remove(id).map(|w| {
+        w.watcher.abort();
+        w.reply
+    })
+}
 
 /// A running child program of a process agent.
 pub struct ProcessChild {
@@ -206,7 +220,10 @@ impl ProcessChild {
     }
 
     /// Sends one task to a `jsonl` child; the reply comes back through the
-    /// stdout router. A `compat` child takes no tasks here.
+    /// stdout router. When the task is cancelled (client, deadline) before the
+    /// answer, the caller gets `cancelled` at once and the child gets a
+    /// `{"cancel": "<id>"}` line (programs may ignore it; a late answer is
+    /// dropped). A `compat` child takes no tasks here.
     pub fn request(&self, task: Task, reply: RpcReplyPort<TaskReply>) {
         let Some(stdin) = &self.stdin_tx else {
             let _ = reply.send(Err(TaskError::new(
@@ -216,9 +233,22 @@ impl ProcessChild {
             return;
         };
         let line = json!({"id": task.id, "type": task.task_type, "input": task.input}).to_string() + "\n";
-        self.pending.lock().insert(task.id.clone(), reply);
+        let watcher = {
+            let (pending, stdin, id, cancel) =
+                (self.pending.clone(), stdin.clone(), task.id.clone(), task.cancel.clone());
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                let waiting = pending.lock().remove(&id);
+                if let Some(w) = waiting {
+                    let _ = w.reply.send(Err(TaskError::new(ErrorCode::Cancelled, format!("task {id} was cancelled"))));
+                    let _ = stdin.try_send(json!({"cancel": id}).to_string() + "\n");
+                }
+            })
+            .abort_handle()
+        };
+        self.pending.lock().insert(task.id.clone(), Waiting { reply, watcher });
         if stdin.try_send(line).is_err()
-            && let Some(reply) = self.pending.lock().remove(&task.id)
+            && let Some(reply) = take(&self.pending, &task.id)
         {
             let _ = reply.send(Err(TaskError::new(ErrorCode::Busy, format!("{}: stdin queue full", self.agent))));
         }
@@ -243,8 +273,9 @@ impl ProcessChild {
     }
 
     fn fail_pending(&self, why: &str) {
-        for (_, reply) in self.pending.lock().drain() {
-            let _ = reply.send(Err(TaskError::new(ErrorCode::AgentFailed, format!("{}: {why}", self.agent))));
+        for (_, w) in self.pending.lock().drain() {
+            w.watcher.abort();
+            let _ = w.reply.send(Err(TaskError::new(ErrorCode::AgentFailed, format!("{}: {why}", self.agent))));
         }
     }
 }
@@ -392,8 +423,9 @@ async fn route_replies(agent: String, mut lines: Lines<BufReader<ChildStdout>>, 
             tracing::warn!(agent, line = %line, "child reply without id");
             continue;
         };
-        let Some(reply) = pending.lock().remove(&id) else {
-            tracing::warn!(agent, task_id = %id, "child reply for no pending task");
+        let Some(reply) = take(&pending, &id) else {
+            // Cancelled or timed out meanwhile: the caller has had its answer.
+            tracing::debug!(agent, task_id = %id, "child reply for no pending task dropped");
             continue;
         };
         let answer = match (v.get("output"), v.get("error")) {

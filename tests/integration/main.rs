@@ -6,6 +6,7 @@ mod util;
 
 mod backend_openai;
 mod bus;
+mod cancel_process;
 mod check;
 mod crash;
 mod daemon;
