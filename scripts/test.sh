@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo fmt --check
+hadolint Dockerfile
 cargo clippy --all-targets -- -D warnings
 cargo nextest run --no-fail-fast
 cargo test --doc --quiet
