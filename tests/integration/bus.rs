@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use agentvisor::supervisor::AgentState;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use zeromq::{ReqSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
@@ -36,20 +35,7 @@ async fn pyzmq_req_dealer_and_sub_against_the_daemon() {
     let ingress = health["bus"]["ingress"].as_str().expect("ingress in /health").to_string();
     let events = health["bus"]["events"].as_str().unwrap().to_string();
 
-    let out = tokio::process::Command::new("python3")
-        .arg(util::fixture("pyzmq_check.py"))
-        .args([&ingress, &events])
-        .output()
-        .await
-        .expect("python3 runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if stderr.contains("No module named 'zmq'") {
-        assert!(std::env::var_os("CI").is_none(), "pyzmq is required in CI");
-        eprintln!("pyzmq not installed; skipping (pip install pyzmq)");
-        return;
-    }
-    assert!(out.status.success(), "pyzmq_check failed: {stderr}");
-    let r: Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let Some(r) = util::python_report("pyzmq_check.py", &[&ingress, &events], "zmq").await else { return };
 
     assert_eq!(r["req"]["status"], "ok", "{}", r["req"]);
     assert_eq!(r["req"]["output"], "hello from REQ");
@@ -229,20 +215,38 @@ async fn cancel_stops_running_and_queued_tasks() {
     let dir = tempfile::tempdir().unwrap();
     let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |_| {}).await;
     let mut sock = dealer(&ingress).await;
-    send_json(&mut sock, &json!({"id": "long", "type": "utils.sleep", "input": 30})).await;
-    let ctx = fleet.ctx().clone();
-    util::poll_until(Duration::from_secs(5), "task running", || {
-        ctx.metrics.render().contains("agentvisor_tasks_total")
-            || ctx.state("UnifiedUtilsAgent") == Some(AgentState::Running)
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(100)).await; // let it reach the agent
-    send_json(&mut sock, &json!({"id": "c1", "cancel": "long"})).await;
-    let mut replies = [recv_json(&mut sock).await, recv_json(&mut sock).await];
-    replies.sort_by_key(|r| r["id"].as_str().unwrap_or("").to_string());
+    // Saturate UnifiedUtilsAgent (max_concurrency 16) with long sleeps, then queue one more.
+    for i in 0..16 {
+        send_json(&mut sock, &json!({"id": format!("run{i}"), "type": "utils.sleep", "input": 30})).await;
+    }
+    send_json(&mut sock, &json!({"id": "queued", "type": "utils.sleep", "input": 30})).await;
+    let mut admin = dealer(&ingress).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = util::ask(&mut admin, json!({"type": "coordinator.status"})).await;
+        if s["output"]["running"].as_u64() >= Some(16) && s["output"]["queued"] == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never saturated: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sorted = |mut r: [Value; 2]| {
+        r.sort_by_key(|r| r["id"].as_str().unwrap_or("").to_string());
+        r
+    };
+    // A queued task: answered at once, never reaches the agent.
+    send_json(&mut sock, &json!({"id": "c0", "cancel": "queued"})).await;
+    let replies = sorted([recv_json(&mut sock).await, recv_json(&mut sock).await]);
+    assert_eq!(replies[0]["output"]["cancelled"], "queued", "{replies:?}");
+    assert_eq!(replies[1]["id"], "queued");
+    assert_eq!(replies[1]["error"]["code"], "cancelled");
+    assert!(replies[1]["error"]["message"].as_str().unwrap().contains("while queued"), "{replies:?}");
+    // A running task: its agent stops the 30 s sleep.
+    send_json(&mut sock, &json!({"id": "c1", "cancel": "run0"})).await;
+    let replies = sorted([recv_json(&mut sock).await, recv_json(&mut sock).await]);
     assert_eq!(replies[0]["id"], "c1");
-    assert_eq!(replies[0]["output"]["cancelled"], "long");
-    assert_eq!(replies[1]["id"], "long");
+    assert_eq!(replies[0]["output"]["cancelled"], "run0");
+    assert_eq!(replies[1]["id"], "run0");
     assert_eq!(replies[1]["error"]["code"], "cancelled");
     assert!(replies[1]["timings_ms"]["total"].as_f64().unwrap() < 10_000.0, "the 30 s sleep stopped");
     // The agent stopped the work: its handler ended as cancelled.
