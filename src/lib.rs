@@ -11,10 +11,11 @@
 //! - [`supervisor`]: root and group supervisors, restart policy, on-demand starts.
 //! - [`bus`]: the ZeroMQ task bus: envelope, admission queue, replies, events.
 //! - [`routing`]: hybrid routing: the policy (tier, backend chain) and circuit breakers.
-//! - [`backends`]: model backends (OpenAI-compatible HTTP; embedded later).
+//! - [`backends`]: model backends (OpenAI-compatible HTTP; embedded llama.cpp).
 //! - [`agents`]: the agent actor and its runtimes (builtin, llm, process).
 //! - [`events`]: the ordered event stream (`seq`, `ts`).
-//! - [`models`]: GGUF files under `models_dir`; the default model fetch.
+//! - [`models`]: local GGUF models: files, the default model, the llama.cpp
+//!   engine, ModelManager (queue, budget, eviction), memory probes.
 //! - [`store`]: SQLite on its own thread: migrations, receipts.
 //! - [`telemetry`]: metric names, the HTTP endpoints, tracing.
 //! - [`daemon`]: the `run` command's life cycle; [`cli`]: the commands.

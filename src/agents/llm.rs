@@ -67,6 +67,13 @@ impl LlmAgent {
         Ok(Some(LlmAgent { spec, ctx, schema }))
     }
 
+    fn output_schema(&self) -> Option<Value> {
+        match &self.spec.runtime {
+            RuntimeSpec::Llm { output_schema, .. } => output_schema.clone(),
+            _ => None,
+        }
+    }
+
     fn runtime(&self) -> (f64, u32, &str) {
         match &self.spec.runtime {
             RuntimeSpec::Llm { complexity, max_tokens, system_prompt, .. } => (*complexity, *max_tokens, system_prompt),
@@ -100,6 +107,9 @@ impl LlmAgent {
             max_tokens: Some(max_tokens),
             temperature: None,
             json,
+            json_schema: if json { self.output_schema() } else { None },
+            top_p: None,
+            priority: task.priority,
             deltas: if stream { task.chunks.clone() } else { None },
             cancel: task.cancel.clone(),
             queue_ms: task.queue_ms,

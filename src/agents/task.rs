@@ -40,6 +40,9 @@ pub struct Task {
     /// Where the agent leaves the routing receipt of its model call (the
     /// reply's `route`).
     pub receipt: std::sync::Arc<parking_lot::Mutex<Option<crate::store::receipts::Receipt>>>,
+    /// Priority 0–9 from the envelope (default 5); local model requests are
+    /// served by it.
+    pub priority: u8,
 }
 
 impl Task {
@@ -57,6 +60,7 @@ impl Task {
             complexity: None,
             queue_ms: 0.0,
             receipt: Default::default(),
+            priority: 5,
         }
     }
 

@@ -1,11 +1,12 @@
 //! Model backends behind one trait (DESIGN §5): `openai` (any
 //! OpenAI-compatible `/v1/chat/completions`: Ollama, llama.cpp server, vLLM,
-//! LM Studio, DeepInfra, OpenAI, Gemini's OpenAI endpoint) and, with the
-//! local-models issue, `embedded`.
+//! LM Studio, DeepInfra, OpenAI, Gemini's OpenAI endpoint) and `embedded`
+//! (GGUF files in-process through llama.cpp, see [`crate::models`]).
 //!
 //! Where it sits: HybridRouter ([`crate::routing`]) picks a backend and
 //! calls [`ChatBackend::chat`]; agents never call a backend directly.
 
+pub mod embedded;
 pub mod openai;
 
 use std::time::Duration;
@@ -32,7 +33,7 @@ impl ChatMessage {
 }
 
 /// A chat request to one backend.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChatRequest {
     /// Model name as the backend knows it.
     pub model: String,
@@ -44,6 +45,18 @@ pub struct ChatRequest {
     pub temperature: Option<f32>,
     /// Ask for a JSON object answer (`response_format: {"type": "json_object"}`).
     pub json: bool,
+    /// The JSON schema the answer must follow (with `json`): the embedded
+    /// backend enforces it with a grammar; HTTP backends ignore it.
+    pub json_schema: Option<serde_json::Value>,
+    /// Nucleus sampling mass, with a temperature.
+    pub top_p: Option<f32>,
+    /// Task priority 0–9 (the local queue serves 9 first).
+    pub priority: u8,
+    /// Serve before every queued local request.
+    pub push_to_front: bool,
+    /// This call is the `degrade_to_tiny` failover: the (tiny) model may load
+    /// over the memory budget.
+    pub degrade: bool,
 }
 
 /// A finished answer.
@@ -85,6 +98,9 @@ pub enum BackendErrorKind {
     Protocol,
     /// The caller cancelled.
     Cancelled,
+    /// Local model memory is exhausted (nothing idle to evict). Not retryable;
+    /// the router's `degrade_to_tiny` failover applies.
+    ResourceExhausted,
 }
 
 impl BackendErrorKind {
@@ -99,6 +115,7 @@ impl BackendErrorKind {
             BackendErrorKind::Server => "server",
             BackendErrorKind::Protocol => "protocol",
             BackendErrorKind::Cancelled => "cancelled",
+            BackendErrorKind::ResourceExhausted => "resource_exhausted",
         }
     }
 }

@@ -523,6 +523,7 @@ fn request_body(request: &ChatRequest, stream: bool) -> Result<bytes::Bytes, ser
         messages: &request.messages,
         max_tokens: request.max_tokens,
         temperature: request.temperature,
+        top_p: request.top_p,
         stream,
         stream_options: stream.then_some(StreamOptions { include_usage: true }),
         response_format: request.json.then_some(ResponseFormat { kind: "json_object" }),
@@ -661,6 +662,8 @@ struct WireRequest<'a> {
     max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
@@ -925,6 +928,7 @@ mod tests {
             max_tokens: Some(5),
             temperature: None,
             json: true,
+            ..Default::default()
         };
         let body: serde_json::Value = serde_json::from_slice(&request_body(&request, true).unwrap()).unwrap();
         assert_eq!(
@@ -954,6 +958,7 @@ mod tests {
             max_tokens: None,
             temperature: None,
             json: false,
+            ..Default::default()
         };
         let r = finish(&request, "abcde".into(), None, None, None, None);
         assert_eq!((r.tokens_in, r.tokens_out, r.model.as_str()), (2, 2, "m"));

@@ -435,6 +435,7 @@ async fn execute(
             complexity: task.complexity,
             queue_ms: timings.queue + timings.start,
             receipt: receipt.clone(),
+            priority: task.priority,
         };
         let t0 = Instant::now();
         let answer = tokio::select! {

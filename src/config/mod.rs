@@ -62,7 +62,11 @@ pub struct Settings {
     /// Hybrid routing rules, tiers, failover and circuit breakers.
     pub routing: RoutingSettings,
     /// Model backends by name (`backends: {local: {kind: openai, base_url: ...}}`).
+    /// Default: `local` (embedded, L1, the default model) enabled; `cloud_fast`
+    /// (L2) and `cloud_large` (L3) configured for OpenAI but disabled.
     pub backends: BTreeMap<String, BackendSettings>,
+    /// Local models: ModelManagerSuite and VRAMOptimizerAgent.
+    pub models: ModelSettings,
     /// Commands for `process` agents, overriding the catalog's `runtime.command`
     /// (e.g. `agent_commands: {STTService: [python3, my_stt.py]}`).
     pub agent_commands: BTreeMap<String, Vec<String>>,
@@ -86,7 +90,8 @@ impl Default for Settings {
             lazy_loader: LazyLoaderSettings::default(),
             supervisor: SupervisorSettings::default(),
             agent_commands: BTreeMap::new(),
-            backends: BTreeMap::new(),
+            backends: default_backends(),
+            models: ModelSettings::default(),
             routing: RoutingSettings::default(),
             executor: ExecutorSettings::default(),
             log: LogSettings::default(),
@@ -410,6 +415,96 @@ fn models_ttl() -> f64 {
 }
 fn context_tokens() -> u32 {
     8192
+}
+
+/// The default backends: the embedded default model on L1; two cloud tiers
+/// configured for OpenAI's API but disabled, so nothing tries the network
+/// until the user enables them and exports `OPENAI_API_KEY`.
+fn default_backends() -> BTreeMap<String, BackendSettings> {
+    let backend = |kind, tier, model: &str, base_url: Option<&str>, enabled, context_tokens| BackendSettings {
+        kind,
+        tier,
+        enabled,
+        base_url: base_url.map(str::to_string),
+        api_key_env: base_url.map(|_| "OPENAI_API_KEY".to_string()),
+        model: model.to_string(),
+        connect_timeout_secs: connect_timeout(),
+        first_token_timeout_secs: first_token_timeout(),
+        total_timeout_secs: total_timeout(),
+        max_retries: max_retries(),
+        retry_initial_secs: retry_initial(),
+        retry_max_secs: retry_max(),
+        price_per_1k_input_usd: 0.0,
+        price_per_1k_output_usd: 0.0,
+        models_ttl_secs: models_ttl(),
+        context_tokens,
+    };
+    let openai = Some("https://api.openai.com/v1");
+    BTreeMap::from([
+        (
+            "local".to_string(),
+            backend(BackendKind::Embedded, Tier::L1, crate::models::DEFAULT_MODEL_NAME, None, true, 8192),
+        ),
+        ("cloud_fast".to_string(), backend(BackendKind::Openai, Tier::L2, "gpt-4o-mini", openai, false, 128_000)),
+        ("cloud_large".to_string(), backend(BackendKind::Openai, Tier::L3, "gpt-4.1", openai, false, 1_000_000)),
+    ])
+}
+
+/// `models:` — local GGUF models (DESIGN §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSettings {
+    /// Seconds a loaded model may stay unused before it is unloaded.
+    pub idle_timeout_secs: f64,
+    /// Context size per loaded model, tokens (capped by the model's own).
+    pub context_tokens: u32,
+    /// CPU threads per generation; 0: every core.
+    pub threads: u32,
+    /// Prompt tokens decoded per batch.
+    pub batch_tokens: u32,
+    /// Generations running at once, across models (CPU-bound: 1 on small machines).
+    pub parallel: usize,
+    /// Share of the device's memory (GPU with NVML, else host) that loaded
+    /// models may use, percent.
+    pub vram_budget_percentage: f64,
+    /// A fixed budget, bytes; overrides the percentage when set.
+    pub memory_budget_bytes: Option<u64>,
+    /// Read GPU memory through NVML when the library and a GPU are present.
+    pub gpu: bool,
+    /// NVML device index.
+    pub gpu_device: u32,
+    /// Seconds between two memory readings of VRAMOptimizerAgent.
+    pub poll_secs: f64,
+    /// The degrade target (`degrade_to_tiny`); unset: the smallest file in `models_dir`.
+    pub tiny_model: Option<String>,
+    /// Hot-model preference bound: a queued request for another model waits
+    /// at most this many hot-model requests of its priority.
+    pub hot_model_fairness: u32,
+    /// Most requests waiting in the local queue; more are answered `busy`.
+    pub queue_limit: usize,
+    /// `max_tokens` when a request sets none.
+    pub default_max_tokens: u32,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        ModelSettings {
+            idle_timeout_secs: 300.0,
+            context_tokens: 2048,
+            threads: 0,
+            batch_tokens: 512,
+            parallel: 1,
+            vram_budget_percentage: 80.0,
+            memory_budget_bytes: None,
+            gpu: true,
+            gpu_device: 0,
+            poll_secs: 5.0,
+            tiny_model: None,
+            hot_model_fairness: 4,
+            queue_limit: 256,
+            default_max_tokens: 512,
+        }
+    }
 }
 
 /// `executor:` — the Executor agent's sandbox for `code.execute`.

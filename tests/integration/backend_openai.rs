@@ -44,6 +44,7 @@ fn request(prompt: &str) -> ChatRequest {
         max_tokens: Some(64),
         temperature: Some(0.5),
         json: false,
+        ..Default::default()
     }
 }
 

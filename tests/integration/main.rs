@@ -15,6 +15,7 @@ mod gateway;
 mod lazy;
 mod legacy;
 mod llm;
+mod local_models;
 mod memory;
 mod models;
 mod registry;

@@ -27,6 +27,13 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_agentvisor"))
 }
 
+/// The repo's `models/` with the default model, fetched when missing.
+pub fn models_dir() -> PathBuf {
+    let dir = root().join("models");
+    agentvisor::models::fetch_default(&dir).expect("the default model is in models/ (agentvisor models fetch)");
+    dir
+}
+
 /// A fixture file under `tests/fixtures`.
 pub fn fixture(rel: &str) -> PathBuf {
     root().join("tests/fixtures").join(rel)
@@ -44,6 +51,9 @@ pub fn settings(data: &Path) -> Settings {
         ..Default::default()
     };
     s.http.listen = "127.0.0.1:0".into();
+    // No model backend unless a test configures one (the default embedded one
+    // would answer LLM tasks with the real model).
+    s.backends.clear();
     s.testing.fault_injection = true;
     s.testing.actor_name_prefix = format!("t{}-{}/", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
     s

@@ -15,6 +15,9 @@
 //! | KnowledgeBase | [`memory`] | `kb.add`, `kb.search` (FTS5, bm25), `kb.delete` |
 //! | ServiceRegistry | [`service_registry`] | `registry.register`, `registry.heartbeat`, `registry.discover`, `registry.promote`, `registry.deregister` (also over HTTP `/registry/*`) |
 //! | StreamingTTSAgent | [`streaming_tts`] | `tts.stream` (through TTSService, one chunk per sentence) |
+//! | ModelManagerSuite | [`models`] | `models.list`, `models.load`, `models.unload`, `models.status` |
+//! | VRAMOptimizerAgent | [`models`] | `vram.status`, `vram.evict_idle`; polls GPU (NVML) or host memory |
+//! | TinyLlamaServiceEnhanced | [`models`] | `tiny_generation`, `tiny.status` |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
 //! issue lands — never with a made-up answer.
@@ -22,6 +25,7 @@
 pub mod digital_twin;
 pub mod lazy_loader;
 pub mod memory;
+pub mod models;
 pub mod request_coordinator;
 pub mod service_registry;
 pub mod session_memory;
@@ -72,7 +76,10 @@ pub fn create(spec: &Arc<AgentSpec>, ctx: &Arc<FleetCtx>) -> Result<Option<Arc<d
 }
 
 fn builtin_for(name: &str, ctx: &Arc<FleetCtx>) -> Option<Arc<dyn Behaviour>> {
-    if let Some(b) = memory::behaviour(name, ctx).or_else(|| service_registry::behaviour(name, ctx)) {
+    if let Some(b) = memory::behaviour(name, ctx)
+        .or_else(|| service_registry::behaviour(name, ctx))
+        .or_else(|| models::behaviour(name, ctx))
+    {
         return Some(b);
     }
     match name {

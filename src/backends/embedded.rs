@@ -1,0 +1,118 @@
+//! The `embedded` backend: GGUF models under `models_dir` run in-process
+//! through llama.cpp, by way of the daemon's [`ModelManager`] (its queue,
+//! memory budget and model threads).
+//!
+//! The request's `model` names a file under `models_dir` without `.gguf`
+//! (the backend's configured `model` when empty). Errors map to backend
+//! error kinds: an unknown or missing model, a prompt longer than the
+//! context and a build without llama.cpp are `bad_request` (no retry, the
+//! breaker does not count them); exhausted memory is `resource_exhausted`
+//! (the router degrades to the tiny model); a full queue is `rate_limited`;
+//! a cancelled request is `cancelled` with the tokens generated so far.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{BackendError, BackendErrorKind, ChatBackend, ChatRequest, ChatResponse};
+use crate::config::BackendSettings;
+use crate::models::local::{EngineError, Finish, GenParams};
+use crate::models::manager::{LocalError, LocalRequest, ModelManager};
+
+/// JSON mode without a schema: any JSON object.
+const ANY_OBJECT_SCHEMA: &str = r#"{"type": "object"}"#;
+
+/// A backend serving local GGUF models.
+pub struct EmbeddedBackend {
+    name: String,
+    model: String,
+    manager: Arc<ModelManager>,
+}
+
+impl EmbeddedBackend {
+    /// The backend `name` with its settings, on the daemon's model manager.
+    pub fn new(name: &str, settings: &BackendSettings, manager: Arc<ModelManager>) -> EmbeddedBackend {
+        EmbeddedBackend { name: name.to_string(), model: settings.model.clone(), manager }
+    }
+
+    fn error(&self, kind: BackendErrorKind, message: String) -> BackendError {
+        BackendError { backend: self.name.clone(), kind, message, status: None, attempts: 1 }
+    }
+}
+
+#[async_trait]
+impl ChatBackend for EmbeddedBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn chat(
+        &self,
+        request: ChatRequest,
+        deltas: Option<mpsc::UnboundedSender<String>>,
+        cancel: CancellationToken,
+    ) -> Result<ChatResponse, BackendError> {
+        let model = if request.model.is_empty() { self.model.clone() } else { request.model.clone() };
+        let json_schema = match (&request.json_schema, request.json) {
+            (Some(schema), _) => Some(schema.to_string()),
+            (None, true) => Some(ANY_OBJECT_SCHEMA.to_string()),
+            (None, false) => None,
+        };
+        let params = GenParams {
+            max_tokens: request.max_tokens.unwrap_or(self.manager.settings().default_max_tokens),
+            temperature: request.temperature,
+            top_p: request.top_p,
+            seed: rand::random(),
+            json_schema,
+        };
+        let local = LocalRequest {
+            model,
+            messages: request.messages,
+            params,
+            priority: request.priority.min(9),
+            push_to_front: request.push_to_front,
+            deltas,
+            cancel,
+            over_budget_ok: request.degrade,
+        };
+        let answer = self.manager.generate(local).await.map_err(|e| {
+            let kind = match &e {
+                LocalError::MemoryExhausted { .. } => BackendErrorKind::ResourceExhausted,
+                LocalError::QueueFull(_) => BackendErrorKind::RateLimited,
+                LocalError::ShuttingDown => BackendErrorKind::Unreachable,
+                LocalError::UnknownModel { .. }
+                | LocalError::Busy(_)
+                | LocalError::Engine(
+                    EngineError::NotFound(_)
+                    | EngineError::PromptTooLong { .. }
+                    | EngineError::NotBuilt
+                    | EngineError::Grammar(_),
+                ) => BackendErrorKind::BadRequest,
+                LocalError::Engine(_) => BackendErrorKind::Server,
+            };
+            self.error(kind, format!("{}: {e}", e.code()))
+        })?;
+        let out = answer.output;
+        if out.finish == Finish::Cancelled {
+            return Err(
+                self.error(BackendErrorKind::Cancelled, format!("cancelled after {} generated tokens", out.tokens_out))
+            );
+        }
+        Ok(ChatResponse {
+            content: out.text,
+            model: answer.model,
+            tokens_in: out.tokens_in,
+            tokens_out: out.tokens_out,
+            finish_reason: Some(out.finish.as_str().to_string()),
+            first_token: answer.first_token,
+            attempts: 1,
+        })
+    }
+
+    async fn models(&self) -> Result<Vec<String>, BackendError> {
+        let list = self.manager.list().await.map_err(|e| self.error(BackendErrorKind::Server, e.to_string()))?;
+        Ok(list.iter().filter_map(|m| m["name"].as_str().map(str::to_string)).collect())
+    }
+}

@@ -1,0 +1,382 @@
+//! The embedded llama.cpp engine (DESIGN §6): GGUF models run in-process
+//! through `llama-cpp-2`.
+//!
+//! - One llama.cpp backend per process ([`backend`]), initialised on first
+//!   use and never dropped; llama.cpp's own log lines go to `tracing`
+//!   (target `llama-cpp-2`, filter it with `log.level`).
+//! - A loaded model ([`LoadedModel`]) owns a dedicated OS thread: the thread
+//!   loads the file, creates one llama context (a context is not `Sync` and
+//!   borrows the model, so it cannot live in actor state) and then serves
+//!   generation jobs from a channel, one at a time.
+//! - Generation: the model's own chat template (ChatML when the file has
+//!   none), greedy sampling at temperature 0 (the default) or
+//!   top-k/top-p/temperature with a seed, an optional grammar from a JSON
+//!   schema (`json_schema_to_grammar`) so JSON answers are valid by
+//!   construction, `max_tokens`, cancellation checked before every token, and
+//!   UTF-8-safe streaming: a token may end inside a multi-byte character, so
+//!   pieces go through an incremental decoder (`encoding_rs`) before they are
+//!   sent.
+//!
+//! Where it sits: [`super::manager::ModelManager`] loads and schedules;
+//! nothing else calls this module (benches compare against raw llama.cpp).
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::local::{EngineError, Finish, GenOutput, GenParams, GgufMeta, LoadOptions, ModelInfo};
+use crate::backends::ChatMessage;
+
+/// The process-wide llama.cpp backend, initialised once.
+///
+/// # Errors
+/// [`EngineError::Load`] when llama.cpp cannot initialise.
+pub fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(true));
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Load(format!("llama.cpp backend: {e}")))
+}
+
+/// Creating contexts concurrently is not safe in llama.cpp: one at a time.
+static CONTEXT_LOCK: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+/// One generation job for a model's thread.
+struct Job {
+    messages: Vec<ChatMessage>,
+    params: GenParams,
+    deltas: Option<mpsc::UnboundedSender<String>>,
+    cancel: CancellationToken,
+    reply: oneshot::Sender<Result<GenOutput, EngineError>>,
+}
+
+/// A model loaded on its own thread.
+pub struct LoadedModel {
+    jobs: Option<std_mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    info: ModelInfo,
+}
+
+impl LoadedModel {
+    /// Loads `path` on a new thread and creates its context. Blocking (about
+    /// 100 ms for a 100 MB file): call it off the async runtime.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`] for a missing file, [`EngineError::Load`]
+    /// when llama.cpp rejects the file or the context.
+    pub fn load(name: &str, path: &Path, options: LoadOptions) -> Result<LoadedModel, EngineError> {
+        if !path.is_file() {
+            return Err(EngineError::NotFound(path.to_path_buf()));
+        }
+        backend()?;
+        let (jobs_tx, jobs_rx) = std_mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = std_mpsc::sync_channel::<Result<ModelInfo, EngineError>>(1);
+        let path_buf: PathBuf = path.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name(format!("llama-{name}"))
+            .spawn(move || worker(path_buf, options, ready_tx, jobs_rx))
+            .map_err(|e| EngineError::Load(format!("cannot start the model thread: {e}")))?;
+        match ready_rx.recv() {
+            Ok(Ok(info)) => Ok(LoadedModel { jobs: Some(jobs_tx), thread: Some(thread), info }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(EngineError::Load("the model thread ended while loading".into()))
+            }
+        }
+    }
+
+    /// What llama.cpp says about the model.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Queues one generation on the model's thread; the answer arrives on
+    /// the returned receiver. Text deltas go to `deltas` as they decode.
+    pub fn generate(
+        &self,
+        messages: Vec<ChatMessage>,
+        params: GenParams,
+        deltas: Option<mpsc::UnboundedSender<String>>,
+        cancel: CancellationToken,
+    ) -> oneshot::Receiver<Result<GenOutput, EngineError>> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job { messages, params, deltas, cancel, reply };
+        if let Some(Err(std_mpsc::SendError(job))) = self.jobs.as_ref().map(|j| j.send(job)) {
+            let _ = job.reply.send(Err(EngineError::Decode("the model thread is gone".into())));
+        }
+        rx
+    }
+}
+
+impl Drop for LoadedModel {
+    /// Closes the job channel and joins the thread, which frees the context
+    /// and the model. Blocks until a running generation ends: unload idle
+    /// models only, off the async runtime.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn worker(
+    path: PathBuf,
+    options: LoadOptions,
+    ready: std_mpsc::SyncSender<Result<ModelInfo, EngineError>>,
+    jobs: std_mpsc::Receiver<Job>,
+) {
+    let backend = match backend() {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let t0 = Instant::now();
+    let model = match LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default()) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = ready.send(Err(EngineError::Load(format!("{}: {e}", path.display()))));
+            return;
+        }
+    };
+    let n_ctx = options.context_tokens.min(model.n_ctx_train()).max(64);
+    let threads = i32::try_from(options.threads.max(1)).unwrap_or(1);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(options.batch_tokens)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+        .with_no_perf(true);
+    let ctx = {
+        let _guard = CONTEXT_LOCK.lock();
+        model.new_context(backend, params)
+    };
+    let mut ctx = match ctx {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(EngineError::Load(format!("context for {}: {e}", path.display()))));
+            return;
+        }
+    };
+    let template = model
+        .chat_template(None)
+        .or_else(|_| LlamaChatTemplate::new("chatml"))
+        .map_err(|e| EngineError::Template(e.to_string()));
+    let template = match template {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let info = ModelInfo {
+        n_params: model.n_params(),
+        size_bytes: model.size(),
+        n_ctx_train: model.n_ctx_train(),
+        n_ctx,
+        load_time: t0.elapsed(),
+    };
+    if ready.send(Ok(info)).is_err() {
+        return;
+    }
+    let batch_tokens = options.batch_tokens.max(1) as usize;
+    for job in jobs {
+        if job.cancel.is_cancelled() {
+            let _ = job.reply.send(Ok(GenOutput::cancelled_before_start()));
+            continue;
+        }
+        let out = generate(&model, &mut ctx, &template, batch_tokens, &job);
+        let _ = job.reply.send(out);
+    }
+}
+
+fn generate(
+    model: &LlamaModel,
+    ctx: &mut LlamaContext<'_>,
+    template: &LlamaChatTemplate,
+    batch_tokens: usize,
+    job: &Job,
+) -> Result<GenOutput, EngineError> {
+    let t0 = Instant::now();
+    ctx.clear_kv_cache();
+    let chat: Vec<LlamaChatMessage> = job
+        .messages
+        .iter()
+        .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| EngineError::Template(format!("message: {e}")))?;
+    let prompt = model.apply_chat_template(template, &chat, true).map_err(|e| EngineError::Template(e.to_string()))?;
+    let vocab = model.vocab();
+    let tokens = vocab.tokenize(prompt.as_bytes(), true, true);
+    let n_ctx = ctx.n_ctx() as usize;
+    if tokens.is_empty() || tokens.len() + 1 >= n_ctx {
+        return Err(EngineError::PromptTooLong { tokens: tokens.len(), context: n_ctx });
+    }
+    let room = (n_ctx - tokens.len()) as u32;
+    let max_new = job.params.max_tokens.min(room);
+
+    let mut sampler = sampler(model, &job.params)?;
+    let mut batch = LlamaBatch::new(batch_tokens, 1);
+    let last = tokens.len() - 1;
+    for (chunk_no, chunk) in tokens.chunks(batch_tokens).enumerate() {
+        if job.cancel.is_cancelled() {
+            return Ok(GenOutput { tokens_in: tokens.len() as u32, ..GenOutput::cancelled_before_start() });
+        }
+        batch.clear();
+        for (i, token) in chunk.iter().enumerate() {
+            let pos = chunk_no * batch_tokens + i;
+            batch.add(*token, pos as i32, &[0], pos == last).map_err(|e| EngineError::Decode(e.to_string()))?;
+        }
+        ctx.decode(&mut batch).map_err(|e| EngineError::Decode(e.to_string()))?;
+    }
+    let prompt_time = t0.elapsed();
+
+    let mut decoder = encoding_rs::UTF_8.new_decoder_without_bom_handling();
+    let mut text = String::new();
+    let mut piece = Vec::with_capacity(32);
+    let mut chunk = String::with_capacity(64);
+    let mut generated: u32 = 0;
+    let mut first_token: Option<Duration> = None;
+    let mut pos = tokens.len() as i32;
+    let mut logits_at = batch.n_tokens() - 1;
+    let finish = loop {
+        if job.cancel.is_cancelled() {
+            break Finish::Cancelled;
+        }
+        if generated >= max_new {
+            break Finish::Length;
+        }
+        let token = sampler.sample(ctx, logits_at);
+        if vocab.is_eog(token) {
+            break Finish::Stop;
+        }
+        generated += 1;
+        first_token.get_or_insert_with(|| t0.elapsed());
+        piece.clear();
+        vocab.token_to_piece_into(token, &mut piece, false, None);
+        chunk.clear();
+        chunk.reserve(piece.len() + 4);
+        let _ = decoder.decode_to_string(&piece, &mut chunk, false);
+        if !chunk.is_empty() {
+            text.push_str(&chunk);
+            if let Some(d) = &job.deltas {
+                let _ = d.send(chunk.clone());
+            }
+        }
+        batch.clear();
+        batch.add(token, pos, &[0], true).map_err(|e| EngineError::Decode(e.to_string()))?;
+        pos += 1;
+        ctx.decode(&mut batch).map_err(|e| EngineError::Decode(e.to_string()))?;
+        logits_at = 0;
+    };
+    // Flush a character cut short by the end (replacement character, never a panic).
+    chunk.clear();
+    chunk.reserve(8);
+    let _ = decoder.decode_to_string(&[], &mut chunk, true);
+    if !chunk.is_empty() {
+        text.push_str(&chunk);
+        if let Some(d) = &job.deltas {
+            let _ = d.send(chunk.clone());
+        }
+    }
+    Ok(GenOutput {
+        text,
+        tokens_in: tokens.len() as u32,
+        tokens_out: generated,
+        finish,
+        first_token,
+        prompt_time,
+        total_time: t0.elapsed(),
+    })
+}
+
+/// The sampler chain for `params`: an optional grammar, then greedy
+/// (temperature absent or 0) or top-k 40 / top-p / temperature / seeded draw.
+fn sampler(model: &LlamaModel, params: &GenParams) -> Result<LlamaSampler, EngineError> {
+    let mut chain = Vec::new();
+    if let Some(schema) = &params.json_schema {
+        let grammar = llama_cpp_2::json_schema_to_grammar(schema)
+            .map_err(|e| EngineError::Grammar(format!("JSON schema to grammar: {e}")))?;
+        chain.push(
+            LlamaSampler::grammar(model, &grammar, "root")
+                .map_err(|e| EngineError::Grammar(format!("grammar: {e}")))?,
+        );
+    }
+    match params.temperature {
+        Some(t) if t > 0.0 => {
+            chain.push(LlamaSampler::top_k(40));
+            chain.push(LlamaSampler::top_p(params.top_p.unwrap_or(0.95), 1));
+            chain.push(LlamaSampler::temp(t));
+            chain.push(LlamaSampler::dist(params.seed));
+        }
+        _ => chain.push(LlamaSampler::greedy()),
+    }
+    Ok(LlamaSampler::chain_simple(chain))
+}
+
+/// GGUF metadata read without loading tensors (see [`super::local::gguf_meta`]).
+pub fn gguf_metadata(path: &Path) -> Option<GgufMeta> {
+    let g = llama_cpp_2::gguf::GgufContext::from_file(path)?;
+    // Reading a key with the wrong type aborts inside ggml: check the type first.
+    let string = |key: &str| {
+        let i = g.find_key(key);
+        (i >= 0 && g.kv_type(i) == llama_cpp_sys_2::GGUF_TYPE_STRING)
+            .then(|| g.val_str(i).map(str::to_string))
+            .flatten()
+    };
+    let number = |key: &str| {
+        let i = g.find_key(key);
+        if i < 0 {
+            return None;
+        }
+        match g.kv_type(i) {
+            t if t == llama_cpp_sys_2::GGUF_TYPE_UINT32 => Some(u64::from(g.val_u32(i))),
+            t if t == llama_cpp_sys_2::GGUF_TYPE_INT32 => u64::try_from(g.val_i32(i)).ok(),
+            t if t == llama_cpp_sys_2::GGUF_TYPE_UINT64 => Some(g.val_u64(i)),
+            _ => None,
+        }
+    };
+    let architecture = string("general.architecture");
+    let arch_key = |k: &str| architecture.as_ref().and_then(|a| number(&format!("{a}.{k}")));
+    let kv_bytes_per_token = match (
+        arch_key("block_count"),
+        arch_key("embedding_length"),
+        arch_key("attention.head_count"),
+        arch_key("attention.head_count_kv"),
+    ) {
+        (Some(layers), Some(embd), Some(heads), kv_heads) if heads > 0 => {
+            let kv_heads = kv_heads.unwrap_or(heads);
+            Some(2 * layers * (embd / heads) * kv_heads * 2)
+        }
+        _ => None,
+    };
+    Some(GgufMeta {
+        context_length: arch_key("context_length").and_then(|n| u32::try_from(n).ok()),
+        parameters: number("general.parameter_count"),
+        kv_bytes_per_token,
+        architecture,
+    })
+}
