@@ -163,7 +163,8 @@ pub enum Command {
 pub enum ModelsAction {
     /// Download and verify the default model (a no-op when present).
     Fetch,
-    /// List the GGUF files of `models_dir`.
+    /// List the GGUF files of `models_dir` with their metadata and, when a
+    /// daemon answers on the bus, their state (loaded, loading, available).
     List {
         /// One JSON object per line.
         #[arg(long)]
@@ -337,18 +338,59 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
                     }
                 }
                 ModelsAction::List { json } => {
-                    let models = crate::models::scan(&dir)?;
+                    // States come from the running daemon (ModelManagerSuite); without one, files only.
+                    let ask = serde_json::json!({
+                        "id": uuid::Uuid::new_v4().to_string(), "type": "models.list", "input": null, "deadline_ms": 2000,
+                    });
+                    let wait = std::time::Duration::from_secs(2);
+                    let live =
+                        tokio::time::timeout(wait, crate::bus::client::send(&settings.bus.ingress, &ask, wait, |_| {}))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .filter(|r| r.status == "ok")
+                            .and_then(|r| r.output)
+                            .and_then(|o| o.get("models").and_then(|m| m.as_array()).cloned());
+                    let daemon = live.is_some();
+                    let rows: Vec<serde_json::Value> = match live {
+                        Some(rows) => rows,
+                        None => crate::models::scan(&dir)?
+                            .into_iter()
+                            .map(|m| {
+                                let mut v = serde_json::to_value(&m).unwrap_or_default();
+                                v["estimated_bytes"] =
+                                    serde_json::json!(m.estimated_bytes(settings.models.context_tokens));
+                                v
+                            })
+                            .collect(),
+                    };
                     if *json {
-                        for m in &models {
-                            println!("{}", serde_json::to_string(m)?);
+                        for r in &rows {
+                            println!("{}", serde_json::to_string(r)?);
                         }
                     } else {
-                        println!("{:<48} {:>14}  PATH", "MODEL", "BYTES");
-                        for m in &models {
-                            println!("{:<48} {:>14}  {}", m.name, m.size_bytes, m.path.display());
+                        println!(
+                            "{:<36} {:<10} {:>12} {:>12} {:>7} {:>14}  PATH",
+                            "MODEL", "STATE", "FILE_BYTES", "PARAMETERS", "CONTEXT", "LOADED_BYTES"
+                        );
+                        let num = |v: &serde_json::Value| v.as_u64().map_or("-".to_string(), |n| n.to_string());
+                        for r in &rows {
+                            println!(
+                                "{:<36} {:<10} {:>12} {:>12} {:>7} {:>14}  {}",
+                                r["name"].as_str().unwrap_or("?"),
+                                r["state"].as_str().unwrap_or("-"),
+                                num(&r["size_bytes"]),
+                                num(&r["parameters"]),
+                                num(&r["context_length"]),
+                                num(&r["loaded_bytes"]),
+                                r["path"].as_str().unwrap_or("")
+                            );
                         }
-                        if models.is_empty() {
+                        if rows.is_empty() {
                             println!("(no GGUF files in {}; run `agentvisor models fetch`)", dir.display());
+                        }
+                        if !daemon {
+                            println!("(no daemon answered on {}: states unknown)", settings.bus.ingress);
                         }
                     }
                 }

@@ -351,6 +351,9 @@ impl ModelManager {
                 v["estimated_bytes"] = json!(f.estimated_bytes(self.shared.settings.context_tokens));
                 if let Some(m) = loaded.get(&f.name) {
                     v["loaded_bytes"] = m["bytes"].clone();
+                    if v["parameters"].is_null() {
+                        v["parameters"] = m["info"]["n_params"].clone();
+                    }
                 }
                 v
             })

@@ -293,3 +293,144 @@ async fn budget_evicts_idle_lru_never_busy_and_unloads_idle() {
     assert_eq!(m.status().await["loaded"].as_array().unwrap().len(), 0);
     m.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_job_end_to_end_over_zeromq_with_the_real_model() {
+    util::models_dir();
+    let data = tempfile::tempdir().unwrap();
+    let mut d = util::Daemon::start(
+        &util::root(),
+        &[
+            "run",
+            "--profile",
+            "full",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--set",
+            "bus.ingress=tcp://127.0.0.1:0",
+            "--set",
+            "bus.events=tcp://127.0.0.1:0",
+        ],
+        &[],
+    )
+    .await;
+    d.wait_ready().await;
+    let (_, health) = d.get_json("/health").await;
+    let ingress = health["bus"]["ingress"].as_str().expect("ingress in /health").to_string();
+    let events = health["bus"]["events"].as_str().unwrap().to_string();
+    let Some(r) = util::python_report("local_e2e.py", &[&ingress, &events], "zmq").await else { return };
+
+    let local = |reply: &serde_json::Value, agent: &str| {
+        assert_eq!(reply["status"], "ok", "{reply}");
+        assert_eq!(reply["agent"], agent, "{reply}");
+        let route = &reply["route"];
+        assert_eq!((route["tier"].as_str(), route["backend"].as_str()), (Some("L1"), Some("local")), "{reply}");
+        assert_eq!(route["model"], DEFAULT_MODEL_NAME, "{reply}");
+        assert!(route["tokens_out"].as_u64().unwrap() > 0, "{reply}");
+    };
+    assert_eq!(r["chitchat_before"]["output"]["state"], "dormant", "{}", r["chitchat_before"]);
+    local(&r["chat"], "ChitchatAgent");
+    assert!(r["chat"]["output"].as_str().unwrap().contains("Paris"), "{}", r["chat"]);
+    assert_eq!(r["chitchat_after"]["output"]["state"], "running", "{}", r["chitchat_after"]);
+    local(&r["translation"], "TranslationService");
+    assert!(!r["translation"]["output"].as_str().unwrap().trim().is_empty());
+    local(&r["emotion"], "EmotionEngine");
+    let emotion = &r["emotion"]["output"];
+    let labels = ["joy", "sadness", "anger", "fear", "surprise", "disgust", "neutral"];
+    assert!(labels.contains(&emotion["label"].as_str().unwrap_or("")), "{emotion}");
+    assert!((0.0..=1.0).contains(&emotion["intensity"].as_f64().unwrap()), "{emotion}");
+    // Cloud preferred by rule, no cloud configured: local answers and the receipt says so.
+    local(&r["code"], "CodeGenerator");
+    assert_eq!(r["code"]["route"]["fallbacks"], serde_json::json!(["fallback_to_local"]), "{}", r["code"]);
+    local(&r["stream"], "ChitchatAgent");
+    let chunks: Vec<&str> = r["chunks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert!(chunks.len() >= 3, "{chunks:?}");
+    assert_eq!(chunks.concat(), r["stream"]["output"].as_str().unwrap());
+
+    let seen = r["events"].as_array().unwrap();
+    let has = |topic: &str, key: &str, value: &str| seen.iter().any(|e| e["topic"] == topic && e[key] == value);
+    assert!(has("model.loaded", "model", DEFAULT_MODEL_NAME), "{seen:?}");
+    assert!(has("agent.started", "agent", "ChitchatAgent"), "{seen:?}");
+    assert!(seen.iter().filter(|e| e["topic"] == "route.decided").count() >= 5, "{seen:?}");
+
+    let metrics = d.get_text("/metrics").await;
+    for needle in [
+        "agentvisor_tasks_total{agent=\"ChitchatAgent\",outcome=\"ok\"} 2",
+        "agentvisor_tasks_total{agent=\"CodeGenerator\",outcome=\"ok\"} 1",
+        "agentvisor_lazy_starts_total{outcome=\"ok\"}",
+        "agentvisor_model_loads_total{model=\"SmolLM2-135M-Instruct.Q4_1\",outcome=\"ok\"} 1",
+        "agentvisor_models_loaded 1",
+        "agentvisor_local_tokens_total{direction=\"out\",model=\"SmolLM2-135M-Instruct.Q4_1\"}",
+        "agentvisor_llm_tokens_total{backend=\"local\",direction=\"out\"}",
+        "agentvisor_local_time_to_first_token_seconds_count{model=\"SmolLM2-135M-Instruct.Q4_1\"}",
+        "agentvisor_device_memory_bytes{kind=\"total\",source=\"host\"}",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from /metrics");
+    }
+    assert!(d.terminate(Duration::from_secs(20)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_memory_degrades_to_the_tiny_model_with_a_receipt() {
+    use agentvisor::routing::router::{ModelCall, RouterMsg};
+    let data = tempfile::tempdir().unwrap();
+    let models = linked_models(data.path(), &["model-a", "model-b", "tiny"]);
+    let one = agentvisor::models::scan(&models).unwrap()[0].estimated_bytes(ModelSettings::default().context_tokens);
+    let mut s = util::settings(data.path());
+    s.models_dir = models;
+    s.models.memory_budget_bytes = Some(one + one / 2);
+    s.models.tiny_model = Some("tiny".into());
+    s.models.threads = 2;
+    s.backends = agentvisor::config::Settings::default().backends; // `local`: embedded, L1
+    let fleet = util::fleet(s, None, "core").await;
+    fleet.boot().await;
+    let ctx = fleet.ctx().clone();
+    let mut ev = ctx.events.subscribe();
+    let call = |model: &str, max_tokens: u32| {
+        let ctx = ctx.clone();
+        let call = ModelCall {
+            task_id: format!("t-{model}-{max_tokens}"),
+            agent: "test".into(),
+            task_type: "simple_chat".into(),
+            agent_complexity: 0.2,
+            model: Some(model.to_string()),
+            messages: vec![ChatMessage::new("user", "Count from 1 to 100.")],
+            max_tokens: Some(max_tokens),
+            ..Default::default()
+        };
+        async move {
+            let router = ctx.router().expect("router");
+            router.call(|reply| RouterMsg::Call(Box::new(call), reply), Some(Duration::from_secs(120))).await.unwrap()
+        }
+    };
+    let first = call("model-a", 2).await.unwrap().unwrap_or_else(|f| panic!("{:?}", f.error));
+    assert_eq!(first.receipt.model.as_deref(), Some("model-a"));
+    let second = call("model-b", 2).await.unwrap().unwrap_or_else(|f| panic!("{:?}", f.error));
+    assert_eq!(second.receipt.model.as_deref(), Some("model-b"));
+    // model-b busy with a long answer; model-a cannot evict it and degrades.
+    let busy = tokio::spawn(call("model-b", 150));
+    running(&ctx.models).await;
+    let degraded = call("model-a", 4).await.unwrap().unwrap_or_else(|f| panic!("{:?}", f.error));
+    let receipt = &degraded.receipt;
+    assert_eq!(receipt.model.as_deref(), Some("tiny"), "{receipt:?}");
+    assert_eq!(receipt.fallbacks, ["degrade_to_tiny:tiny"], "{receipt:?}");
+    assert_eq!(
+        (receipt.tier.as_str(), receipt.backend.as_deref(), receipt.outcome.as_str()),
+        ("L1", Some("local"), "ok")
+    );
+    let long = busy.await.unwrap().unwrap().unwrap_or_else(|f| panic!("{:?}", f.error));
+    assert_eq!(long.receipt.model.as_deref(), Some("model-b"));
+
+    let mut evicted = Vec::new();
+    while let Ok(e) = ev.try_recv() {
+        if e.topic == "model.evicted" {
+            evicted.push((e.str("model").unwrap().to_string(), e.str("for").unwrap().to_string()));
+        }
+    }
+    assert_eq!(evicted, [("model-a".to_string(), "model-b".to_string())], "model-b was never evicted while busy");
+    let text = ctx.metrics.render();
+    assert!(text.contains("agentvisor_model_unloads_total{model=\"model-a\",reason=\"evicted\"} 1"), "{text}");
+    assert!(text.contains("agentvisor_local_requests_total{model=\"model-a\",outcome=\"memory_exhausted\"} 1"));
+    assert!(text.contains("agentvisor_local_requests_total{model=\"tiny\",outcome=\"ok\"} 1"));
+    fleet.shutdown(Duration::from_secs(10)).await;
+}
