@@ -338,19 +338,25 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
                     }
                 }
                 ModelsAction::List { json } => {
-                    // States come from the running daemon (ModelManagerSuite); without one, files only.
+                    // States come from the running daemon (ModelManagerSuite); without one, or for
+                    // another folder (`--models-dir`), files only.
                     let ask = serde_json::json!({
                         "id": uuid::Uuid::new_v4().to_string(), "type": "models.list", "input": null, "deadline_ms": 2000,
                     });
                     let wait = std::time::Duration::from_secs(2);
-                    let live =
-                        tokio::time::timeout(wait, crate::bus::client::send(&settings.bus.ingress, &ask, wait, |_| {}))
-                            .await
-                            .ok()
-                            .and_then(Result::ok)
-                            .filter(|r| r.status == "ok")
-                            .and_then(|r| r.output)
-                            .and_then(|o| o.get("models").and_then(|m| m.as_array()).cloned());
+                    let live = match models_dir {
+                        Some(_) => None,
+                        None => tokio::time::timeout(
+                            wait,
+                            crate::bus::client::send(&settings.bus.ingress, &ask, wait, |_| {}),
+                        )
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .filter(|r| r.status == "ok")
+                        .and_then(|r| r.output)
+                        .and_then(|o| o.get("models").and_then(|m| m.as_array()).cloned()),
+                    };
                     let daemon = live.is_some();
                     let rows: Vec<serde_json::Value> = match live {
                         Some(rows) => rows,
@@ -389,7 +395,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
                         if rows.is_empty() {
                             println!("(no GGUF files in {}; run `agentvisor models fetch`)", dir.display());
                         }
-                        if !daemon {
+                        if !daemon && models_dir.is_none() {
                             println!("(no daemon answered on {}: states unknown)", settings.bus.ingress);
                         }
                     }

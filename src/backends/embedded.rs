@@ -8,9 +8,12 @@
 //! context and a build without llama.cpp are `bad_request` (no retry, the
 //! breaker does not count them); exhausted memory is `resource_exhausted`
 //! (the router degrades to the tiny model); a full queue is `rate_limited`;
-//! a cancelled request is `cancelled` with the tokens generated so far.
+//! a cancelled request is `cancelled` with the tokens generated so far; a
+//! request not answered within the backend's `total_timeout_secs` (queue,
+//! load and generation) is cancelled and answered `timeout`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -28,13 +31,15 @@ const ANY_OBJECT_SCHEMA: &str = r#"{"type": "object"}"#;
 pub struct EmbeddedBackend {
     name: String,
     model: String,
+    total_timeout: Duration,
     manager: Arc<ModelManager>,
 }
 
 impl EmbeddedBackend {
     /// The backend `name` with its settings, on the daemon's model manager.
     pub fn new(name: &str, settings: &BackendSettings, manager: Arc<ModelManager>) -> EmbeddedBackend {
-        EmbeddedBackend { name: name.to_string(), model: settings.model.clone(), manager }
+        let total_timeout = Duration::try_from_secs_f64(settings.total_timeout_secs).unwrap_or(Duration::MAX);
+        EmbeddedBackend { name: name.to_string(), model: settings.model.clone(), total_timeout, manager }
     }
 
     fn error(&self, kind: BackendErrorKind, message: String) -> BackendError {
@@ -74,10 +79,26 @@ impl ChatBackend for EmbeddedBackend {
             priority: request.priority.min(9),
             push_to_front: request.push_to_front,
             deltas,
-            cancel,
+            cancel: cancel.child_token(),
             over_budget_ok: request.degrade,
         };
-        let answer = self.manager.generate(local).await.map_err(|e| {
+        // `total_timeout_secs` covers the queue, the load and the generation;
+        // past it the request is cancelled like any other.
+        let stop = local.cancel.clone();
+        let run = self.manager.generate(local);
+        tokio::pin!(run);
+        let result = match tokio::time::timeout(self.total_timeout, &mut run).await {
+            Ok(r) => r,
+            Err(_) => {
+                stop.cancel();
+                let _ = run.await;
+                return Err(self.error(
+                    BackendErrorKind::Timeout,
+                    format!("no answer within total_timeout_secs ({:.1} s)", self.total_timeout.as_secs_f64()),
+                ));
+            }
+        };
+        let answer = result.map_err(|e| {
             let kind = match &e {
                 LocalError::MemoryExhausted { .. } => BackendErrorKind::ResourceExhausted,
                 LocalError::QueueFull(_) => BackendErrorKind::RateLimited,

@@ -650,6 +650,23 @@ mod tests {
     }
 
     #[test]
+    fn default_backends_are_local_only_and_cloud_tiers_switch_on_by_setting() {
+        let s = Settings::default();
+        let local = &s.backends["local"];
+        assert_eq!((local.kind, local.tier, local.enabled), (BackendKind::Embedded, Tier::L1, true));
+        assert_eq!(local.model, crate::models::DEFAULT_MODEL_NAME);
+        for (name, tier) in [("cloud_fast", Tier::L2), ("cloud_large", Tier::L3)] {
+            let b = &s.backends[name];
+            assert_eq!((b.kind, b.tier, b.enabled), (BackendKind::Openai, tier, false), "{name}");
+            assert_eq!(b.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
+        }
+        let s = Settings::load(None, &[("backends.cloud_fast.enabled".into(), "true".into())]).unwrap();
+        assert!(s.backends["cloud_fast"].enabled);
+        assert_eq!(s.backends["cloud_fast"].model, "gpt-4o-mini", "the rest of the default stays");
+        assert_eq!(s.models.idle_timeout_secs, 300.0);
+    }
+
+    #[test]
     fn executor_is_enabled_only_on_loopback_unless_configured() {
         let mut s = Settings::default();
         assert!(s.loopback_only());

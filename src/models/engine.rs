@@ -4,10 +4,16 @@
 //! - One llama.cpp backend per process ([`backend`]), initialised on first
 //!   use and never dropped; llama.cpp's own log lines go to `tracing`
 //!   (target `llama-cpp-2`, filter it with `log.level`).
-//! - A loaded model ([`LoadedModel`]) owns a dedicated OS thread: the thread
-//!   loads the file, creates one llama context (a context is not `Sync` and
-//!   borrows the model, so it cannot live in actor state) and then serves
-//!   generation jobs from a channel, one at a time.
+//! - A loaded model ([`LoadedModel`]) is the mapped weights and its chat
+//!   template, shared (`Arc`); loading runs on the caller's (blocking) thread.
+//! - Generation runs on the engine's worker threads (`models.parallel`,
+//!   default 1), fed by one channel. A worker keeps one llama context per
+//!   model it served (a context is not `Sync` and borrows its model, so it
+//!   lives on that OS thread, never in actor state) and frees it once the
+//!   model is unloaded. One worker for all models rather than one thread per
+//!   model: llama.cpp's CPU threads are an OpenMP team per calling thread,
+//!   and two teams on the same cores slowed generation by 38 % here
+//!   (SmolLM2, 2 cores: 128 → 79 tokens/s once a second model had run).
 //! - Generation: the model's own chat template (ChatML when the file has
 //!   none), greedy sampling at temperature 0 (the default) or
 //!   top-k/top-p/temperature with a seed, an optional grammar from a JSON
@@ -20,11 +26,12 @@
 //! Where it sits: [`super::manager::ModelManager`] loads and schedules;
 //! nothing else calls this module (benches compare against raw llama.cpp).
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::thread::JoinHandle;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use llama_cpp_2::context::LlamaContext;
@@ -58,61 +65,27 @@ pub fn backend() -> Result<&'static LlamaBackend, EngineError> {
 /// Creating contexts concurrently is not safe in llama.cpp: one at a time.
 static CONTEXT_LOCK: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
-/// One generation job for a model's thread.
-struct Job {
-    messages: Vec<ChatMessage>,
-    params: GenParams,
-    deltas: Option<mpsc::UnboundedSender<String>>,
-    cancel: CancellationToken,
-    reply: oneshot::Sender<Result<GenOutput, EngineError>>,
-}
+/// How often an idle worker frees the contexts of unloaded models.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// A model loaded on its own thread.
+/// A loaded model: weights, template, and whether it is still loaded.
 pub struct LoadedModel {
-    jobs: Option<std_mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
+    id: u64,
+    model: Arc<LlamaModel>,
+    template: Arc<LlamaChatTemplate>,
+    alive: Arc<AtomicBool>,
     info: ModelInfo,
+    engine: Arc<Shared>,
 }
 
 impl LoadedModel {
-    /// Loads `path` on a new thread and creates its context. Blocking (about
-    /// 100 ms for a 100 MB file): call it off the async runtime.
-    ///
-    /// # Errors
-    /// [`EngineError::NotFound`] for a missing file, [`EngineError::Load`]
-    /// when llama.cpp rejects the file or the context.
-    pub fn load(name: &str, path: &Path, options: LoadOptions) -> Result<LoadedModel, EngineError> {
-        if !path.is_file() {
-            return Err(EngineError::NotFound(path.to_path_buf()));
-        }
-        backend()?;
-        let (jobs_tx, jobs_rx) = std_mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = std_mpsc::sync_channel::<Result<ModelInfo, EngineError>>(1);
-        let path_buf: PathBuf = path.to_path_buf();
-        let thread = std::thread::Builder::new()
-            .name(format!("llama-{name}"))
-            .spawn(move || worker(path_buf, options, ready_tx, jobs_rx))
-            .map_err(|e| EngineError::Load(format!("cannot start the model thread: {e}")))?;
-        match ready_rx.recv() {
-            Ok(Ok(info)) => Ok(LoadedModel { jobs: Some(jobs_tx), thread: Some(thread), info }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(EngineError::Load("the model thread ended while loading".into()))
-            }
-        }
-    }
-
-    /// What llama.cpp says about the model.
+    /// What llama.cpp says about the model (context size once prepared).
     pub fn info(&self) -> &ModelInfo {
         &self.info
     }
 
-    /// Queues one generation on the model's thread; the answer arrives on
-    /// the returned receiver. Text deltas go to `deltas` as they decode.
+    /// Queues one generation on a worker; the answer arrives on the returned
+    /// receiver. Text deltas go to `deltas` as they decode.
     pub fn generate(
         &self,
         messages: Vec<ChatMessage>,
@@ -121,96 +94,222 @@ impl LoadedModel {
         cancel: CancellationToken,
     ) -> oneshot::Receiver<Result<GenOutput, EngineError>> {
         let (reply, rx) = oneshot::channel();
-        let job = Job { messages, params, deltas, cancel, reply };
-        if let Some(Err(std_mpsc::SendError(job))) = self.jobs.as_ref().map(|j| j.send(job)) {
-            let _ = job.reply.send(Err(EngineError::Decode("the model thread is gone".into())));
+        let work = Work::Generate { messages, params, deltas, cancel, reply };
+        if let Err(job) = self.engine.send(self.job(work))
+            && let Work::Generate { reply, .. } = job.work
+        {
+            let _ = reply.send(Err(EngineError::Decode("the engine's workers are gone".into())));
         }
         rx
+    }
+
+    fn job(&self, work: Work) -> Job {
+        Job { id: self.id, model: self.model.clone(), template: self.template.clone(), alive: self.alive.clone(), work }
     }
 }
 
 impl Drop for LoadedModel {
-    /// Closes the job channel and joins the thread, which frees the context
-    /// and the model. Blocks until a running generation ends: unload idle
-    /// models only, off the async runtime.
+    /// Marks the model unloaded: workers free its contexts (and with the
+    /// last of them the weights) at their next sweep.
     fn drop(&mut self) {
-        self.jobs.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        self.alive.store(false, Ordering::Release);
+    }
+}
+
+enum Work {
+    /// Create the context now (end of a load).
+    Prepare(std_mpsc::SyncSender<Result<u32, EngineError>>),
+    Generate {
+        messages: Vec<ChatMessage>,
+        params: GenParams,
+        deltas: Option<mpsc::UnboundedSender<String>>,
+        cancel: CancellationToken,
+        reply: oneshot::Sender<Result<GenOutput, EngineError>>,
+    },
+}
+
+struct Job {
+    id: u64,
+    model: Arc<LlamaModel>,
+    template: Arc<LlamaChatTemplate>,
+    alive: Arc<AtomicBool>,
+    work: Work,
+}
+
+struct Shared {
+    jobs: parking_lot::Mutex<Option<std_mpsc::Sender<Job>>>,
+    options: LoadOptions,
+}
+
+impl Shared {
+    /// Queues `job`; gives it back when the workers are gone.
+    fn send(&self, job: Job) -> Result<(), Box<Job>> {
+        match self.jobs.lock().as_ref() {
+            Some(tx) => tx.send(job).map_err(|e| Box::new(e.0)),
+            None => Err(Box::new(job)),
         }
     }
 }
 
-fn worker(
-    path: PathBuf,
-    options: LoadOptions,
-    ready: std_mpsc::SyncSender<Result<ModelInfo, EngineError>>,
-    jobs: std_mpsc::Receiver<Job>,
-) {
-    let backend = match backend() {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
+/// The engine of one model manager: its worker threads and load options.
+pub struct Engine {
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+}
+
+impl Engine {
+    /// Starts `workers` worker threads (at least 1).
+    ///
+    /// # Errors
+    /// [`EngineError::Load`] when llama.cpp cannot initialise or a thread
+    /// cannot start.
+    pub fn new(workers: usize, options: LoadOptions) -> Result<Engine, EngineError> {
+        backend()?;
+        let (tx, rx) = std_mpsc::channel::<Job>();
+        let rx = Arc::new(parking_lot::Mutex::new(rx));
+        for i in 0..workers.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("llama-worker-{i}"))
+                .spawn(move || worker(&rx, options))
+                .map_err(|e| EngineError::Load(format!("cannot start a llama.cpp worker: {e}")))?;
         }
-    };
-    let t0 = Instant::now();
-    let model = match LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default()) {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = ready.send(Err(EngineError::Load(format!("{}: {e}", path.display()))));
-            return;
+        Ok(Engine {
+            shared: Arc::new(Shared { jobs: parking_lot::Mutex::new(Some(tx)), options }),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// Loads `path` and creates its context on a worker. Blocking (about
+    /// 100 ms for a 100 MB file): call it off the async runtime.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`] for a missing file, [`EngineError::Load`]
+    /// when llama.cpp rejects the file or the context.
+    pub fn load(&self, path: &Path) -> Result<LoadedModel, EngineError> {
+        if !path.is_file() {
+            return Err(EngineError::NotFound(path.to_path_buf()));
         }
-    };
-    let n_ctx = options.context_tokens.min(model.n_ctx_train()).max(64);
+        let backend = backend()?;
+        let t0 = Instant::now();
+        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+            .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
+        let template = model
+            .chat_template(None)
+            .or_else(|_| LlamaChatTemplate::new("chatml"))
+            .map_err(|e| EngineError::Template(e.to_string()))?;
+        let info = ModelInfo {
+            n_params: model.n_params(),
+            size_bytes: model.size(),
+            n_ctx_train: model.n_ctx_train(),
+            n_ctx: context_size(&model, self.shared.options),
+            load_time: Duration::ZERO,
+        };
+        let mut loaded = LoadedModel {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            model: Arc::new(model),
+            template: Arc::new(template),
+            alive: Arc::new(AtomicBool::new(true)),
+            info,
+            engine: self.shared.clone(),
+        };
+        let (tx, rx) = std_mpsc::sync_channel(1);
+        self.shared
+            .send(loaded.job(Work::Prepare(tx)))
+            .map_err(|_| EngineError::Load("the engine's workers are gone".into()))?;
+        rx.recv().map_err(|_| EngineError::Load("a worker ended while preparing the model".into()))??;
+        loaded.info.load_time = t0.elapsed();
+        Ok(loaded)
+    }
+}
+
+impl Drop for Engine {
+    /// Closes the job channel: the workers end after their current job.
+    fn drop(&mut self) {
+        self.shared.jobs.lock().take();
+    }
+}
+
+/// The context size for `model`: `context_tokens`, capped by its training context.
+fn context_size(model: &LlamaModel, options: LoadOptions) -> u32 {
+    options.context_tokens.min(model.n_ctx_train()).max(64)
+}
+
+type Context<'a> = LlamaContext<'a>;
+
+self_cell::self_cell!(
+    /// A model and the context a worker created for it.
+    struct ModelContext {
+        owner: Arc<LlamaModel>,
+        #[covariant]
+        dependent: Context,
+    }
+);
+
+struct Cached {
+    alive: Arc<AtomicBool>,
+    ctx: ModelContext,
+}
+
+fn new_context(model: &Arc<LlamaModel>, options: LoadOptions) -> Result<ModelContext, EngineError> {
+    let backend = backend()?;
     let threads = i32::try_from(options.threads.max(1)).unwrap_or(1);
     let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_ctx(NonZeroU32::new(context_size(model, options)))
         .with_n_batch(options.batch_tokens)
         .with_n_threads(threads)
         .with_n_threads_batch(threads)
         .with_no_perf(true);
-    let ctx = {
+    ModelContext::try_new(model.clone(), |m| {
         let _guard = CONTEXT_LOCK.lock();
-        model.new_context(backend, params)
-    };
-    let mut ctx = match ctx {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = ready.send(Err(EngineError::Load(format!("context for {}: {e}", path.display()))));
-            return;
-        }
-    };
-    let template = model
-        .chat_template(None)
-        .or_else(|_| LlamaChatTemplate::new("chatml"))
-        .map_err(|e| EngineError::Template(e.to_string()));
-    let template = match template {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
-    let info = ModelInfo {
-        n_params: model.n_params(),
-        size_bytes: model.size(),
-        n_ctx_train: model.n_ctx_train(),
-        n_ctx,
-        load_time: t0.elapsed(),
-    };
-    if ready.send(Ok(info)).is_err() {
-        return;
-    }
+        m.new_context(backend, params).map_err(|e| EngineError::Load(format!("context: {e}")))
+    })
+}
+
+fn worker(jobs: &parking_lot::Mutex<std_mpsc::Receiver<Job>>, options: LoadOptions) {
+    let mut cache: HashMap<u64, Cached> = HashMap::new();
     let batch_tokens = options.batch_tokens.max(1) as usize;
-    for job in jobs {
-        if job.cancel.is_cancelled() {
-            let _ = job.reply.send(Ok(GenOutput::cancelled_before_start()));
-            continue;
+    loop {
+        let next = jobs.lock().recv_timeout(SWEEP_EVERY);
+        cache.retain(|_, c| c.alive.load(Ordering::Acquire));
+        let job = match next {
+            Ok(job) => job,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let entry = match cache.entry(job.id) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                new_context(&job.model, options).map(|ctx| v.insert(Cached { alive: job.alive.clone(), ctx }))
+            }
+        };
+        match job.work {
+            Work::Prepare(reply) => {
+                let _ = reply.send(entry.map(|c| c.ctx.borrow_dependent().n_ctx()));
+            }
+            Work::Generate { messages, params, deltas, cancel, reply } => {
+                let out = match entry {
+                    Err(e) => Err(e),
+                    Ok(_) if cancel.is_cancelled() => Ok(GenOutput::cancelled_before_start()),
+                    Ok(c) => {
+                        let request = Request { messages, params, deltas, cancel };
+                        c.ctx.with_dependent_mut(|model, ctx| {
+                            generate(model, ctx, &job.template, batch_tokens, &request)
+                        })
+                    }
+                };
+                let _ = reply.send(out);
+            }
         }
-        let out = generate(&model, &mut ctx, &template, batch_tokens, &job);
-        let _ = job.reply.send(out);
     }
+}
+
+/// One generation's inputs.
+struct Request {
+    messages: Vec<ChatMessage>,
+    params: GenParams,
+    deltas: Option<mpsc::UnboundedSender<String>>,
+    cancel: CancellationToken,
 }
 
 fn generate(
@@ -218,7 +317,7 @@ fn generate(
     ctx: &mut LlamaContext<'_>,
     template: &LlamaChatTemplate,
     batch_tokens: usize,
-    job: &Job,
+    job: &Request,
 ) -> Result<GenOutput, EngineError> {
     let t0 = Instant::now();
     ctx.clear_kv_cache();

@@ -73,14 +73,19 @@ impl Loaded {
     }
 }
 
-fn load_blocking(name: &str, path: &Path, options: LoadOptions) -> Result<Loaded, EngineError> {
+/// Loads `path` on the manager's engine (started on first use). Blocking.
+fn load_blocking(shared: &Shared, path: &Path, options: LoadOptions) -> Result<Loaded, EngineError> {
     #[cfg(feature = "embedded")]
     {
-        Loaded::load(name, path, options)
+        let engine = shared
+            .engine
+            .get_or_init(|| super::engine::Engine::new(shared.settings.parallel, options).map(Arc::new))
+            .clone()?;
+        engine.load(path)
     }
     #[cfg(not(feature = "embedded"))]
     {
-        let _ = (name, path, options);
+        let _ = (shared, path, options);
         Err(EngineError::NotBuilt)
     }
 }
@@ -220,6 +225,9 @@ struct Shared {
     budget: AtomicU64,
     reading: RwLock<Option<MemoryReading>>,
     probe: OnceLock<Arc<dyn MemoryProbe>>,
+    /// llama.cpp's worker threads, started with the first load.
+    #[cfg(feature = "embedded")]
+    engine: OnceLock<Result<Arc<super::engine::Engine>, EngineError>>,
 }
 
 /// The local model manager; cheap to share (`Arc`).
@@ -244,6 +252,8 @@ impl ModelManager {
                 budget: AtomicU64::new(budget),
                 reading: RwLock::new(None),
                 probe: OnceLock::new(),
+                #[cfg(feature = "embedded")]
+                engine: OnceLock::new(),
             }),
             tx: OnceLock::new(),
             seq: AtomicU64::new(0),
@@ -348,7 +358,8 @@ impl ModelManager {
                 let mut v = serde_json::to_value(&f).unwrap_or(Value::Null);
                 let state = loaded.get(&f.name).map_or("available", |m| m["state"].as_str().unwrap_or("loaded"));
                 v["state"] = json!(state);
-                v["estimated_bytes"] = json!(f.estimated_bytes(self.shared.settings.context_tokens));
+                let s = &self.shared.settings;
+                v["estimated_bytes"] = json!(f.estimated_bytes_with(s.context_tokens, s.parallel.max(1) as u64));
                 if let Some(m) = loaded.get(&f.name) {
                     v["loaded_bytes"] = m["bytes"].clone();
                     if v["parameters"].is_null() {
@@ -592,7 +603,8 @@ impl Sched {
     /// Makes room for `file` by evicting LRU idle models, or says why it cannot.
     fn make_room(&mut self, file: &ModelFile, over_budget_ok: bool) -> Result<(), LocalError> {
         let budget = self.shared.budget.load(Ordering::Relaxed);
-        let need = file.estimated_bytes(self.shared.settings.context_tokens);
+        let s = &self.shared.settings;
+        let need = file.estimated_bytes_with(s.context_tokens, s.parallel.max(1) as u64);
         let used = self.used();
         if used.saturating_add(need) <= budget {
             return Ok(());
@@ -634,7 +646,7 @@ impl Sched {
             file.name.clone(),
             Slot {
                 state: SlotState::Loading(waiters),
-                bytes: file.estimated_bytes(settings.context_tokens),
+                bytes: file.estimated_bytes_with(settings.context_tokens, settings.parallel.max(1) as u64),
                 busy: 0,
                 last_used: now,
                 loaded_at: now,
@@ -642,9 +654,10 @@ impl Sched {
         );
         tracing::info!(model = %file.name, path = %file.path.display(), "loading model");
         let tx = self.tx.clone();
+        let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let t0 = Instant::now();
-            let result = load_blocking(&file.name, &file.path, options);
+            let result = load_blocking(&shared, &file.path, options);
             match tx.upgrade() {
                 Some(tx) => {
                     let _ = tx.send(Cmd::LoadDone(file.name, result, t0.elapsed()));

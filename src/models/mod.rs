@@ -101,9 +101,15 @@ impl ModelFile {
     /// bytes: the file (mapped) plus the f16 KV cache. Without metadata the
     /// KV cache is guessed at half the file.
     pub fn estimated_bytes(&self, context_tokens: u32) -> u64 {
+        self.estimated_bytes_with(context_tokens, 1)
+    }
+
+    /// [`ModelFile::estimated_bytes`] with `contexts` KV caches (one per
+    /// engine worker that serves the model: `models.parallel`).
+    pub fn estimated_bytes_with(&self, context_tokens: u32, contexts: u64) -> u64 {
         let ctx = u64::from(self.meta.context_length.map_or(context_tokens, |c| c.min(context_tokens)));
         let kv = self.meta.kv_bytes_per_token.map_or(self.size_bytes / 2, |per| per * ctx);
-        self.size_bytes + kv
+        self.size_bytes + kv * contexts.max(1)
     }
 }
 

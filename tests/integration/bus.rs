@@ -9,31 +9,12 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use zeromq::{ReqSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
-use crate::util::{self, Daemon, EventLog, dealer, recv_json, root, send_frames, send_json};
+use crate::util::{self, Daemon, EventLog, dealer, recv_json, send_frames, send_json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyzmq_req_dealer_and_sub_against_the_daemon() {
     let data = tempfile::tempdir().unwrap();
-    let mut d = Daemon::start(
-        &root(),
-        &[
-            "run",
-            "--profile",
-            "full",
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--set",
-            "bus.ingress=tcp://127.0.0.1:0",
-            "--set",
-            "bus.events=tcp://127.0.0.1:0",
-        ],
-        &[],
-    )
-    .await;
-    d.wait_ready().await;
-    let (_, health) = d.get_json("/health").await;
-    let ingress = health["bus"]["ingress"].as_str().expect("ingress in /health").to_string();
-    let events = health["bus"]["events"].as_str().unwrap().to_string();
+    let (mut d, ingress, events) = Daemon::full_on_free_ports(data.path()).await;
 
     let Some(r) = util::python_report("pyzmq_check.py", &[&ingress, &events], "zmq").await else { return };
 

@@ -298,26 +298,7 @@ async fn budget_evicts_idle_lru_never_busy_and_unloads_idle() {
 async fn main_job_end_to_end_over_zeromq_with_the_real_model() {
     util::models_dir();
     let data = tempfile::tempdir().unwrap();
-    let mut d = util::Daemon::start(
-        &util::root(),
-        &[
-            "run",
-            "--profile",
-            "full",
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--set",
-            "bus.ingress=tcp://127.0.0.1:0",
-            "--set",
-            "bus.events=tcp://127.0.0.1:0",
-        ],
-        &[],
-    )
-    .await;
-    d.wait_ready().await;
-    let (_, health) = d.get_json("/health").await;
-    let ingress = health["bus"]["ingress"].as_str().expect("ingress in /health").to_string();
-    let events = health["bus"]["events"].as_str().unwrap().to_string();
+    let (mut d, ingress, events) = util::Daemon::full_on_free_ports(data.path()).await;
     let Some(r) = util::python_report("local_e2e.py", &[&ingress, &events], "zmq").await else { return };
 
     let local = |reply: &serde_json::Value, agent: &str| {

@@ -241,6 +241,20 @@ impl Daemon {
         Daemon { child, base, stdout: rx, http: reqwest::Client::new() }
     }
 
+    /// `run --profile full` in the repo root with `data` as data dir and both
+    /// bus sockets on free ports, once ready: the daemon and its ROUTER and
+    /// PUB endpoints.
+    pub async fn full_on_free_ports(data: &Path) -> (Daemon, String, String) {
+        let data = data.to_str().expect("utf-8 path");
+        let args = ["run", "--profile", "full", "--data-dir", data, "--set", "bus.ingress=tcp://127.0.0.1:0"];
+        let d = Daemon::start(&root(), &[&args[..], &["--set", "bus.events=tcp://127.0.0.1:0"]].concat(), &[]).await;
+        d.wait_ready().await;
+        let (_, health) = d.get_json("/health").await;
+        let ingress = health["bus"]["ingress"].as_str().expect("ingress in /health").to_string();
+        let events = health["bus"]["events"].as_str().expect("events in /health").to_string();
+        (d, ingress, events)
+    }
+
     /// GET `path` as JSON (any status).
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let r = self.http.get(format!("{}{path}", self.base)).send().await.expect("http get");
