@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 cargo fmt --check
 hadolint Dockerfile
 cargo clippy --all-targets -- -D warnings
+cargo clippy --no-default-features --lib --bins -- -D warnings   # the lean build without llama.cpp
 cargo nextest run --no-fail-fast
 cargo test --doc --quiet
