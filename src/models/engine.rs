@@ -412,13 +412,22 @@ fn generate(
     })
 }
 
+/// The GBNF grammar (root rule `root`) that makes answers follow the JSON
+/// schema `schema` (serialized), through llama.cpp's `json_schema_to_grammar`.
+///
+/// # Errors
+/// [`EngineError::Grammar`] for a schema llama.cpp cannot translate.
+pub fn schema_grammar(schema: &str) -> Result<String, EngineError> {
+    llama_cpp_2::json_schema_to_grammar(schema)
+        .map_err(|e| EngineError::Grammar(format!("JSON schema to grammar: {e}")))
+}
+
 /// The sampler chain for `params`: an optional grammar, then greedy
 /// (temperature absent or 0) or top-k 40 / top-p / temperature / seeded draw.
 fn sampler(model: &LlamaModel, params: &GenParams) -> Result<LlamaSampler, EngineError> {
     let mut chain = Vec::new();
     if let Some(schema) = &params.json_schema {
-        let grammar = llama_cpp_2::json_schema_to_grammar(schema)
-            .map_err(|e| EngineError::Grammar(format!("JSON schema to grammar: {e}")))?;
+        let grammar = schema_grammar(schema)?;
         chain.push(
             LlamaSampler::grammar(model, &grammar, "root")
                 .map_err(|e| EngineError::Grammar(format!("grammar: {e}")))?,

@@ -415,3 +415,20 @@ async fn exhausted_memory_degrades_to_the_tiny_model_with_a_receipt() {
     assert!(text.contains("agentvisor_local_requests_total{model=\"tiny\",outcome=\"ok\"} 1"));
     fleet.shutdown(Duration::from_secs(10)).await;
 }
+
+#[cfg(feature = "embedded")]
+#[test]
+fn every_catalog_output_schema_becomes_a_grammar() {
+    use agentvisor::config::spec::RuntimeSpec;
+    let catalog = agentvisor::config::catalog::Catalog::load(&util::root().join("agents")).unwrap();
+    let mut seen = Vec::new();
+    for (name, spec) in &catalog.agents {
+        if let RuntimeSpec::Llm { output_schema: Some(schema), .. } = &spec.runtime {
+            let grammar = agentvisor::models::engine::schema_grammar(&schema.to_string())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(grammar.contains("root ::="), "{name}: {grammar}");
+            seen.push(name.clone());
+        }
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+}
