@@ -483,8 +483,43 @@ pub fn gguf_metadata(path: &Path) -> Option<GgufMeta> {
     };
     Some(GgufMeta {
         context_length: arch_key("context_length").and_then(|n| u32::try_from(n).ok()),
-        parameters: number("general.parameter_count"),
+        parameters: number("general.parameter_count").or_else(|| tensor_parameters(path)),
         kv_bytes_per_token,
         architecture,
     })
+}
+
+/// Parameters counted from the GGUF tensor table (bytes of each tensor over
+/// its type's bytes per block, times the elements per block), for files
+/// without `general.parameter_count`. Reads the header only (`no_alloc`).
+fn tensor_parameters(path: &Path) -> Option<u64> {
+    struct Gguf(*mut llama_cpp_sys_2::gguf_context);
+    impl Drop for Gguf {
+        fn drop(&mut self) {
+            // SAFETY: the pointer came from gguf_init_from_file, is non-null and freed once.
+            unsafe { llama_cpp_sys_2::gguf_free(self.0) }
+        }
+    }
+    let c_path = std::ffi::CString::new(path.to_str()?).ok()?;
+    let params = llama_cpp_sys_2::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+    // SAFETY: a valid C string and parameters; a null result (unreadable file) is handled.
+    let ctx = unsafe { llama_cpp_sys_2::gguf_init_from_file(c_path.as_ptr(), params) };
+    if ctx.is_null() {
+        return None;
+    }
+    let g = Gguf(ctx);
+    let mut total: u64 = 0;
+    // SAFETY: `g.0` is a live gguf context; tensor ids are within 0..n_tensors.
+    unsafe {
+        for id in 0..llama_cpp_sys_2::gguf_get_n_tensors(g.0) {
+            let ty = llama_cpp_sys_2::gguf_get_tensor_type(g.0, id);
+            let (block_bytes, block_elems) = (llama_cpp_sys_2::ggml_type_size(ty), llama_cpp_sys_2::ggml_blck_size(ty));
+            if block_bytes == 0 || block_elems <= 0 {
+                return None;
+            }
+            let bytes = llama_cpp_sys_2::gguf_get_tensor_size(g.0, id);
+            total += (bytes / block_bytes) as u64 * block_elems as u64;
+        }
+    }
+    Some(total)
 }

@@ -89,6 +89,8 @@ async fn answers_streams_and_reports_metadata() {
     assert_eq!(entry["state"], "loaded");
     assert!(entry["context_length"].as_u64().unwrap() >= 2048, "{entry}");
     assert!(entry["kv_bytes_per_token"].as_u64().unwrap() > 0, "{entry}");
+    // 134.5 M parameters, counted from the GGUF tensor table (the file has no parameter_count).
+    assert!((130_000_000..140_000_000).contains(&entry["parameters"].as_u64().unwrap()), "{entry}");
     let text = metrics.render();
     for needle in [
         "agentvisor_models_loaded 1",
