@@ -180,6 +180,9 @@ impl LocalError {
     }
 }
 
+/// The `model` label of requests for a model that does not exist.
+const UNKNOWN_MODEL_LABEL: &str = "_unknown";
+
 type Reply<T> = oneshot::Sender<Result<T, LocalError>>;
 
 enum Cmd {
@@ -545,6 +548,9 @@ impl Sched {
             let Some(file) = self.file(&p.request.model).await else {
                 let e =
                     LocalError::UnknownModel { model: p.request.model.clone(), dir: self.shared.models_dir.clone() };
+                tracing::warn!(error = %e, "local request refused");
+                // The label is fixed: a name from a request is not a closed set.
+                self.count(UNKNOWN_MODEL_LABEL, "unknown_model");
                 let _ = p.reply.send(Err(e));
                 return;
             };

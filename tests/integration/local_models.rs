@@ -103,6 +103,8 @@ async fn answers_streams_and_reports_metadata() {
 
     let unknown = m.generate(request("no-such-model", "hi", 4)).await.unwrap_err();
     assert_eq!(unknown.code(), "unknown_model");
+    let text = metrics.render();
+    assert!(text.contains("agentvisor_local_requests_total{model=\"_unknown\",outcome=\"unknown_model\"} 1"), "{text}");
     m.shutdown().await;
 }
 
