@@ -28,19 +28,28 @@ def parse_input(text):
         return text
 
 
-def req(ctx, endpoint, task_type, text, timeout_ms=30000):
+def envelope(task_id, task_type, text, stream=False, deadline_ms=None):
+    """The task envelope; `deadline_ms` (default: the daemon's 30 s) bounds queue and run."""
+    env = {"id": task_id, "type": task_type, "input": parse_input(text), "stream": stream}
+    if deadline_ms is not None:
+        env["deadline_ms"] = deadline_ms
+    return env
+
+
+def req(ctx, endpoint, task_type, text, timeout_ms=30000, deadline_ms=None):
     """One task at a time: REQ adds the empty delimiter frame for us."""
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
     sock.connect(endpoint)
-    sock.send_json({"id": str(uuid.uuid4()), "type": task_type, "input": parse_input(text)})
+    sock.send_json(envelope(str(uuid.uuid4()), task_type, text, deadline_ms=deadline_ms))
     reply = sock.recv_json()
     sock.close()
     return reply
 
 
-def dealer(ctx, endpoint, task_type, text, count=1, stream=False, timeout_ms=30000, on_chunk=None):
+def dealer(ctx, endpoint, task_type, text, count=1, stream=False, timeout_ms=30000, on_chunk=None,
+           deadline_ms=None):
     """Many tasks in flight on one DEALER; replies come back in any order, matched by id."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -48,7 +57,7 @@ def dealer(ctx, endpoint, task_type, text, count=1, stream=False, timeout_ms=300
     sock.connect(endpoint)
     ids = [f"py-{uuid.uuid4()}" for _ in range(count)]
     for i in ids:
-        sock.send_json({"id": i, "type": task_type, "input": parse_input(text), "stream": stream})
+        sock.send_json(envelope(i, task_type, text, stream=stream, deadline_ms=deadline_ms))
     replies = {}
     while len(replies) < count:
         msg = json.loads(sock.recv_multipart()[-1])

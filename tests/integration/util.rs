@@ -335,8 +335,13 @@ pub async fn send_json(s: &mut zeromq::DealerSocket, v: &serde_json::Value) {
 
 /// The next message's body as JSON (a reply or a chunk); panics after 20 s.
 pub async fn recv_json(s: &mut zeromq::DealerSocket) -> serde_json::Value {
+    recv_json_within(s, Duration::from_secs(20)).await
+}
+
+/// The next message's body as JSON; panics after `wait`.
+pub async fn recv_json_within(s: &mut zeromq::DealerSocket, wait: Duration) -> serde_json::Value {
     use zeromq::SocketRecv;
-    let msg = tokio::time::timeout(Duration::from_secs(20), s.recv()).await.expect("reply in time").expect("recv");
+    let msg = tokio::time::timeout(wait, s.recv()).await.expect("reply in time").expect("recv");
     let body = msg.into_vecdeque().into_iter().rfind(|f| !f.is_empty()).expect("body");
     serde_json::from_slice(&body).expect("json reply")
 }
