@@ -110,6 +110,7 @@ impl LlmAgent {
             json_schema: if json { self.output_schema() } else { None },
             top_p: None,
             priority: task.priority,
+            push_to_front: task.push_to_front,
             deltas: if stream { task.chunks.clone() } else { None },
             cancel: task.cancel.clone(),
             queue_ms: task.queue_ms,

@@ -43,6 +43,8 @@ pub struct Task {
     /// Priority 0–9 from the envelope (default 5); local model requests are
     /// served by it.
     pub priority: u8,
+    /// Local model requests of this task go before every queued one.
+    pub push_to_front: bool,
 }
 
 impl Task {
@@ -61,6 +63,7 @@ impl Task {
             queue_ms: 0.0,
             receipt: Default::default(),
             priority: 5,
+            push_to_front: false,
         }
     }
 

@@ -436,6 +436,7 @@ async fn execute(
             queue_ms: timings.queue + timings.start,
             receipt: receipt.clone(),
             priority: task.priority,
+            push_to_front: task.push_to_front,
         };
         let t0 = Instant::now();
         let answer = tokio::select! {

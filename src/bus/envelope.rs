@@ -61,6 +61,10 @@ pub struct TaskEnvelope {
     /// Stream the answer in chunks.
     #[serde(default)]
     pub stream: bool,
+    /// Urgent: a local model request goes before every queued one
+    /// (ModelManagerSuite's `push_to_front`).
+    #[serde(default)]
+    pub push_to_front: bool,
     /// Free-form, echoed nowhere; for the client's own bookkeeping.
     #[serde(default)]
     pub metadata: Map<String, Value>,
@@ -107,6 +111,8 @@ pub struct ValidTask {
     pub deadline_ms: Option<u64>,
     /// Streaming wanted.
     pub stream: bool,
+    /// Local model requests of this task go before every queued one.
+    pub push_to_front: bool,
 }
 
 /// A request that could not be decoded: the code, the message, and the
@@ -221,6 +227,7 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Request, Rejected> {
         session,
         deadline_ms,
         stream: env.stream,
+        push_to_front: env.push_to_front,
     }))
 }
 

@@ -71,6 +71,8 @@ pub struct ModelCall {
     pub top_p: Option<f32>,
     /// Task priority 0–9.
     pub priority: u8,
+    /// Serve before every queued local request.
+    pub push_to_front: bool,
     /// Streamed text deltas go here.
     pub deltas: Option<mpsc::UnboundedSender<String>>,
     /// Cancels the HTTP call.
@@ -336,7 +338,7 @@ impl RouterState {
                     json_schema: call.json_schema.clone(),
                     top_p: call.top_p,
                     priority: call.priority,
-                    push_to_front: false,
+                    push_to_front: call.push_to_front,
                     degrade: false,
                 };
                 let local = kinds.get(&name) == Some(&BackendKind::Embedded);

@@ -157,6 +157,7 @@ pub async fn chat_completions(State(fleet): State<Fleet>, headers: HeaderMap, bo
         temperature: body.temperature,
         top_p: body.top_p,
         priority: hint("x-agentvisor-priority").and_then(|p| p.parse::<u8>().ok()).filter(|p| *p <= 9).unwrap_or(5),
+        push_to_front: hint("x-agentvisor-push-to-front").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
         json_schema: None,
         json: body.response_format.as_ref().and_then(|f| f.get("type")).and_then(Value::as_str) == Some("json_object"),
         deltas: body.stream.then_some(delta_tx),

@@ -456,17 +456,19 @@ async fn bus_priorities_reach_the_local_model_queue() {
     util::send_json(&mut bus, &send("blocker", 5, "Count from 1 to 300, separated by commas.")).await;
     running(&models).await;
     let mut n = 0;
-    for (id, priority) in [("p1-a", 1), ("p1-b", 1), ("p9-a", 9), ("p9-b", 9)] {
-        util::send_json(&mut bus, &send(id, priority, "Say hi.")).await;
+    for (id, priority) in [("p1-a", 1), ("p1-b", 1), ("p9-a", 9), ("p9-b", 9), ("urgent", 0)] {
+        let mut envelope = send(id, priority, "Say hi.");
+        envelope["push_to_front"] = serde_json::json!(id == "urgent");
+        util::send_json(&mut bus, &envelope).await;
         n += 1;
         queued(&models, n).await; // the manager holds it: submission order is fixed
     }
     let mut order = Vec::new();
-    while order.len() < 5 {
+    while order.len() < 6 {
         let reply = util::recv_json_within(&mut bus, Duration::from_secs(300)).await;
-        assert_eq!(reply["status"], "ok", "{reply}");
+        assert_eq!(reply["status"], "ok", "{reply} after {order:?}");
         order.push(reply["id"].as_str().unwrap().to_string());
     }
-    assert_eq!(order, ["blocker", "p9-a", "p9-b", "p1-a", "p1-b"]);
+    assert_eq!(order, ["blocker", "urgent", "p9-a", "p9-b", "p1-a", "p1-b"]);
     fleet.shutdown(Duration::from_secs(10)).await;
 }

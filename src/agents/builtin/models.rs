@@ -247,7 +247,7 @@ impl Behaviour for TinyLlama {
                         ..Default::default()
                     },
                     priority: task.priority,
-                    push_to_front: false,
+                    push_to_front: task.push_to_front,
                     deltas: task.chunks.clone(),
                     cancel: task.cancel.clone(),
                     over_budget_ok: true,
