@@ -118,7 +118,7 @@ impl Drop for LoadedModel {
 
 enum Work {
     /// Create the context now (end of a load).
-    Prepare(std_mpsc::SyncSender<Result<u32, EngineError>>),
+    Prepare(std_mpsc::SyncSender<Result<(), EngineError>>),
     Generate {
         messages: Vec<ChatMessage>,
         params: GenParams,
@@ -191,7 +191,6 @@ impl Engine {
             return Err(EngineError::NotFound(path.to_path_buf()));
         }
         let backend = backend()?;
-        let t0 = Instant::now();
         let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
             .map_err(|e| EngineError::Load(format!("{}: {e}", path.display())))?;
         let template = model
@@ -203,9 +202,8 @@ impl Engine {
             size_bytes: model.size(),
             n_ctx_train: model.n_ctx_train(),
             n_ctx: context_size(&model, self.shared.options),
-            load_time: Duration::ZERO,
         };
-        let mut loaded = LoadedModel {
+        let loaded = LoadedModel {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             model: Arc::new(model),
             template: Arc::new(template),
@@ -218,7 +216,6 @@ impl Engine {
             .send(loaded.job(Work::Prepare(tx)))
             .map_err(|_| EngineError::Load("the engine's workers are gone".into()))?;
         rx.recv().map_err(|_| EngineError::Load("a worker ended while preparing the model".into()))??;
-        loaded.info.load_time = t0.elapsed();
         Ok(loaded)
     }
 }
@@ -285,7 +282,7 @@ fn worker(jobs: &parking_lot::Mutex<std_mpsc::Receiver<Job>>, options: LoadOptio
         };
         match job.work {
             Work::Prepare(reply) => {
-                let _ = reply.send(entry.map(|c| c.ctx.borrow_dependent().n_ctx()));
+                let _ = reply.send(entry.map(|_| ()));
             }
             Work::Generate { messages, params, deltas, cancel, reply } => {
                 let out = match entry {

@@ -28,9 +28,6 @@ pub struct ModelInfo {
     pub n_ctx_train: u32,
     /// The context created, tokens.
     pub n_ctx: u32,
-    /// Time to load the file and create the context.
-    #[serde(skip)]
-    pub load_time: Duration,
 }
 
 /// Sampling and length of one generation.
