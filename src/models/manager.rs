@@ -271,7 +271,7 @@ impl ModelManager {
                 files: BTreeMap::new(),
                 slots: BTreeMap::new(),
                 queue: Vec::new(),
-                running: 0,
+                scanned: None,
                 hot: None,
                 tx: tx.downgrade(),
             };
@@ -379,8 +379,10 @@ impl ModelManager {
         if let Some(t) = &self.shared.settings.tiny_model {
             return Some(t.clone());
         }
-        let files = scan_blocking(&self.shared.models_dir).await.ok()?;
-        files.into_iter().min_by_key(|f| (f.size_bytes, f.name.clone())).map(|f| f.name)
+        // File sizes only: no GGUF header is read on this (degrade) path.
+        let dir = self.shared.models_dir.clone();
+        let files = tokio::task::spawn_blocking(move || super::gguf_files(&dir)).await.ok()?.ok()?;
+        files.into_iter().min_by_key(|(name, size)| (*size, name.clone())).map(|(name, _)| name)
     }
 
     /// The memory probe (NVML or host), detected on first use. Blocking.
@@ -441,7 +443,9 @@ struct Sched {
     files: BTreeMap<String, ModelFile>,
     slots: BTreeMap<String, Slot>,
     queue: Vec<Pending>,
-    running: usize,
+    /// `models_dir`'s modification time at the last scan: a request for an
+    /// unknown model rescans only when the folder changed since.
+    scanned: Option<std::time::SystemTime>,
     hot: Option<String>,
     tx: mpsc::WeakUnboundedSender<Cmd>,
 }
@@ -516,7 +520,6 @@ impl Sched {
             }
             Cmd::LoadDone(model, result, took) => self.load_done(model, result, took),
             Cmd::JobDone(model) => {
-                self.running = self.running.saturating_sub(1);
                 if let Some(s) = self.slots.get_mut(&model) {
                     s.busy = s.busy.saturating_sub(1);
                     s.last_used = Instant::now();
@@ -527,14 +530,29 @@ impl Sched {
         self.pump();
     }
 
-    /// Looks `model` up, rescanning the folder once when it is unknown.
+    /// Looks `model` up, rescanning the folder when it is unknown and the
+    /// folder changed since the last scan (a stream of requests for a missing
+    /// model must not re-read every GGUF header each time).
     async fn file(&mut self, model: &str) -> Option<ModelFile> {
-        if !self.files.contains_key(model)
-            && let Ok(files) = scan_blocking(&self.shared.models_dir).await
-        {
-            self.files = files.into_iter().map(|f| (f.name.clone(), f)).collect();
+        if !self.files.contains_key(model) {
+            let dir = self.shared.models_dir.clone();
+            let mtime = tokio::task::spawn_blocking(move || std::fs::metadata(dir).and_then(|m| m.modified()).ok())
+                .await
+                .ok()
+                .flatten();
+            if mtime.is_none() || mtime != self.scanned {
+                if let Ok(files) = scan_blocking(&self.shared.models_dir).await {
+                    self.files = files.into_iter().map(|f| (f.name.clone(), f)).collect();
+                }
+                self.scanned = mtime;
+            }
         }
         self.files.get(model).cloned()
+    }
+
+    /// Generations running now.
+    fn running(&self) -> usize {
+        self.slots.values().map(|s| s.busy).sum()
     }
 
     async fn submit(&mut self, p: Pending) {
@@ -813,7 +831,7 @@ impl Sched {
     fn pump(&mut self) {
         // Requests whose caller went away (cancelled, timed out) leave the queue.
         self.queue.retain(|p| !p.reply.is_closed());
-        while self.running < self.shared.settings.parallel.max(1) {
+        while self.running() < self.shared.settings.parallel.max(1) {
             let Some(i) = self.pick() else { break };
             let p = self.queue.remove(i);
             let Some(slot) = self.slots.get_mut(&p.request.model) else { continue };
@@ -821,7 +839,6 @@ impl Sched {
             let loaded = loaded.clone();
             slot.busy += 1;
             slot.last_used = Instant::now();
-            self.running += 1;
             self.hot = Some(p.request.model.clone());
             self.dispatch(p, loaded);
         }
@@ -891,7 +908,7 @@ impl Sched {
             "budget_bytes": (budget != u64::MAX).then_some(budget),
             "used_bytes": self.used(),
             "queue_depth": self.queue.len(),
-            "running": self.running,
+            "running": self.running(),
             "parallel": self.shared.settings.parallel,
             "hot": self.hot,
             "loaded": loaded,

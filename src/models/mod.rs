@@ -113,12 +113,29 @@ impl ModelFile {
     }
 }
 
-/// The `.gguf` files directly under `models_dir`, by name. A missing folder
-/// is an empty list.
+/// The `.gguf` files directly under `models_dir` with their GGUF metadata,
+/// by name. A missing folder is an empty list.
 ///
 /// # Errors
 /// [`ModelError::Io`] when the folder exists but cannot be read.
 pub fn scan(models_dir: &Path) -> Result<Vec<ModelFile>, ModelError> {
+    let files = gguf_files(models_dir)?;
+    Ok(files
+        .into_iter()
+        .map(|(name, size_bytes)| {
+            let path = models_dir.join(format!("{name}.gguf"));
+            let meta = local::gguf_meta(&path).unwrap_or_default();
+            ModelFile { name, path, size_bytes, meta }
+        })
+        .collect())
+}
+
+/// The `.gguf` files directly under `models_dir` as `(name, size in bytes)`,
+/// by name, without reading them. A missing folder is an empty list.
+///
+/// # Errors
+/// [`ModelError::Io`] when the folder exists but cannot be read.
+pub fn gguf_files(models_dir: &Path) -> Result<Vec<(String, u64)>, ModelError> {
     let entries = match std::fs::read_dir(models_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -130,11 +147,10 @@ pub fn scan(models_dir: &Path) -> Result<Vec<ModelFile>, ModelError> {
         if path.extension().is_some_and(|e| e == "gguf") {
             let size_bytes = entry.metadata().map_err(io(&path))?.len();
             let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let meta = local::gguf_meta(&path).unwrap_or_default();
-            out.push(ModelFile { name, path, size_bytes, meta });
+            out.push((name, size_bytes));
         }
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.sort();
     Ok(out)
 }
 

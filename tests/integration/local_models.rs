@@ -242,7 +242,7 @@ async fn cancellation_stops_generation_between_tokens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn budget_evicts_idle_lru_never_busy_and_unloads_idle() {
+async fn budget_evicts_the_idle_model_never_a_busy_one_and_unloads_idle() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = linked_models(tmp.path(), &["model-a", "model-b"]);
     let file = agentvisor::models::scan(&dir).unwrap().remove(0);
@@ -295,6 +295,35 @@ async fn budget_evicts_idle_lru_never_busy_and_unloads_idle() {
     .expect("idle unload");
     assert_eq!((unloaded.str("model"), unloaded.str("reason")), (Some("model-b"), Some("idle")));
     assert_eq!(m.status().await["loaded"].as_array().unwrap().len(), 0);
+    m.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_picks_the_least_recently_used_idle_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = linked_models(tmp.path(), &["model-a", "model-b", "model-c"]);
+    let one = agentvisor::models::scan(&dir).unwrap()[0].estimated_bytes(ModelSettings::default().context_tokens);
+    let (m, events, _) = manager(&dir, |s| s.memory_budget_bytes = Some(2 * one + one / 2)); // room for two
+    let mut ev = events.subscribe();
+    for model in ["model-a", "model-b", "model-a"] {
+        m.generate(request(model, "Say hi.", 2)).await.expect("answer");
+    }
+    // model-b is now the least recently used: loading model-c evicts it, not model-a.
+    m.generate(request("model-c", "Say hi.", 2)).await.expect("c answers");
+    let mut evicted = Vec::new();
+    while let Ok(e) = ev.try_recv() {
+        if e.topic == "model.evicted" {
+            evicted.push((e.str("model").unwrap().to_string(), e.str("for").unwrap().to_string()));
+        }
+    }
+    assert_eq!(evicted, [("model-b".to_string(), "model-c".to_string())]);
+    let loaded: Vec<String> = m.status().await["loaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["model"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(loaded, ["model-a", "model-c"]);
     m.shutdown().await;
 }
 
