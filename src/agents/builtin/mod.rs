@@ -106,13 +106,15 @@ pub(crate) fn unknown_type(agent: &str, task: &Task) -> TaskError {
 
 /// The agent name a task input names: a string, or `{"agent": NAME}`.
 pub(crate) fn agent_arg(task: &Task) -> Result<String, TaskError> {
-    match &task.input {
-        serde_json::Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
-        serde_json::Value::Object(m) => m
-            .get("agent")
-            .and_then(|a| a.as_str())
-            .map(str::to_string)
-            .ok_or_else(|| bad_input(task, "expected an agent name or {\"agent\": NAME}")),
-        _ => Err(bad_input(task, "expected an agent name or {\"agent\": NAME}")),
-    }
+    name_arg(task, "agent")
+}
+
+/// The name a task input gives: a non-empty string, or `{KEY: NAME}`.
+pub(crate) fn name_arg(task: &Task, key: &str) -> Result<String, TaskError> {
+    let found = match &task.input {
+        serde_json::Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        serde_json::Value::Object(m) => m.get(key).and_then(|a| a.as_str()).map(str::to_string),
+        _ => None,
+    };
+    found.ok_or_else(|| bad_input(task, format!("expected a name (string) or {{\"{key}\": NAME}}")))
 }

@@ -39,7 +39,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
-use super::{Behaviour, bad_input, unknown_type};
+use super::{Behaviour, bad_input, name_arg, unknown_type};
 use crate::agents::actor::StartError;
 use crate::agents::task::{ErrorCode, Task, TaskError, TaskReply};
 use crate::backends::ChatMessage;
@@ -68,18 +68,6 @@ fn task_error(e: LocalError) -> TaskError {
     TaskError::new(code, format!("{}: {e}", e.code()))
 }
 
-fn model_arg(task: &Task) -> Result<String, TaskError> {
-    match &task.input {
-        Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
-        Value::Object(m) => m
-            .get("model")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| bad_input(task, "expected a model name or {\"model\": NAME}")),
-        _ => Err(bad_input(task, "expected a model name or {\"model\": NAME}")),
-    }
-}
-
 /// ModelManagerSuite.
 pub struct ModelManagerSuite {
     ctx: Arc<FleetCtx>,
@@ -106,8 +94,8 @@ impl Behaviour for ModelManagerSuite {
                 let list = m.list().await.map_err(|e| TaskError::new(ErrorCode::AgentError, e.to_string()))?;
                 Ok(json!({"models": list}))
             }
-            "models.load" => m.load(&model_arg(&task)?).await.map_err(task_error),
-            "models.unload" => m.unload(&model_arg(&task)?).await.map_err(task_error),
+            "models.load" => m.load(&name_arg(&task, "model")?).await.map_err(task_error),
+            "models.unload" => m.unload(&name_arg(&task, "model")?).await.map_err(task_error),
             "models.status" => Ok(m.status().await),
             _ => Err(unknown_type("ModelManagerSuite", &task)),
         }
