@@ -874,10 +874,12 @@ impl Sched {
                     Err(LocalError::Engine(e))
                 }
             };
-            let _ = reply.send(answer);
+            // The scheduler hears of the end before the caller does: a caller's next
+            // request (same channel, later) then finds the model idle, not busy.
             if let Some(tx) = tx.upgrade() {
                 let _ = tx.send(Cmd::JobDone(model));
             }
+            let _ = reply.send(answer);
         });
     }
 
