@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 
 use agentvisor::config::Settings;
 use agentvisor::config::spec::RuntimeSpec;
+use agentvisor::daemon::System;
 use agentvisor::daemon::load_plan;
 use agentvisor::models::{DEFAULT_MODEL_FILE, engine};
-use agentvisor::supervisor::Fleet;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -168,10 +168,10 @@ async fn whole_path(root: &Path) -> (Duration, Vec<Run>) {
     s.agent_commands.insert("TTSService".into(), Vec::new()); // no child process competing for the cores
     s.testing.actor_name_prefix = "bench/".into();
     let (catalog, plan) = load_plan(&s, None, "full").expect("plan");
-    let fleet = Fleet::start(s, catalog, plan).await.expect("fleet");
+    let fleet = System::start(s, catalog, plan).await.expect("fleet");
     fleet.boot().await;
     let mut events = fleet.ctx().events.subscribe();
-    let (ingress, _) = fleet.ctx().bus_endpoints().expect("bus");
+    let (ingress, _) = fleet.bus_endpoints().expect("bus");
     let mut dealer = DealerSocket::new();
     dealer.connect(&ingress).await.expect("connect");
     let mut runs = Vec::new();
@@ -314,9 +314,8 @@ async fn switching(model: &Path) -> Vec<(String, f64)> {
         let r = LocalRequest {
             model: name.into(),
             messages: vec![agentvisor::backends::ChatMessage::new("user", PROMPT)],
-            params: agentvisor::models::local::GenParams { max_tokens: 200, ..Default::default() },
-            priority: 5,
-            push_to_front: false,
+            params: agentvisor::core::GenParams { max_tokens: Some(200), ..Default::default() },
+            schedule: Default::default(),
             deltas: None,
             cancel: Default::default(),
             over_budget_ok: false,

@@ -1,7 +1,7 @@
 //! Benchmarks of the supervision tree on the real actors, the repository's
 //! catalog (`agents/`) and the `full` profile (`profiles/full.yaml`).
 //!
-//! - `boot_full`: `Fleet::start` + `Fleet::boot` of the `full` profile, up
+//! - `boot_full`: `System::start` + `Fleet::boot` of the `full` profile, up
 //!   to the boot report (every agent of the boot waves `running` or
 //!   `unavailable`). TTSService runs its real child program
 //!   (`python3 agents/speech_io/tts_service.py`).
@@ -31,9 +31,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use agentvisor::agents::Fault;
 use agentvisor::config::Settings;
+use agentvisor::daemon::System;
 use agentvisor::daemon::load_plan;
+use agentvisor::supervisor::Fault;
 use agentvisor::supervisor::{AgentState, Fleet};
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use parking_lot::Mutex;
@@ -69,9 +70,9 @@ fn settings(data: &Path) -> Settings {
 
 /// Starts and boots a `full` fleet; panics unless every agent of the boot
 /// waves ends `running` or `unavailable`.
-async fn booted_fleet(settings: Settings) -> Fleet {
+async fn booted_fleet(settings: Settings) -> System {
     let (catalog, plan) = load_plan(&settings, None, PROFILE).expect("the repository's catalog and profile load");
-    let fleet = Fleet::start(settings, catalog, plan).await.expect("fleet starts");
+    let fleet = System::start(settings, catalog, plan).await.expect("fleet starts");
     let report = fleet.boot().await;
     assert_booted(&fleet, &report.failed);
     fleet
@@ -153,7 +154,7 @@ fn boot(c: &mut Criterion, rt: &Runtime) {
                         }
                         let (catalog, plan) = load_plan(&s, None, PROFILE).expect("catalog and profile load");
                         let t0 = Instant::now();
-                        let fleet = Fleet::start(s, catalog, plan).await.expect("fleet starts");
+                        let fleet = System::start(s, catalog, plan).await.expect("fleet starts");
                         let report = fleet.boot().await;
                         let elapsed = t0.elapsed();
                         assert_booted(&fleet, &report.failed);

@@ -1,13 +1,14 @@
-//! The internal event stream: every lifecycle transition, task outcome and
-//! (later) routing and model event, in order, each with `seq` and `ts`.
+//! The internal event stream: every lifecycle transition, task outcome,
+//! routing receipt and model event, in order, each with `seq` and `ts`.
 //!
-//! Where it sits: the supervisor and agents publish; the ZeroMQ PUB socket,
-//! tests and the CLI subscribe. A tokio broadcast channel: a subscriber that
+//! Where it sits (DESIGN §15): above `telemetry` (it counts) and `core` (the
+//! typed [`Event`]), below everything that emits. [`EventBus::emit`] is the
+//! one place that logs, counts and publishes an event; the ZeroMQ PUB
+//! socket, tests and the CLI subscribe. A tokio broadcast channel: a subscriber that
 //! falls more than [`EVENT_BUFFER`] events behind loses the oldest ones,
 //! which the `seq` gap reveals; publishing never blocks.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use prometheus::IntCounterVec;
@@ -15,12 +16,14 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
+use crate::core::Event;
+
 /// Events a subscriber may lag behind before it loses the oldest.
 pub const EVENT_BUFFER: usize = 65_536;
 
-/// One event, serialised as `{"seq", "ts", "topic", ...data}`.
+/// One published event, serialised as `{"seq", "ts", "topic", ...data}`.
 #[derive(Debug, Clone, Serialize)]
-pub struct Event {
+pub struct Published {
     /// Monotonic per daemon run, from 1.
     pub seq: u64,
     /// Unix time, seconds.
@@ -32,7 +35,7 @@ pub struct Event {
     pub data: Map<String, Value>,
 }
 
-impl Event {
+impl Published {
     /// A field of `data` as a string, if present.
     pub fn str(&self, key: &str) -> Option<&str> {
         self.data.get(key).and_then(Value::as_str)
@@ -48,7 +51,7 @@ pub struct EventBus {
 struct Inner {
     /// Next seq; the lock also orders sends so that seq order is send order.
     seq: Mutex<u64>,
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<Arc<Published>>,
     counter: IntCounterVec,
 }
 
@@ -59,26 +62,34 @@ impl EventBus {
         EventBus { inner: Arc::new(Inner { seq: Mutex::new(0), tx, counter }) }
     }
 
-    /// Publishes `data` (a JSON object; other values land under `value`)
-    /// under `topic`; returns the event's seq.
-    pub fn publish(&self, topic: &'static str, data: Value) -> u64 {
-        let data = match data {
-            Value::Object(m) => m,
-            Value::Null => Map::new(),
-            other => Map::from_iter([("value".to_string(), other)]),
+    /// Logs, counts and publishes `event`; returns its seq. Never blocks.
+    pub fn emit(&self, event: Event) -> u64 {
+        let topic = event.topic();
+        let data = match serde_json::to_value(&event) {
+            Ok(Value::Object(m)) => m,
+            Ok(Value::Null) | Err(_) => Map::new(),
+            Ok(other) => Map::from_iter([("value".to_string(), other)]),
         };
-        let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        match &event {
+            e if e.is_warning() => {
+                let details = serde_json::Value::Object(data.clone());
+                tracing::warn!(topic, %details, "event");
+            }
+            Event::Agent(t) => tracing::info!(agent = %t.agent, state = t.state, "agent state"),
+            _ => tracing::debug!(topic, "event"),
+        }
+        let ts = crate::core::unix_time();
         self.inner.counter.with_label_values(&[topic]).inc();
         let mut seq = self.inner.seq.lock();
         *seq += 1;
-        let event = Arc::new(Event { seq: *seq, ts, topic, data });
+        let published = Arc::new(Published { seq: *seq, ts, topic, data });
         // An error only means nobody subscribes right now.
-        let _ = self.inner.tx.send(event);
+        let _ = self.inner.tx.send(published);
         *seq
     }
 
     /// A new subscriber, seeing events published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
         self.inner.tx.subscribe()
     }
 }

@@ -5,27 +5,31 @@
 //! on-demand agents with their dependencies within a start SLA, and exports
 //! everything as Prometheus metrics and events.
 //!
-//! The layout follows the data (DESIGN §11):
+//! The layers, top to bottom (DESIGN §15; a module uses only modules below
+//! it, checked by `tests/integration/layers.rs`):
 //!
-//! - [`config`]: settings, the agent catalog and its validation, profiles.
-//! - [`supervisor`]: root and group supervisors, restart policy, on-demand starts.
-//! - [`bus`]: the ZeroMQ task bus: envelope, admission queue, replies, events.
-//! - [`routing`]: hybrid routing: the policy (tier, backend chain) and circuit breakers.
+//! - [`cli`], [`daemon`]: the commands; the composition root that builds
+//!   [`agents::services::Services`], registers behaviours and routes, and
+//!   runs the daemon.
+//! - [`http`]: axum: metrics, health, admin, `/tasks`, the `/v1` gateway, registry routes.
+//! - [`bus`]: the ZeroMQ task bus: envelope, ingress, admission queue, replies, events.
+//! - [`agents`]: the agent actor, its runtimes (builtin, llm, process), task schemas.
+//! - [`supervisor`]: root and group supervisors, restart policy, on-demand starts, the agent table.
+//! - [`routing`]: HybridRouter: decision, chain run, circuit breakers, receipts.
 //! - [`backends`]: model backends (OpenAI-compatible HTTP; embedded llama.cpp).
-//! - [`agents`]: the agent actor and its runtimes (builtin, llm, process).
-//! - [`events`]: the ordered event stream (`seq`, `ts`).
-//! - [`models`]: local GGUF models: files, the default model, the llama.cpp
-//!   engine, ModelManager (queue, budget, eviction), memory probes.
-//! - [`store`]: SQLite on its own thread: migrations, receipts.
-//! - [`telemetry`]: metric names, the HTTP endpoints, tracing.
-//! - [`daemon`]: the `run` command's life cycle; [`cli`]: the commands.
+//! - [`models`]: local GGUF models: files, the llama.cpp engine, ModelManager.
+//! - [`store`]: SQLite on its own thread: migrations and tables.
+//! - [`events`]: the ordered event stream (`seq`, `ts`); one place logs, counts, publishes.
+//! - [`telemetry`]: metric names and registry, tracing setup.
+//! - [`config`]: settings, the agent catalog and its validation, profiles.
+//! - [`core`]: shared types only: task, reply, error codes, chat types, receipt, events.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use agentvisor::{config::Settings, daemon, supervisor::Fleet};
+//! use agentvisor::{config::Settings, daemon};
 //! let settings = Settings::default();
 //! let (catalog, plan) = daemon::load_plan(&settings, None, "core")?;
-//! let fleet = Fleet::start(settings, catalog, plan).await?;
+//! let fleet = daemon::System::start(settings, catalog, plan).await?;
 //! let report = fleet.boot().await;
 //! println!("{} agents running", report.running.len());
 //! fleet.shutdown(std::time::Duration::from_secs(10)).await;
@@ -39,8 +43,10 @@ pub mod backends;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod core;
 pub mod daemon;
 pub mod events;
+pub mod http;
 pub mod models;
 pub mod routing;
 pub mod store;

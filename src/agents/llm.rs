@@ -12,7 +12,7 @@
 //!
 //! Sessions: when the task has a `session`, the agent asks
 //! SessionMemoryAgent for the session's history (the newest turns that fit
-//! in [`SESSION_HISTORY_TOKENS`], oldest first) and puts it between the
+//! in [`SESSION_HISTORY_TOKENS`], estimated by [`crate::core::estimate_tokens`], oldest first) and puts it between the
 //! system prompt and the new input; after answering it appends the user's
 //! input and its answer. Without a running SessionMemoryAgent the task is a
 //! single turn (logged).
@@ -21,22 +21,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use ractor::rpc::CallResult;
 use serde_json::{Value, json};
 
 use super::builtin::Behaviour;
-use super::task::{ErrorCode, Task, TaskError, TaskReply};
-use crate::backends::ChatMessage;
+use super::services::Services;
 use crate::config::spec::{AgentSpec, RuntimeSpec};
-use crate::routing::router::{ModelCall, RouterMsg};
-use crate::supervisor::context::FleetCtx;
+use crate::core::{
+    ChatMessage, ErrorCode, GenParams, Receipt, Task, TaskError, TaskOutput, TaskReply, estimate_tokens,
+};
+use crate::routing::router::{ModelCall, RouterHandle, resolve_model};
+use crate::supervisor::Fleet;
 
-/// Longest a model call may take when the task has no deadline.
-const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Most tokens of session history put into a request (estimated at 4
-/// characters per token), so long sessions stay within small models' context.
-pub const SESSION_HISTORY_TOKENS: usize = 2048;
+/// Most tokens of session history put into a request (estimated), so long
+/// sessions stay within small models' context.
+pub const SESSION_HISTORY_TOKENS: u32 = 2048;
 
 /// The specialists the arbiter may choose, by agent name and role word.
 const SPECIALISTS: &[(&str, &str)] = &[
@@ -49,7 +47,11 @@ const SPECIALISTS: &[(&str, &str)] = &[
 /// An `llm` agent's behaviour.
 pub struct LlmAgent {
     spec: Arc<AgentSpec>,
-    ctx: Arc<FleetCtx>,
+    /// The other agents (session memory, the specialists) and the catalog.
+    fleet: Fleet,
+    router: RouterHandle,
+    /// A model call's limit when the task has no deadline (`tasks.call_timeout_secs`).
+    call_timeout: Duration,
     schema: Option<jsonschema::Validator>,
 }
 
@@ -58,13 +60,19 @@ impl LlmAgent {
     ///
     /// # Errors
     /// The spec's `output_schema` is not a valid JSON Schema.
-    pub fn new(spec: Arc<AgentSpec>, ctx: Arc<FleetCtx>) -> Result<Option<LlmAgent>, String> {
+    pub fn new(spec: Arc<AgentSpec>, services: &Services, fleet: &Fleet) -> Result<Option<LlmAgent>, String> {
         let RuntimeSpec::Llm { output_schema, .. } = &spec.runtime else { return Ok(None) };
         let schema = match output_schema {
             Some(s) => Some(jsonschema::validator_for(s).map_err(|e| format!("{}: output_schema: {e}", spec.name))?),
             None => None,
         };
-        Ok(Some(LlmAgent { spec, ctx, schema }))
+        Ok(Some(LlmAgent {
+            spec,
+            fleet: fleet.clone(),
+            router: services.router.clone(),
+            call_timeout: services.settings.tasks.call_timeout(),
+            schema,
+        }))
     }
 
     fn output_schema(&self) -> Option<Value> {
@@ -81,19 +89,28 @@ impl LlmAgent {
         }
     }
 
-    /// One model call through HybridRouter; leaves the receipt on the task.
+    /// One model call through HybridRouter; its receipt goes to `route`
+    /// (the last call's receipt is the reply's route).
     async fn ask(
         &self,
         task: &Task,
         messages: Vec<ChatMessage>,
         json: bool,
         stream: bool,
+        route: &mut Option<Receipt>,
     ) -> Result<String, TaskError> {
-        let router =
-            self.ctx.router().ok_or_else(|| TaskError::new(ErrorCode::Internal, "HybridRouter is not running"))?;
         let (complexity, max_tokens, _) = self.runtime();
-        let timeout =
-            task.deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(DEFAULT_CALL_TIMEOUT);
+        let timeout = task.deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(self.call_timeout);
+        let (backend, model) = match &task.model {
+            Some(m) => {
+                let settings = &self.fleet.ctx().settings;
+                let (backend, model) = resolve_model(&settings.backends, &settings.models_dir, m).ok_or_else(|| {
+                    TaskError::new(ErrorCode::InvalidField, format!("field model: {m:?} is not served here"))
+                })?;
+                (Some(backend), model)
+            }
+            None => (None, None),
+        };
         let call = ModelCall {
             task_id: task.id.clone(),
             agent: self.spec.name.clone(),
@@ -101,37 +118,31 @@ impl LlmAgent {
             complexity: task.complexity,
             agent_complexity: complexity,
             prefer: task.prefer,
-            backend: None,
-            model: None,
+            user: task.user.clone(),
+            backend,
+            model,
             messages,
-            max_tokens: Some(max_tokens),
-            temperature: None,
-            json,
-            json_schema: if json { self.output_schema() } else { None },
-            top_p: None,
-            priority: task.priority,
-            push_to_front: task.push_to_front,
+            params: GenParams {
+                max_tokens: Some(max_tokens),
+                json,
+                json_schema: if json { self.output_schema() } else { None },
+                ..Default::default()
+            },
+            schedule: task.schedule,
             deltas: if stream { task.chunks.clone() } else { None },
             cancel: task.cancel.clone(),
             queue_ms: task.queue_ms,
         };
-        let result = router.call(|reply| RouterMsg::Call(Box::new(call), reply), Some(timeout)).await;
-        match result {
-            Ok(CallResult::Success(Ok(answer))) => {
-                *task.receipt.lock() = Some(answer.receipt);
+        match self.router.call(call, timeout).await {
+            Ok(answer) => {
+                *route = Some(answer.receipt);
                 Ok(answer.response.content)
             }
-            Ok(CallResult::Success(Err(failure))) => {
-                if let Some(r) = failure.receipt {
-                    *task.receipt.lock() = Some(r);
+            Err(failure) => {
+                if failure.receipt.is_some() {
+                    *route = failure.receipt;
                 }
                 Err(failure.error)
-            }
-            Ok(CallResult::Timeout) => {
-                Err(TaskError::new(ErrorCode::DeadlineExceeded, "the model call did not finish in time"))
-            }
-            Ok(CallResult::SenderError) | Err(_) => {
-                Err(TaskError::new(ErrorCode::Internal, "HybridRouter stopped during the call"))
             }
         }
     }
@@ -147,19 +158,19 @@ impl LlmAgent {
 
     /// The session's recent turns (newest that fit the token budget), oldest first.
     async fn history(&self, task: &Task) -> Vec<ChatMessage> {
-        let (Some(session), Some(fleet)) = (&task.session, self.ctx.fleet()) else { return Vec::new() };
-        if self.ctx.state("SessionMemoryAgent").is_none() {
+        let Some(session) = &task.session else { return Vec::new() };
+        if self.fleet.ctx().state("SessionMemoryAgent").is_none() {
             return Vec::new();
         }
         let q = Task::new(format!("{}-history", task.id), "session.history", json!({"session": session, "limit": 200}));
-        let turns = match fleet.call("SessionMemoryAgent", q).await {
-            Ok(v) => v.get("turns").and_then(Value::as_array).cloned().unwrap_or_default(),
+        let turns = match self.fleet.call("SessionMemoryAgent", q).await {
+            Ok(v) => v.output.get("turns").and_then(Value::as_array).cloned().unwrap_or_default(),
             Err(e) => {
                 tracing::warn!(agent = %self.spec.name, task_id = %task.id, error = %e, "no session history");
                 return Vec::new();
             }
         };
-        let mut budget = SESSION_HISTORY_TOKENS * 4;
+        let mut budget = SESSION_HISTORY_TOKENS;
         let mut out = Vec::new();
         for t in turns.iter().rev() {
             let (Some(role), Some(content)) =
@@ -167,10 +178,11 @@ impl LlmAgent {
             else {
                 continue;
             };
-            if content.len() > budget {
+            let tokens = estimate_tokens(content.chars().count());
+            if tokens > budget {
                 break;
             }
-            budget -= content.len();
+            budget -= tokens;
             out.push(ChatMessage::new(role, content));
         }
         out.reverse();
@@ -179,8 +191,8 @@ impl LlmAgent {
 
     /// Appends the user's input and the answer to the session.
     async fn remember(&self, task: &Task, answer: &Value) {
-        let (Some(session), Some(fleet)) = (&task.session, self.ctx.fleet()) else { return };
-        if self.ctx.state("SessionMemoryAgent").is_none() {
+        let Some(session) = &task.session else { return };
+        if self.fleet.ctx().state("SessionMemoryAgent").is_none() {
             return;
         }
         let text = match answer {
@@ -191,17 +203,22 @@ impl LlmAgent {
             {"role": "user", "content": task.input_text(), "agent": self.spec.name},
             {"role": "assistant", "content": text, "agent": self.spec.name},
         ]});
-        if let Err(e) =
-            fleet.call("SessionMemoryAgent", Task::new(format!("{}-remember", task.id), "session.append", turns)).await
-        {
+        let append = Task::new(format!("{}-remember", task.id), "session.append", turns);
+        if let Err(e) = self.fleet.call("SessionMemoryAgent", append).await {
             tracing::warn!(agent = %self.spec.name, task_id = %task.id, error = %e, "turn not stored in the session");
         }
     }
 
     /// Parses and validates a JSON answer; on failure asks once more with the error.
-    async fn json_answer(&self, task: &Task, schema: &jsonschema::Validator, history: &[ChatMessage]) -> TaskReply {
+    async fn json_answer(
+        &self,
+        task: &Task,
+        schema: &jsonschema::Validator,
+        history: &[ChatMessage],
+        route: &mut Option<Receipt>,
+    ) -> Result<Value, TaskError> {
         let mut messages = self.messages(task, history);
-        let first = self.ask(task, messages.clone(), true, false).await?;
+        let first = self.ask(task, messages.clone(), true, false, route).await?;
         let problem = match check(&first, schema) {
             Ok(v) => return Ok(v),
             Err(p) => p,
@@ -212,15 +229,15 @@ impl LlmAgent {
             "user",
             format!("That answer is not valid: {problem}. Answer again with only the JSON object the instructions describe, nothing else."),
         ));
-        let second = self.ask(task, messages, true, false).await?;
+        let second = self.ask(task, messages, true, false, route).await?;
         check(&second, schema).map_err(|p| {
             TaskError::new(ErrorCode::InvalidOutput, format!("{} answered invalid JSON twice: {p}", self.spec.name))
         })
     }
 
-    async fn arbitrate(&self, task: &Task) -> TaskReply {
-        let fleet = self.ctx.fleet().ok_or_else(|| TaskError::new(ErrorCode::ShuttingDown, "the fleet is stopping"))?;
-        let raw = self.ask(task, self.messages(task, &[]), true, false).await?;
+    async fn arbitrate(&self, task: &Task, route: &mut Option<Receipt>) -> Result<Value, TaskError> {
+        let fleet = &self.fleet;
+        let raw = self.ask(task, self.messages(task, &[]), true, false, route).await?;
         let (specialist, reason) = match choice(&raw) {
             Some(c) => c,
             None => {
@@ -235,7 +252,7 @@ impl LlmAgent {
                 );
                 repair.deadline = task.deadline;
                 repair.cancel = task.cancel.clone();
-                let repaired = fleet.call("NLUAgent", repair).await?;
+                let repaired = fleet.call("NLUAgent", repair).await?.output;
                 choice(&repaired.get("entities").cloned().unwrap_or(repaired.clone()).to_string()).ok_or_else(|| {
                     TaskError::new(
                         ErrorCode::InvalidOutput,
@@ -245,15 +262,22 @@ impl LlmAgent {
             }
         };
         tracing::info!(task_id = %task.id, specialist, reason, "arbiter chose");
-        let spec = self.ctx.catalog.get(specialist);
+        let spec = fleet.ctx().catalog.get(specialist);
         let task_type = spec.and_then(|s| s.handles.first().cloned()).unwrap_or_else(|| task.task_type.clone());
         let mut forward = task.clone();
         forward.task_type = task_type;
-        forward.receipt = Default::default();
-        let answer = fleet.call(specialist, forward.clone()).await?;
-        if let Some(r) = forward.receipt.lock().take() {
-            *task.receipt.lock() = Some(r);
-        }
+        let answer = match fleet.call(specialist, forward).await {
+            Ok(out) => {
+                *route = out.route.or(route.take());
+                out.output
+            }
+            Err(e) => {
+                if e.route.is_some() {
+                    *route = e.route.clone().map(|r| *r);
+                }
+                return Err(e);
+            }
+        };
         Ok(json!({"specialist": specialist, "reason": reason, "answer": answer}))
     }
 }
@@ -286,21 +310,37 @@ fn choice(text: &str) -> Option<(&'static str, String)> {
     Some((agent, reason))
 }
 
+impl LlmAgent {
+    async fn answer(&self, task: &Task, route: &mut Option<Receipt>) -> Result<Value, TaskError> {
+        if self.spec.role.as_deref() == Some("arbiter") {
+            return self.arbitrate(task, route).await;
+        }
+        let history = self.history(task).await;
+        let answer = match &self.schema {
+            Some(schema) => self.json_answer(task, schema, &history, route).await,
+            None => self
+                .ask(task, self.messages(task, &history), false, task.chunks.is_some(), route)
+                .await
+                .map(Value::String),
+        }?;
+        self.remember(task, &answer).await;
+        Ok(answer)
+    }
+}
+
 #[async_trait]
 impl Behaviour for LlmAgent {
-    async fn handle(&self, task: Task) -> TaskReply {
-        if self.spec.role.as_deref() == Some("arbiter") {
-            return self.arbitrate(&task).await;
+    async fn handle(&self, task: Task) -> Result<Value, TaskError> {
+        self.reply(task).await.map(|out| out.output)
+    }
+
+    /// The answer with the route of its (last) model call.
+    async fn reply(&self, task: Task) -> TaskReply {
+        let mut route = None;
+        match self.answer(&task, &mut route).await {
+            Ok(output) => Ok(TaskOutput { output, route }),
+            Err(e) => Err(e.with_route(route)),
         }
-        let history = self.history(&task).await;
-        let answer = match &self.schema {
-            Some(schema) => self.json_answer(&task, schema, &history).await,
-            None => {
-                self.ask(&task, self.messages(&task, &history), false, task.chunks.is_some()).await.map(Value::String)
-            }
-        }?;
-        self.remember(&task, &answer).await;
-        Ok(answer)
     }
 }
 

@@ -36,10 +36,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::actor::{AgentMsg, StartError};
-use super::task::{ErrorCode, Task, TaskError, TaskReply};
 use crate::config::spec::{AgentSpec, ProcessProtocol, RuntimeSpec};
-use crate::supervisor::context::FleetCtx;
+use crate::core::{ErrorCode, Task, TaskError, TaskReply};
+use crate::supervisor::AgentTable;
+use crate::supervisor::{AgentMsg, StartError};
 
 /// A task waiting for the child's answer, and the watcher that cancels it.
 struct Waiting {
@@ -82,7 +82,7 @@ impl ProcessChild {
     /// ready within `ready_timeout_secs`, spawn error).
     pub async fn start(
         spec: &AgentSpec,
-        ctx: &Arc<FleetCtx>,
+        ctx: &Arc<AgentTable>,
         actor: ActorRef<AgentMsg>,
         deadline: Option<Instant>,
     ) -> Result<ProcessChild, StartError> {
@@ -300,7 +300,7 @@ async fn watch_child(
     exit_tx: watch::Sender<Option<String>>,
     done_tx: oneshot::Sender<()>,
     alive: Arc<AtomicBool>,
-    ctx: Arc<FleetCtx>,
+    ctx: Arc<AgentTable>,
 ) {
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
     let status: io::Result<ExitStatus> = tokio::select! {
@@ -411,7 +411,12 @@ async fn log_lines(agent: String, mut lines: Lines<BufReader<ChildStdout>>) {
 }
 
 /// Routes `{"id", "output"|"error"}` lines to the waiting callers.
-async fn route_replies(agent: String, mut lines: Lines<BufReader<ChildStdout>>, pending: Pending, ctx: Arc<FleetCtx>) {
+async fn route_replies(
+    agent: String,
+    mut lines: Lines<BufReader<ChildStdout>>,
+    pending: Pending,
+    ctx: Arc<AgentTable>,
+) {
     while let Ok(Some(line)) = lines.next_line().await {
         let Ok(v) = serde_json::from_str::<Value>(&line) else {
             tracing::info!(agent, stream = "stdout", "{line}");
@@ -435,7 +440,7 @@ async fn route_replies(agent: String, mut lines: Lines<BufReader<ChildStdout>>, 
                     err.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| err.to_string());
                 Err(TaskError::new(ErrorCode::AgentError, format!("{agent}: {code}: {msg}")))
             }
-            (Some(out), None) => Ok(out.clone()),
+            (Some(out), None) => Ok(out.clone().into()),
             (None, None) => {
                 Err(TaskError::new(ErrorCode::AgentError, format!("{agent}: reply has neither output nor error")))
             }

@@ -21,11 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{BackendError, BackendErrorKind, ChatBackend, ChatRequest, ChatResponse};
 use crate::config::BackendSettings;
-use crate::models::local::{EngineError, Finish, GenParams};
+use crate::models::local::{EngineError, Finish};
 use crate::models::manager::{LocalError, LocalRequest, ModelManager};
-
-/// JSON mode without a schema: any JSON object.
-const ANY_OBJECT_SCHEMA: &str = r#"{"type": "object"}"#;
 
 /// A backend serving local GGUF models.
 pub struct EmbeddedBackend {
@@ -49,10 +46,6 @@ impl EmbeddedBackend {
 
 #[async_trait]
 impl ChatBackend for EmbeddedBackend {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
     async fn chat(
         &self,
         request: ChatRequest,
@@ -60,24 +53,11 @@ impl ChatBackend for EmbeddedBackend {
         cancel: CancellationToken,
     ) -> Result<ChatResponse, BackendError> {
         let model = if request.model.is_empty() { self.model.clone() } else { request.model.clone() };
-        let json_schema = match (&request.json_schema, request.json) {
-            (Some(schema), _) => Some(schema.to_string()),
-            (None, true) => Some(ANY_OBJECT_SCHEMA.to_string()),
-            (None, false) => None,
-        };
-        let params = GenParams {
-            max_tokens: request.max_tokens.unwrap_or(self.manager.settings().default_max_tokens),
-            temperature: request.temperature,
-            top_p: request.top_p,
-            seed: rand::random(),
-            json_schema,
-        };
         let local = LocalRequest {
             model,
             messages: request.messages,
-            params,
-            priority: request.priority.min(9),
-            push_to_front: request.push_to_front,
+            params: request.params,
+            schedule: request.schedule,
             deltas,
             cancel: cancel.child_token(),
             over_budget_ok: request.degrade,

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{BackendError, BackendErrorKind, ChatBackend, ChatMessage, ChatRequest, ChatResponse};
 use crate::config::BackendSettings;
+use crate::core::estimate_tokens;
 
 /// Longest error message kept from a server's answer, in characters.
 const MAX_MESSAGE_CHARS: usize = 500;
@@ -36,9 +37,6 @@ const RETRY_JITTER: f64 = 0.25;
 
 /// Longest duration taken from a setting (one year); keeps deadline arithmetic from overflowing.
 const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// Rough characters per token, used when a server reports no `usage`.
-const CHARS_PER_TOKEN: usize = 4;
 
 /// A backend speaking the OpenAI Chat Completions API over HTTP.
 ///
@@ -328,10 +326,6 @@ impl OpenAiBackend {
 
 #[async_trait]
 impl ChatBackend for OpenAiBackend {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
     /// `POST {base_url}/chat/completions` with `request.model`; streams over
     /// SSE when `deltas` is set (each content delta is sent there, in
     /// order). Retries connect errors, connect timeouts, 429 and 5xx up to
@@ -521,12 +515,12 @@ fn request_body(request: &ChatRequest, stream: bool) -> Result<bytes::Bytes, ser
     let wire = WireRequest {
         model: &request.model,
         messages: &request.messages,
-        max_tokens: request.max_tokens,
-        temperature: request.temperature,
-        top_p: request.top_p,
+        max_tokens: request.params.max_tokens,
+        temperature: request.params.temperature,
+        top_p: request.params.top_p,
         stream,
         stream_options: stream.then_some(StreamOptions { include_usage: true }),
-        response_format: request.json.then_some(ResponseFormat { kind: "json_object" }),
+        response_format: request.params.json.then_some(ResponseFormat { kind: "json_object" }),
     };
     serde_json::to_vec(&wire).map(bytes::Bytes::from)
 }
@@ -553,11 +547,6 @@ fn finish(
         first_token,
         attempts: 1,
     }
-}
-
-/// About 4 characters per token (OpenAI's rule of thumb for English).
-fn estimate_tokens(chars: usize) -> u32 {
-    saturate(chars.div_ceil(CHARS_PER_TOKEN) as u64)
 }
 
 fn saturate(n: u64) -> u32 {
@@ -823,6 +812,7 @@ mod sse {
 mod tests {
     use super::sse::SseDecoder;
     use super::*;
+    use crate::core::GenParams;
 
     fn push_all(decoder: &mut SseDecoder, pieces: &[&[u8]]) -> Vec<String> {
         pieces.iter().flat_map(|p| decoder.push(p).unwrap()).collect()
@@ -925,9 +915,7 @@ mod tests {
         let request = ChatRequest {
             model: "m".into(),
             messages: vec![ChatMessage::new("user", "hi")],
-            max_tokens: Some(5),
-            temperature: None,
-            json: true,
+            params: GenParams { max_tokens: Some(5), json: true, ..Default::default() },
             ..Default::default()
         };
         let body: serde_json::Value = serde_json::from_slice(&request_body(&request, true).unwrap()).unwrap();
@@ -942,7 +930,7 @@ mod tests {
                 "response_format": {"type": "json_object"},
             })
         );
-        let plain = ChatRequest { json: false, max_tokens: None, ..request };
+        let plain = ChatRequest { params: GenParams::default(), ..request };
         let body: serde_json::Value = serde_json::from_slice(&request_body(&plain, false).unwrap()).unwrap();
         assert_eq!(
             body,
@@ -955,9 +943,6 @@ mod tests {
         let request = ChatRequest {
             model: "m".into(),
             messages: vec![ChatMessage::new("user", "12345678")],
-            max_tokens: None,
-            temperature: None,
-            json: false,
             ..Default::default()
         };
         let r = finish(&request, "abcde".into(), None, None, None, None);

@@ -13,14 +13,15 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::envelope::{Reply, Timings, ValidTask};
-use super::ingress::{ClientAddr, Replier};
-use crate::agents::task::{ErrorCode, Task, TaskError};
+use super::reply::{ClientAddr, Replier};
+use crate::core::{ErrorCode, Event, Schedule, Task, TaskError, TaskOutput};
+use crate::routing::router::{known_models, resolve_model};
 use crate::supervisor::Fleet;
 use crate::supervisor::state::AgentState;
 
@@ -217,6 +218,22 @@ impl Dispatcher {
         }
     }
 
+    /// A task's `model` must name something a backend serves.
+    fn check_model(&self, task: &ValidTask) -> Result<(), TaskError> {
+        let Some(model) = &task.model else { return Ok(()) };
+        let settings = &self.fleet.ctx().settings;
+        match resolve_model(&settings.backends, &settings.models_dir, model) {
+            Some(_) => Ok(()),
+            None => Err(TaskError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "field model: {model:?} is not served here; known: {} (or a GGUF file in models_dir)",
+                    known_models(&settings.backends).join(", ")
+                ),
+            )),
+        }
+    }
+
     async fn admit(&mut self, client: ClientAddr, mut task: ValidTask, received: Instant) {
         let id = task.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         task.id = Some(id.clone());
@@ -229,6 +246,9 @@ impl Dispatcher {
             Ok(a) => a,
             Err(e) => return self.reject(&client, Some(id), None, e).await,
         };
+        if let Err(e) = self.check_model(&task) {
+            return self.reject(&client, Some(id), Some(agent), e).await;
+        }
         if self.queued_total >= self.fleet.ctx().settings.bus.max_queue {
             let e = TaskError::new(
                 ErrorCode::Busy,
@@ -237,10 +257,12 @@ impl Dispatcher {
             return self.reject(&client, Some(id), Some(agent), e).await;
         }
         let ctx = self.fleet.ctx();
-        ctx.events.publish(
-            "task.accepted",
-            json!({"id": id, "agent": agent, "type": task.task_type, "priority": task.priority}),
-        );
+        ctx.events.emit(Event::TaskAccepted {
+            id: id.clone(),
+            agent: agent.clone(),
+            task_type: task.task_type.clone(),
+            priority: task.priority,
+        });
         let limit = ctx.catalog.get(&agent).map(|s| s.max_concurrency as usize).unwrap_or(16).max(1);
         self.seq += 1;
         let deadline = task.deadline_ms.map(|ms| received + Duration::from_millis(ms));
@@ -370,7 +392,12 @@ impl Dispatcher {
     ) {
         let ctx = self.fleet.ctx();
         ctx.metrics.bad_requests.with_label_values(&[e.code.as_str()]).inc();
-        ctx.events.publish("task.failed", json!({"id": id, "agent": agent, "code": e.code.as_str()}));
+        ctx.events.emit(Event::TaskFailed {
+            id: id.clone(),
+            agent: agent.clone(),
+            code: e.code.as_str(),
+            cancelled: false,
+        });
         self.replier.send(client, Reply::error(Some(id), agent, e, timings).to_bytes()).await;
     }
 }
@@ -388,14 +415,13 @@ async fn execute(
     let ctx = fleet.ctx().clone();
     let id = key.1.clone();
     let mut timings = Timings { queue: received.elapsed().as_secs_f64() * 1e3, ..Default::default() };
-    let receipt_slot: Arc<parking_lot::Mutex<Option<crate::store::receipts::Receipt>>> = Default::default();
     let limit = async {
         match deadline {
             Some(d) => tokio::time::sleep_until(d.into()).await,
             None => std::future::pending().await,
         }
     };
-    let result: Result<Value, TaskError> = async {
+    let result: Result<TaskOutput, TaskError> = async {
         tokio::pin!(limit);
         if ctx.state(&agent) != Some(AgentState::Running) {
             let t0 = Instant::now();
@@ -411,7 +437,6 @@ async fn execute(
             .clone()
             .unwrap_or_else(|| ctx.catalog.get(&agent).and_then(|s| s.handles.first().cloned()).unwrap_or_default());
         let (chunk_tx, mut chunk_rx) = mpsc::unbounded_channel::<String>();
-        let receipt = receipt_slot.clone();
         let forward = task.stream.then(|| {
             let (replier, client, id) = (replier.clone(), client.clone(), id.clone());
             tokio::spawn(async move {
@@ -431,12 +456,12 @@ async fn execute(
             chunks: task.stream.then_some(chunk_tx),
             cancel: token.clone(),
             session: task.session.clone(),
+            user: task.user.clone(),
+            model: task.model.clone(),
             prefer: task.prefer,
             complexity: task.complexity,
             queue_ms: timings.queue + timings.start,
-            receipt: receipt.clone(),
-            priority: task.priority,
-            push_to_front: task.push_to_front,
+            schedule: Schedule { priority: task.priority, push_to_front: task.push_to_front },
         };
         let t0 = Instant::now();
         let answer = tokio::select! {
@@ -457,20 +482,27 @@ async fn execute(
     }
     .await;
     timings.total = received.elapsed().as_secs_f64() * 1e3;
-    let route = receipt_slot.lock().take();
-    if let Some(r) = &route {
+    let route = match &result {
+        Ok(out) => out.route.as_ref(),
+        Err(e) => e.route.as_deref(),
+    };
+    if let Some(r) = route {
         timings.route = r.decide_us / 1e3;
     }
     let route = route.and_then(|r| serde_json::to_value(r).ok());
     ctx.metrics.task_duration.with_label_values(&[&agent]).observe(timings.total / 1e3);
     let reply = match result {
-        Ok(output) => {
-            ctx.events.publish("task.completed", json!({"id": id, "agent": agent, "total_ms": timings.total}));
-            Reply { route, ..Reply::ok(id.clone(), agent.clone(), output, timings) }
+        Ok(out) => {
+            ctx.events.emit(Event::TaskCompleted { id: id.clone(), agent: agent.clone(), total_ms: timings.total });
+            Reply { route, ..Reply::ok(id.clone(), agent.clone(), out.output, timings) }
         }
         Err(e) => {
-            let topic = if e.code == ErrorCode::Cancelled { "task.cancelled" } else { "task.failed" };
-            ctx.events.publish(topic, json!({"id": id, "agent": agent, "code": e.code.as_str()}));
+            ctx.events.emit(Event::TaskFailed {
+                id: id.clone(),
+                agent: Some(agent.clone()),
+                code: e.code.as_str(),
+                cancelled: e.code == ErrorCode::Cancelled,
+            });
             tracing::info!(task_id = %id, agent, code = e.code.as_str(), error = %e.message, "task failed");
             Reply { route, ..Reply::error(Some(id.clone()), Some(agent.clone()), e, Some(timings)) }
         }

@@ -6,8 +6,8 @@
 //!
 //! ```json
 //! {"id": "c-1", "type": "utils.echo", "input": "hi", "agent": null, "priority": 5,
-//!  "complexity": null, "prefer": null, "session": null, "deadline_ms": 30000,
-//!  "stream": false, "metadata": {}}
+//!  "complexity": null, "prefer": null, "session": null, "user": null, "model": null,
+//!  "deadline_ms": 30000, "stream": false, "push_to_front": false, "metadata": {}}
 //! ```
 //!
 //! Cancel: `{"cancel": "<task id>"}` (optionally with its own `"id"`).
@@ -20,12 +20,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::agents::task::{ErrorCode, TaskError};
+use crate::core::{ErrorCode, TaskError};
 
 /// Longest accepted client task id, characters.
 pub const MAX_ID_CHARS: usize = 256;
 
-pub use crate::config::Prefer;
+pub use crate::core::Prefer;
 
 /// The typed task envelope.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -55,6 +55,14 @@ pub struct TaskEnvelope {
     /// Conversation session id.
     #[serde(default)]
     pub session: Option<String>,
+    /// Who is asking (a user id; later a token's subject). Reaches the
+    /// routing receipt.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// A backend model for this task's model calls: a backend name, a
+    /// backend's model, or a GGUF file in `models_dir`.
+    #[serde(default)]
+    pub model: Option<String>,
     /// Milliseconds from receipt until the answer is due.
     #[serde(default)]
     pub deadline_ms: Option<i64>,
@@ -107,6 +115,10 @@ pub struct ValidTask {
     pub prefer: Option<Prefer>,
     /// Session.
     pub session: Option<String>,
+    /// Who is asking.
+    pub user: Option<String>,
+    /// The backend model asked for (checked by the dispatcher).
+    pub model: Option<String>,
     /// Milliseconds until due.
     pub deadline_ms: Option<u64>,
     /// Streaming wanted.
@@ -216,6 +228,8 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Request, Rejected> {
         return Err(invalid("field type: missing (give type, or agent, or both)".into()));
     }
     let session = non_empty("session", env.session)?;
+    let user = non_empty("user", env.user)?;
+    let model = non_empty("model", env.model)?;
     Ok(Request::Task(ValidTask {
         id: id.clone(),
         task_type,
@@ -225,6 +239,8 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Request, Rejected> {
         complexity: env.complexity,
         prefer: env.prefer,
         session,
+        user,
+        model,
         deadline_ms,
         stream: env.stream,
         push_to_front: env.push_to_front,

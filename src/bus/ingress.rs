@@ -8,73 +8,20 @@
 //! usually send `[identity][body]` and get replies the same way.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use zeromq::{RouterRecvHalf, RouterSendHalf, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{RouterRecvHalf, SocketRecv};
 
 use super::dispatch::Cmd;
 use super::envelope::{self, Reply, Request};
-use crate::agents::task::{ErrorCode, TaskError};
-use crate::supervisor::context::FleetCtx;
-
-/// Where a reply goes.
-#[derive(Debug, Clone)]
-pub struct ClientAddr {
-    /// The ROUTER identity frame of the client's connection.
-    pub identity: Bytes,
-    /// The client sent an empty delimiter frame (REQ): replies carry one too.
-    pub delimited: bool,
-}
-
-/// Sends replies to clients; cheap to clone.
-#[derive(Clone)]
-pub struct Replier {
-    half: RouterSendHalf,
-    ctx: Arc<FleetCtx>,
-    timeout: Duration,
-}
-
-impl Replier {
-    /// A replier over the send half of the ROUTER socket.
-    pub fn new(half: RouterSendHalf, ctx: Arc<FleetCtx>) -> Replier {
-        let timeout = Duration::from_millis(ctx.settings.bus.send_timeout_ms.max(1));
-        Replier { half, ctx, timeout }
-    }
-
-    /// Sends `body` to `client`. A reply that cannot be handed over within
-    /// `bus.send_timeout_ms` or whose client is gone is dropped, logged and
-    /// counted (`agentvisor_bus_replies_dropped_total`).
-    pub async fn send(&self, client: &ClientAddr, body: Vec<u8>) {
-        let mut frames: Vec<Bytes> = Vec::with_capacity(3);
-        frames.push(client.identity.clone());
-        if client.delimited {
-            frames.push(Bytes::new());
-        }
-        frames.push(Bytes::from(body));
-        let Ok(msg) = ZmqMessage::try_from(frames) else { return };
-        let mut half = self.half.clone();
-        let reason = match tokio::time::timeout(self.timeout, half.send(msg)).await {
-            Ok(Ok(())) => {
-                self.ctx.metrics.bus_messages.with_label_values(&["out"]).inc();
-                return;
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "reply to a gone client dropped");
-                "peer_gone"
-            }
-            Err(_) => {
-                tracing::warn!(timeout_ms = self.timeout.as_millis() as u64, "reply dropped: client too slow");
-                "timeout"
-            }
-        };
-        self.ctx.metrics.replies_dropped.with_label_values(&[reason]).inc();
-    }
-}
+use super::reply::{ClientAddr, Replier};
+use crate::core::{ErrorCode, TaskError};
+use crate::supervisor::AgentTable;
 
 /// Receives messages until the socket closes or the dispatcher is gone.
-pub async fn run(mut rx: RouterRecvHalf, replier: Replier, ctx: Arc<FleetCtx>, tx: mpsc::UnboundedSender<Cmd>) {
+pub async fn run(mut rx: RouterRecvHalf, replier: Replier, ctx: Arc<AgentTable>, tx: mpsc::UnboundedSender<Cmd>) {
     let max = ctx.settings.bus.max_message_bytes;
     loop {
         let msg = match rx.recv().await {

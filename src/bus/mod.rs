@@ -3,19 +3,22 @@
 //!
 //! Data flow: [`ingress`] (frames → [`envelope`] decode) → [`dispatch`]
 //! (admission queue by priority, agent resolution, on-demand start, the
-//! agent's work, the reply) → back through [`ingress::Replier`];
+//! agent's work, the reply) → back through [`reply::Replier`];
 //! [`publisher`] forwards the event stream. [`client`] is the other end,
 //! used by the CLI (`send`, `events`, `bench`).
 //!
-//! The sockets belong to the RequestCoordinator agent: they are bound in
-//! its start hook and closed when it stops, so a crash of the coordinator
-//! rebinds them on restart.
+//! The sockets belong to the RequestCoordinator agent ([`coordinator`],
+//! registered by the composition root: the agent layer knows nothing of
+//! ZeroMQ): they are bound in its start hook and closed when it stops, so a
+//! crash of the coordinator rebinds them on restart.
 
 pub mod client;
+pub mod coordinator;
 pub mod dispatch;
 pub mod envelope;
 pub mod ingress;
 pub mod publisher;
+pub mod reply;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +26,8 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use zeromq::{PubSocket, RouterSocket, Socket, SocketEvent};
 
-use crate::supervisor::context::FleetCtx;
+use crate::supervisor::Fleet;
+pub use coordinator::BusStatus;
 use dispatch::{Cmd, Dispatcher, Gauges};
 
 /// Errors of the bus.
@@ -37,9 +41,6 @@ pub enum BusError {
         /// The socket error.
         reason: String,
     },
-    /// The fleet is gone (shutting down).
-    #[error("the fleet is shutting down")]
-    NoFleet,
 }
 
 /// The running bus: its tasks and bound endpoints.
@@ -74,15 +75,15 @@ impl Bus {
     ///
     /// # Errors
     /// [`BusError::Bind`] when an endpoint is taken or invalid.
-    pub async fn start(ctx: Arc<FleetCtx>) -> Result<Bus, BusError> {
-        let fleet = ctx.fleet().ok_or(BusError::NoFleet)?;
+    pub async fn start(fleet: Fleet) -> Result<Bus, BusError> {
+        let ctx = fleet.ctx().clone();
         let mut router = RouterSocket::new();
         let ingress = bind(&mut router, &ctx.settings.bus.ingress).await?;
         let mut publisher = PubSocket::new();
         let events = bind(&mut publisher, &ctx.settings.bus.events).await?;
         let mut monitor = router.monitor();
         let (send_half, recv_half) = router.split();
-        let replier = ingress::Replier::new(send_half, ctx.clone());
+        let replier = reply::Replier::new(send_half, ctx.clone());
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let gauges = Arc::new(Gauges::default());
         let mut tasks = JoinSet::new();

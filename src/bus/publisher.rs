@@ -10,17 +10,21 @@ use bytes::Bytes;
 use tokio::sync::broadcast::error::RecvError;
 use zeromq::{PubSocket, SocketSend, ZmqMessage};
 
-use crate::events::Event;
-use crate::supervisor::context::FleetCtx;
+use crate::events::Published;
+use crate::supervisor::AgentTable;
 
 /// Encodes one event as its two frames.
-pub fn frames(event: &Event) -> Option<ZmqMessage> {
+pub fn frames(event: &Published) -> Option<ZmqMessage> {
     let json = serde_json::to_vec(event).ok()?;
     ZmqMessage::try_from(vec![Bytes::from_static(event.topic.as_bytes()), Bytes::from(json)]).ok()
 }
 
 /// Publishes events until the event bus closes.
-pub async fn run(mut socket: PubSocket, mut rx: tokio::sync::broadcast::Receiver<Arc<Event>>, ctx: Arc<FleetCtx>) {
+pub async fn run(
+    mut socket: PubSocket,
+    mut rx: tokio::sync::broadcast::Receiver<Arc<Published>>,
+    ctx: Arc<AgentTable>,
+) {
     loop {
         match rx.recv().await {
             Ok(event) => {

@@ -57,6 +57,8 @@ pub struct Settings {
     pub bus: BusSettings,
     /// On-demand starts.
     pub lazy_loader: LazyLoaderSettings,
+    /// Task calls between agents.
+    pub tasks: TaskSettings,
     /// Supervision defaults.
     pub supervisor: SupervisorSettings,
     /// Hybrid routing rules, tiers, failover and circuit breakers.
@@ -88,6 +90,7 @@ impl Default for Settings {
             http: HttpSettings::default(),
             bus: BusSettings::default(),
             lazy_loader: LazyLoaderSettings::default(),
+            tasks: TaskSettings::default(),
             supervisor: SupervisorSettings::default(),
             agent_commands: BTreeMap::new(),
             backends: default_backends(),
@@ -97,6 +100,35 @@ impl Default for Settings {
             log: LogSettings::default(),
             testing: TestingSettings::default(),
         }
+    }
+}
+
+/// The default model: SmolLM2-135M-Instruct, Q4_1 GGUF (DESIGN §6); a
+/// model's name is its file name without `.gguf`.
+pub const DEFAULT_MODEL_NAME: &str = "SmolLM2-135M-Instruct.Q4_1";
+
+/// `tasks:` — how long a task may run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskSettings {
+    /// Seconds a task without a deadline may take, end to end: an agent's
+    /// call to another agent, and an llm agent's model call (the embedded
+    /// and HTTP backends have their own `total_timeout_secs` inside it).
+    /// 300 s, the longest default backend timeout, so a slow local model is
+    /// not cut short by its caller.
+    pub call_timeout_secs: f64,
+}
+
+impl Default for TaskSettings {
+    fn default() -> Self {
+        TaskSettings { call_timeout_secs: 300.0 }
+    }
+}
+
+impl TaskSettings {
+    /// `call_timeout_secs` as a duration (at least 1 ms).
+    pub fn call_timeout(&self) -> std::time::Duration {
+        std::time::Duration::try_from_secs_f64(self.call_timeout_secs.max(0.001)).unwrap_or(std::time::Duration::MAX)
     }
 }
 
@@ -200,15 +232,7 @@ impl Default for SupervisorSettings {
     }
 }
 
-/// A user's routing preference (`prefer` in the task envelope and in rules).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Prefer {
-    /// Local models.
-    Local,
-    /// Cloud APIs.
-    Cloud,
-}
+pub use crate::core::Prefer;
 
 /// `routing:` — how HybridRouter picks a tier and a backend (DESIGN §5;
 /// defaults from the earlier system's hybrid routing rules).
@@ -441,10 +465,7 @@ fn default_backends() -> BTreeMap<String, BackendSettings> {
     };
     let openai = Some("https://api.openai.com/v1");
     BTreeMap::from([
-        (
-            "local".to_string(),
-            backend(BackendKind::Embedded, Tier::L1, crate::models::DEFAULT_MODEL_NAME, None, true, 8192),
-        ),
+        ("local".to_string(), backend(BackendKind::Embedded, Tier::L1, DEFAULT_MODEL_NAME, None, true, 8192)),
         ("cloud_fast".to_string(), backend(BackendKind::Openai, Tier::L2, "gpt-4o-mini", openai, false, 128_000)),
         ("cloud_large".to_string(), backend(BackendKind::Openai, Tier::L3, "gpt-4.1", openai, false, 1_000_000)),
     ])
@@ -623,14 +644,6 @@ impl Settings {
         };
         local_tcp(&self.http.listen) && local_bus(&self.bus.ingress) && local_bus(&self.bus.events)
     }
-
-    /// The project root: the parent of `agents_dir` (process agents run here).
-    pub fn project_root(&self) -> PathBuf {
-        match self.agents_dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -654,7 +667,7 @@ mod tests {
         let s = Settings::default();
         let local = &s.backends["local"];
         assert_eq!((local.kind, local.tier, local.enabled), (BackendKind::Embedded, Tier::L1, true));
-        assert_eq!(local.model, crate::models::DEFAULT_MODEL_NAME);
+        assert_eq!(local.model, DEFAULT_MODEL_NAME);
         for (name, tier) in [("cloud_fast", Tier::L2), ("cloud_large", Tier::L3)] {
             let b = &s.backends[name];
             assert_eq!((b.kind, b.tier, b.enabled), (BackendKind::Openai, tier, false), "{name}");

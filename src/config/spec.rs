@@ -209,6 +209,14 @@ impl RuntimeSpec {
 }
 
 impl AgentSpec {
+    /// The builtin behaviour this agent runs: `runtime.behaviour`, else its name.
+    pub fn behaviour_name(&self) -> &str {
+        match &self.runtime {
+            RuntimeSpec::Builtin { behaviour: Some(b) } => b,
+            _ => &self.name,
+        }
+    }
+
     /// `true` when the agent starts only on demand.
     pub fn on_demand(&self) -> bool {
         !self.required

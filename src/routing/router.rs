@@ -6,9 +6,12 @@
 //! circuit breakers), `Status` (breaker states, for `/v1/models` and tests).
 //!
 //! State: the compiled [`Policy`], one [`CircuitBreaker`] per backend, the
-//! backends themselves. The handler only decides (microseconds); the HTTP
-//! calls run in tracked tasks that report each backend's outcome back, so a
-//! slow backend never blocks other decisions.
+//! backends themselves. A call has three steps, one function each:
+//! [`RouterState::decide`] in the handler (microseconds), then
+//! [`run_chain`] in a tracked task (the backend calls, failover, the
+//! breakers' outcomes sent back to the actor), then [`finish`] (the
+//! receipt stored, published and counted). A slow backend never blocks
+//! other decisions.
 //!
 //! Receipts: every call, answered or not, leaves a [`Receipt`] — stored in
 //! SQLite (`receipts`), published as `route.decided`, and returned to the
@@ -16,9 +19,12 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -26,14 +32,67 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::CircuitBreaker;
-use super::policy::{DEGRADE_TO_TINY, Policy, RouteInput, tier_str};
-use crate::agents::task::{ErrorCode, TaskError};
+use super::policy::{DEGRADE_TO_TINY, Decision, Policy, RouteInput, tier_str};
 use crate::backends::embedded::EmbeddedBackend;
 use crate::backends::openai::OpenAiBackend;
-use crate::backends::{BackendErrorKind, ChatBackend, ChatMessage, ChatRequest, ChatResponse};
-use crate::config::{BackendKind, Prefer};
-use crate::store::receipts::{self, Receipt};
-use crate::supervisor::context::FleetCtx;
+use crate::backends::{BackendError, BackendErrorKind, ChatBackend};
+use crate::config::{BackendKind, BackendSettings, RoutingSettings, Tier};
+use crate::core::chat::estimate_messages;
+use crate::core::{
+    ChatMessage, ChatRequest, ChatResponse, ErrorCode, Event, GenParams, Prefer, Receipt, Schedule, TaskError,
+};
+use crate::events::EventBus;
+use crate::models::manager::ModelManager;
+use crate::store::Store;
+use crate::store::receipts;
+use crate::telemetry::metrics::Metrics;
+
+/// The machine's CPU load as SystemDigitalTwin last measured it, shared with
+/// the router (a routing input). Cheap to clone.
+#[derive(Clone)]
+pub struct LoadProbe(Arc<AtomicU64>);
+
+impl Default for LoadProbe {
+    fn default() -> LoadProbe {
+        LoadProbe(Arc::new(AtomicU64::new(u64::MAX)))
+    }
+}
+
+impl LoadProbe {
+    /// Records the CPU load, percent.
+    pub fn set_percent(&self, percent: f64) {
+        self.0.store((percent.clamp(0.0, 100.0) * 100.0) as u64, Ordering::Relaxed);
+    }
+
+    /// The latest CPU load, percent; `None` until it was measured.
+    pub fn percent(&self) -> Option<f64> {
+        match self.0.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            v => Some(v as f64 / 100.0),
+        }
+    }
+}
+
+/// What the router needs from the daemon (given by the composition root).
+#[derive(Clone)]
+pub struct RouterArgs {
+    /// Routing rules, tiers, failover, breakers.
+    pub routing: RoutingSettings,
+    /// Backends by name.
+    pub backends: BTreeMap<String, BackendSettings>,
+    /// `models_dir`, to accept a GGUF file name as a model.
+    pub models_dir: PathBuf,
+    /// The local model manager (embedded backends, free memory, tiny model).
+    pub models: Arc<ModelManager>,
+    /// CPU load.
+    pub load: LoadProbe,
+    /// Receipts go here.
+    pub store: Store,
+    /// `route.decided`.
+    pub events: EventBus,
+    /// Routing and backend metrics.
+    pub metrics: Metrics,
+}
 
 /// Actor name of the router (prefixed like every actor name).
 pub const ROUTER_NAME: &str = "HybridRouter";
@@ -53,26 +112,18 @@ pub struct ModelCall {
     pub agent_complexity: f64,
     /// The user's preference.
     pub prefer: Option<Prefer>,
-    /// Use exactly this backend (gateway `model` naming a backend).
+    /// Who asked (the envelope's or the `/v1` request's `user`), for the receipt.
+    pub user: Option<String>,
+    /// Use exactly this backend (a `model` naming a backend, or its model).
     pub backend: Option<String>,
-    /// Model override (gateway `model` naming a model).
+    /// Model override (a `model` naming a model of that backend or a GGUF file).
     pub model: Option<String>,
     /// The conversation, system prompt first.
     pub messages: Vec<ChatMessage>,
-    /// Most tokens in the answer.
-    pub max_tokens: Option<u32>,
-    /// Temperature.
-    pub temperature: Option<f32>,
-    /// Ask for a JSON object.
-    pub json: bool,
-    /// The JSON schema of the answer (the embedded backend enforces it).
-    pub json_schema: Option<Value>,
-    /// Nucleus sampling mass.
-    pub top_p: Option<f32>,
-    /// Task priority 0–9.
-    pub priority: u8,
-    /// Serve before every queued local request.
-    pub push_to_front: bool,
+    /// Sampling and length.
+    pub params: GenParams,
+    /// Local queue position.
+    pub schedule: Schedule,
     /// Streamed text deltas go here.
     pub deltas: Option<mpsc::UnboundedSender<String>>,
     /// Cancels the HTTP call.
@@ -119,7 +170,7 @@ pub struct HybridRouter;
 
 /// State of the router.
 pub struct RouterState {
-    ctx: Arc<FleetCtx>,
+    args: RouterArgs,
     policy: Arc<Policy>,
     backends: BTreeMap<String, Arc<dyn ChatBackend>>,
     breakers: BTreeMap<String, CircuitBreaker>,
@@ -131,35 +182,28 @@ pub struct RouterState {
 impl Actor for HybridRouter {
     type Msg = RouterMsg;
     type State = RouterState;
-    type Arguments = Arc<FleetCtx>;
+    type Arguments = RouterArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<RouterMsg>,
-        ctx: Arc<FleetCtx>,
+        args: RouterArgs,
     ) -> Result<RouterState, ActorProcessingErr> {
-        let settings = &ctx.settings;
-        let policy = Policy::new(&settings.routing, &settings.backends)?;
+        let policy = Policy::new(&args.routing, &args.backends)?;
         let mut backends: BTreeMap<String, Arc<dyn ChatBackend>> = BTreeMap::new();
         let mut breakers = BTreeMap::new();
-        for (name, b) in settings.backends.iter().filter(|(_, b)| b.enabled) {
-            match b.kind {
-                BackendKind::Openai => {
-                    backends.insert(name.clone(), Arc::new(OpenAiBackend::new(name, b)?));
-                    breakers.insert(name.clone(), CircuitBreaker::new(&settings.routing.breaker));
-                }
-                BackendKind::Embedded => {
-                    backends.insert(name.clone(), Arc::new(EmbeddedBackend::new(name, b, ctx.models.clone())));
-                    breakers.insert(name.clone(), CircuitBreaker::new(&settings.routing.breaker));
-                }
-            }
+        for (name, b) in args.backends.iter().filter(|(_, b)| b.enabled) {
+            let backend: Arc<dyn ChatBackend> = match b.kind {
+                BackendKind::Openai => Arc::new(OpenAiBackend::new(name, b)?),
+                BackendKind::Embedded => Arc::new(EmbeddedBackend::new(name, b, args.models.clone())),
+            };
+            backends.insert(name.clone(), backend);
+            breakers.insert(name.clone(), CircuitBreaker::new(&args.routing.breaker));
         }
         tracing::info!(backends = ?backends.keys().collect::<Vec<_>>(), "HybridRouter ready");
-        let has_embedded_l1 = settings
-            .backends
-            .values()
-            .any(|b| b.enabled && b.kind == BackendKind::Embedded && b.tier == crate::config::Tier::L1);
-        Ok(RouterState { ctx, policy: Arc::new(policy), backends, breakers, calls: JoinSet::new(), has_embedded_l1 })
+        let has_embedded_l1 =
+            args.backends.values().any(|b| b.enabled && b.kind == BackendKind::Embedded && b.tier == Tier::L1);
+        Ok(RouterState { args, policy: Arc::new(policy), backends, breakers, calls: JoinSet::new(), has_embedded_l1 })
     }
 
     async fn post_stop(&self, _myself: ActorRef<RouterMsg>, state: &mut RouterState) -> Result<(), ActorProcessingErr> {
@@ -185,14 +229,13 @@ impl Actor for HybridRouter {
                         None => b.on_abandoned(),
                     }
                     let state = b.state(now);
-                    st.ctx.metrics.breaker_state.with_label_values(&[&backend]).set(state as i64);
+                    st.args.metrics.breaker_state.with_label_values(&[&backend]).set(state as i64);
                 }
             }
             RouterMsg::Status(reply) => {
                 let now = Instant::now();
                 let list: Vec<Value> = st
-                    .ctx
-                    .settings
+                    .args
                     .backends
                     .iter()
                     .map(|(name, b)| {
@@ -209,55 +252,59 @@ impl Actor for HybridRouter {
     }
 }
 
-fn now_unix() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
-
-/// Rough token estimate (4 characters per token) for the routing input.
-fn estimate_tokens(messages: &[ChatMessage]) -> u32 {
-    (messages.iter().map(|m| m.content.len()).sum::<usize>() / 4) as u32
+/// What the call task needs of the router, copied out of its state.
+struct ChainRun {
+    call: ModelCall,
+    /// Backends of the decision's chain with their breaker permits.
+    chain: Vec<(String, Arc<dyn ChatBackend>, bool)>,
+    receipt: Receipt,
+    pre_degraded: bool,
+    degrade_on_exhaustion: bool,
+    args: RouterArgs,
 }
 
 impl RouterState {
-    fn call(
-        &mut self,
-        myself: ActorRef<RouterMsg>,
-        call: ModelCall,
-        reply: RpcReplyPort<Result<ModelAnswer, ModelFailure>>,
-    ) {
+    /// Step 1: the routing decision and the receipt's first fields. On
+    /// `Err` the receipt says why no backend can serve the call.
+    fn decide(&mut self, call: &ModelCall) -> Result<(Decision, Receipt), ModelFailure> {
         let t0 = Instant::now();
-        let now = Instant::now();
         let mut input = RouteInput::new(&call.task_type, call.agent_complexity);
         input.complexity = call.complexity;
         input.prefer = call.prefer;
-        input.context_tokens = estimate_tokens(&call.messages);
-        input.local_load_percent = self.ctx.system_load_percent();
+        input.context_tokens = estimate_messages(&call.messages);
+        input.local_load_percent = self.args.load.percent();
         if self.has_embedded_l1 {
-            input.free_model_memory_bytes = self.ctx.models.reading().map(|r| r.free_bytes);
+            input.free_model_memory_bytes = self.args.models.reading().map(|r| r.free_bytes);
         }
         let breakers = RefCell::new(&mut self.breakers);
-        let decision = match &call.backend {
-            Some(forced) => self
-                .policy
-                .decide(&input, &|b| b == forced && breakers.borrow().get(b).is_some_and(|br| br.would_allow(now))),
-            None => self.policy.decide(&input, &|b| breakers.borrow().get(b).is_some_and(|br| br.would_allow(now))),
+        let allowed = |b: &str| {
+            call.backend.as_deref().is_none_or(|forced| forced == b)
+                && breakers.borrow().get(b).is_some_and(|br| br.would_allow(t0))
         };
+        let decision = self.policy.decide(&input, &allowed);
         let decide_us = t0.elapsed().as_secs_f64() * 1e6;
-        self.ctx.metrics.route_decide_seconds.observe(decide_us / 1e6);
+        self.args.metrics.route_decide_seconds.observe(decide_us / 1e6);
         let mut receipt = Receipt {
-            ts: now_unix(),
+            ts: crate::core::unix_time(),
             task_id: call.task_id.clone(),
             agent: call.agent.clone(),
+            user: call.user.clone(),
             task_type: call.task_type.clone(),
             decide_us,
             queue_ms: call.queue_ms,
             ..Default::default()
         };
-        let decision = match decision {
-            Ok(d) => d,
+        match decision {
+            Ok(d) => {
+                receipt.tier = tier_str(d.tier).to_string();
+                receipt.complexity = d.complexity;
+                receipt.reason = d.reason.clone();
+                receipt.fallbacks = d.fallbacks.clone();
+                Ok((d, receipt))
+            }
             Err(e) => {
                 let open: Vec<String> =
-                    self.breakers.iter().filter(|(_, b)| !b.would_allow(now)).map(|(n, _)| n.clone()).collect();
+                    self.breakers.iter().filter(|(_, b)| !b.would_allow(t0)).map(|(n, _)| n.clone()).collect();
                 receipt.tier = "none".into();
                 receipt.reason = e.to_string();
                 receipt.fallbacks = open.iter().map(|n| format!("skip_open_breaker:{n}")).collect();
@@ -270,169 +317,174 @@ impl RouterState {
                 } else {
                     e.to_string()
                 };
-                let failure =
-                    ModelFailure { error: TaskError::new(ErrorCode::NoBackend, hint), receipt: Some(receipt.clone()) };
-                self.finish_later(receipt);
+                Err(ModelFailure { error: TaskError::new(ErrorCode::NoBackend, hint), receipt: Some(receipt) })
+            }
+        }
+    }
+
+    fn call(
+        &mut self,
+        myself: ActorRef<RouterMsg>,
+        call: ModelCall,
+        reply: RpcReplyPort<Result<ModelAnswer, ModelFailure>>,
+    ) {
+        let (decision, receipt) = match self.decide(&call) {
+            Ok(d) => d,
+            Err(failure) => {
+                if let Some(r) = failure.receipt.clone() {
+                    let args = self.args.clone();
+                    self.calls.spawn(async move { finish(&args, r).await });
+                }
                 let _ = reply.send(Err(failure));
                 return;
             }
         };
-        receipt.tier = tier_str(decision.tier).to_string();
-        receipt.complexity = decision.complexity;
-        receipt.reason = decision.reason.clone();
-        receipt.fallbacks = decision.fallbacks.clone();
         // Take the breakers' permission (marks a half-open probe) as we go.
-        let chain: Vec<(String, Arc<dyn ChatBackend>)> = decision
+        let now = Instant::now();
+        let chain = decision
             .chain
             .iter()
             .filter_map(|name| self.backends.get(name).map(|b| (name.clone(), b.clone())))
-            .collect();
-        let ctx = self.ctx.clone();
-        let prices: BTreeMap<String, (f64, f64, String)> = chain
-            .iter()
-            .filter_map(|(n, _)| {
-                ctx.settings
-                    .backends
-                    .get(n)
-                    .map(|b| (n.clone(), (b.price_per_1k_input_usd, b.price_per_1k_output_usd, b.model.clone())))
+            .map(|(n, b)| {
+                let permitted = self.breakers.get_mut(&n).is_some_and(|br| br.allow(now));
+                (n, b, permitted)
             })
             .collect();
-        let permits: Vec<bool> =
-            chain.iter().map(|(n, _)| self.breakers.get_mut(n).is_some_and(|b| b.allow(now))).collect();
-        let kinds: BTreeMap<String, BackendKind> =
-            chain.iter().filter_map(|(n, _)| ctx.settings.backends.get(n).map(|b| (n.clone(), b.kind))).collect();
-        let pre_degraded = decision.fallbacks.iter().any(|f| f == DEGRADE_TO_TINY);
-        let degrade_on_exhaustion = ctx.settings.routing.failover.vram_exhausted == DEGRADE_TO_TINY;
+        let run = ChainRun {
+            call,
+            chain,
+            receipt,
+            pre_degraded: decision.fallbacks.iter().any(|f| f == DEGRADE_TO_TINY),
+            degrade_on_exhaustion: self.args.routing.failover.vram_exhausted == DEGRADE_TO_TINY,
+            args: self.args.clone(),
+        };
         self.calls.spawn(async move {
-            let tiny = if pre_degraded { ctx.models.tiny_model().await } else { None };
-            let t_call = Instant::now();
-            let mut attempts = 0;
-            let mut last_error: Option<TaskError> = None;
-            let streamed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            // Backends whose breaker let us through but that we never call
-            // (an earlier one answered) give their half-open probe back.
-            let give_back = |rest: &[(String, bool)]| {
-                for (name, permitted) in rest {
-                    if *permitted {
-                        let _ = myself.cast(RouterMsg::Outcome { backend: name.clone(), success: None });
-                    }
-                }
-            };
-            let untried: Vec<(String, bool)> =
-                chain.iter().map(|(n, _)| n.clone()).zip(permits.iter().copied()).collect();
-            for (i, ((name, backend), permitted)) in chain.into_iter().zip(permits).enumerate() {
-                if !permitted {
-                    receipt.fallbacks.push(format!("skip_open_breaker:{name}"));
-                    continue;
-                }
-                if i > 0 && last_error.is_some() {
-                    receipt.fallbacks.push(format!("next_backend:{name}"));
-                }
-                let (price_in, price_out, default_model) = prices.get(&name).cloned().unwrap_or_default();
-                let mut request = ChatRequest {
-                    model: call.model.clone().unwrap_or(default_model),
-                    messages: call.messages.clone(),
-                    max_tokens: call.max_tokens,
-                    temperature: call.temperature,
-                    json: call.json,
-                    json_schema: call.json_schema.clone(),
-                    top_p: call.top_p,
-                    priority: call.priority,
-                    push_to_front: call.push_to_front,
-                    degrade: false,
-                };
-                let local = kinds.get(&name) == Some(&BackendKind::Embedded);
-                if local
-                    && pre_degraded
-                    && let Some(tiny) = tiny.as_ref()
-                {
-                    request.model = tiny.clone();
-                    request.degrade = true;
-                }
-                receipt.backend = Some(name.clone());
-                let mut result =
-                    attempt(&backend, request.clone(), call.deltas.as_ref(), &streamed, &call.cancel).await;
-                // Local memory exhausted with nothing idle to evict: the tiny model answers.
-                if local
-                    && degrade_on_exhaustion
-                    && !request.degrade
-                    && let Err(e) = &result
-                    && e.kind == BackendErrorKind::ResourceExhausted
-                    && !streamed.load(std::sync::atomic::Ordering::Acquire)
-                    && let Some(tiny) = ctx.models.tiny_model().await
-                    && tiny != request.model
-                {
-                    tracing::warn!(backend = %name, model = %request.model, tiny = %tiny, error = %e,
-                        "local model memory exhausted; degrading to the tiny model");
-                    receipt.fallbacks.push(format!("{DEGRADE_TO_TINY}:{tiny}"));
-                    request.model = tiny;
-                    request.degrade = true;
-                    result = attempt(&backend, request, call.deltas.as_ref(), &streamed, &call.cancel).await;
-                }
-                match result {
-                    Ok(resp) => {
-                        let _ = myself.cast(RouterMsg::Outcome { backend: name.clone(), success: Some(true) });
-                        attempts += resp.attempts;
-                        receipt.attempts = attempts;
-                        receipt.model = Some(resp.model.clone());
-                        receipt.tokens_in = resp.tokens_in;
-                        receipt.tokens_out = resp.tokens_out;
-                        receipt.first_token_ms = resp.first_token.map(|d| d.as_secs_f64() * 1e3);
-                        receipt.total_ms = t_call.elapsed().as_secs_f64() * 1e3;
-                        receipt.cost_usd = f64::from(resp.tokens_in) / 1000.0 * price_in
-                            + f64::from(resp.tokens_out) / 1000.0 * price_out;
-                        receipt.outcome = "ok".into();
-                        ctx.metrics.llm_tokens.with_label_values(&[&name, "in"]).inc_by(u64::from(resp.tokens_in));
-                        ctx.metrics.llm_tokens.with_label_values(&[&name, "out"]).inc_by(u64::from(resp.tokens_out));
-                        ctx.metrics.backend_requests.with_label_values(&[&name, "ok"]).inc();
-                        give_back(&untried[i + 1..]);
-                        finish(&ctx, receipt.clone()).await;
-                        let _ = reply.send(Ok(ModelAnswer { response: resp, receipt }));
-                        return;
-                    }
-                    Err(e) => {
-                        attempts += e.attempts.max(1);
-                        let success = if e.kind == BackendErrorKind::Cancelled { None } else { Some(false) };
-                        // A rejected request or a full memory says nothing about the backend's health.
-                        let counts = !matches!(
-                            e.kind,
-                            BackendErrorKind::BadRequest | BackendErrorKind::Auth | BackendErrorKind::ResourceExhausted
-                        );
-                        let _ = myself.cast(RouterMsg::Outcome {
-                            backend: name.clone(),
-                            success: if counts { success } else { None },
-                        });
-                        ctx.metrics.backend_requests.with_label_values(&[&name, e.kind.as_str()]).inc();
-                        tracing::warn!(backend = %name, error = %e, "backend call failed");
-                        let code = if e.kind == BackendErrorKind::Cancelled {
-                            ErrorCode::Cancelled
-                        } else {
-                            ErrorCode::BackendError
-                        };
-                        last_error = Some(TaskError::new(code, e.to_string()));
-                        if e.kind == BackendErrorKind::Cancelled || streamed.load(std::sync::atomic::Ordering::Acquire)
-                        {
-                            give_back(&untried[i + 1..]);
-                            break; // no failover after cancel or after part of the answer was streamed
-                        }
-                    }
-                }
-            }
-            let error = last_error.unwrap_or_else(|| {
-                TaskError::new(ErrorCode::NoBackend, "every backend of the routing chain has an open circuit breaker")
-            });
-            receipt.attempts = attempts;
-            receipt.outcome = error.code.as_str().into();
-            receipt.total_ms = t_call.elapsed().as_secs_f64() * 1e3;
-            finish(&ctx, receipt.clone()).await;
-            let _ = reply.send(Err(ModelFailure { error, receipt: Some(receipt) }));
+            let result = run_chain(run, &myself).await;
+            let _ = reply.send(result);
         });
     }
+}
 
-    fn finish_later(&mut self, receipt: Receipt) {
-        let ctx = self.ctx.clone();
-        self.calls.spawn(async move { finish(&ctx, receipt).await });
+/// Step 2: walks the chain: each permitted backend in order, the tiny
+/// model when local memory is exhausted, the next backend on a retryable
+/// failure; reports each backend's outcome to the breakers; ends with
+/// [`finish`].
+async fn run_chain(run: ChainRun, router: &ActorRef<RouterMsg>) -> Result<ModelAnswer, ModelFailure> {
+    let ChainRun { call, chain, mut receipt, pre_degraded, degrade_on_exhaustion, args } = run;
+    let models = &args.models;
+    let tiny = if pre_degraded { models.tiny_model().await } else { None };
+    let t_call = Instant::now();
+    let mut attempts = 0;
+    let mut last_error: Option<TaskError> = None;
+    let streamed = Arc::new(AtomicBool::new(false));
+    // Backends whose breaker let us through but that we never call (an
+    // earlier one answered) give their half-open probe back.
+    let give_back = |rest: &[(String, Arc<dyn ChatBackend>, bool)]| {
+        for (name, _, permitted) in rest {
+            if *permitted {
+                let _ = router.cast(RouterMsg::Outcome { backend: name.clone(), success: None });
+            }
+        }
+    };
+    for (i, (name, backend, permitted)) in chain.iter().enumerate() {
+        if !permitted {
+            receipt.fallbacks.push(format!("skip_open_breaker:{name}"));
+            continue;
+        }
+        if i > 0 && last_error.is_some() {
+            receipt.fallbacks.push(format!("next_backend:{name}"));
+        }
+        let settings = args.backends.get(name);
+        let mut request = ChatRequest {
+            model: call.model.clone().or_else(|| settings.map(|b| b.model.clone())).unwrap_or_default(),
+            messages: call.messages.clone(),
+            params: call.params.clone(),
+            schedule: call.schedule,
+            degrade: false,
+        };
+        let local = settings.is_some_and(|b| b.kind == BackendKind::Embedded);
+        if local
+            && pre_degraded
+            && let Some(tiny) = tiny.as_ref()
+        {
+            request.model = tiny.clone();
+            request.degrade = true;
+        }
+        receipt.backend = Some(name.clone());
+        let mut result = attempt(backend, request.clone(), call.deltas.as_ref(), &streamed, &call.cancel).await;
+        // Local memory exhausted with nothing idle to evict: the tiny model answers.
+        if local
+            && degrade_on_exhaustion
+            && !request.degrade
+            && let Err(e) = &result
+            && e.kind == BackendErrorKind::ResourceExhausted
+            && !streamed.load(Ordering::Acquire)
+            && let Some(tiny) = models.tiny_model().await
+            && tiny != request.model
+        {
+            tracing::warn!(backend = %name, model = %request.model, tiny = %tiny, error = %e,
+                "local model memory exhausted; degrading to the tiny model");
+            receipt.fallbacks.push(format!("{DEGRADE_TO_TINY}:{tiny}"));
+            request.model = tiny;
+            request.degrade = true;
+            result = attempt(backend, request, call.deltas.as_ref(), &streamed, &call.cancel).await;
+        }
+        match result {
+            Ok(resp) => {
+                let _ = router.cast(RouterMsg::Outcome { backend: name.clone(), success: Some(true) });
+                attempts += resp.attempts;
+                receipt.attempts = attempts;
+                answered(&mut receipt, &resp, settings, t_call.elapsed());
+                args.metrics.llm_tokens.with_label_values(&[name, "in"]).inc_by(u64::from(resp.tokens_in));
+                args.metrics.llm_tokens.with_label_values(&[name, "out"]).inc_by(u64::from(resp.tokens_out));
+                args.metrics.backend_requests.with_label_values(&[name, "ok"]).inc();
+                give_back(&chain[i + 1..]);
+                finish(&args, receipt.clone()).await;
+                return Ok(ModelAnswer { response: resp, receipt });
+            }
+            Err(e) => {
+                attempts += e.attempts.max(1);
+                let success = if e.kind == BackendErrorKind::Cancelled { None } else { Some(false) };
+                // A rejected request or a full memory says nothing about the backend's health.
+                let counts = !matches!(
+                    e.kind,
+                    BackendErrorKind::BadRequest | BackendErrorKind::Auth | BackendErrorKind::ResourceExhausted
+                );
+                let _ = router
+                    .cast(RouterMsg::Outcome { backend: name.clone(), success: if counts { success } else { None } });
+                args.metrics.backend_requests.with_label_values(&[name, e.kind.as_str()]).inc();
+                tracing::warn!(backend = %name, error = %e, "backend call failed");
+                let code =
+                    if e.kind == BackendErrorKind::Cancelled { ErrorCode::Cancelled } else { ErrorCode::BackendError };
+                last_error = Some(TaskError::new(code, e.to_string()));
+                if e.kind == BackendErrorKind::Cancelled || streamed.load(Ordering::Acquire) {
+                    give_back(&chain[i + 1..]);
+                    break; // no failover after cancel or after part of the answer was streamed
+                }
+            }
+        }
     }
+    let error = last_error.unwrap_or_else(|| {
+        TaskError::new(ErrorCode::NoBackend, "every backend of the routing chain has an open circuit breaker")
+    });
+    receipt.attempts = attempts;
+    receipt.outcome = error.code.as_str().into();
+    receipt.total_ms = t_call.elapsed().as_secs_f64() * 1e3;
+    finish(&args, receipt.clone()).await;
+    Err(ModelFailure { error, receipt: Some(receipt) })
+}
+
+/// Fills the receipt of an answered call: model, tokens, timings, cost
+/// (the backend's configured prices per 1k tokens).
+fn answered(receipt: &mut Receipt, resp: &ChatResponse, settings: Option<&BackendSettings>, took: Duration) {
+    let (price_in, price_out) = settings.map_or((0.0, 0.0), |b| (b.price_per_1k_input_usd, b.price_per_1k_output_usd));
+    receipt.model = Some(resp.model.clone());
+    receipt.tokens_in = resp.tokens_in;
+    receipt.tokens_out = resp.tokens_out;
+    receipt.first_token_ms = resp.first_token.map(|d| d.as_secs_f64() * 1e3);
+    receipt.total_ms = took.as_secs_f64() * 1e3;
+    receipt.cost_usd = f64::from(resp.tokens_in) / 1000.0 * price_in + f64::from(resp.tokens_out) / 1000.0 * price_out;
+    receipt.outcome = "ok".into();
 }
 
 /// One backend call, forwarding its text deltas to `out` and noting in
@@ -441,16 +493,16 @@ async fn attempt(
     backend: &Arc<dyn ChatBackend>,
     request: ChatRequest,
     out: Option<&mpsc::UnboundedSender<String>>,
-    streamed: &Arc<std::sync::atomic::AtomicBool>,
+    streamed: &Arc<AtomicBool>,
     cancel: &CancellationToken,
-) -> Result<ChatResponse, crate::backends::BackendError> {
+) -> Result<ChatResponse, BackendError> {
     let (deltas, forwarder) = match out {
         Some(out) => {
             let (tx, mut rx) = mpsc::unbounded_channel::<String>();
             let (out, streamed) = (out.clone(), streamed.clone());
             let forwarder = tokio::spawn(async move {
                 while let Some(d) = rx.recv().await {
-                    streamed.store(true, std::sync::atomic::Ordering::Release);
+                    streamed.store(true, Ordering::Release);
                     let _ = out.send(d);
                 }
             });
@@ -467,15 +519,92 @@ async fn attempt(
     result
 }
 
-/// Stores, publishes and counts a receipt.
-async fn finish(ctx: &Arc<FleetCtx>, receipt: Receipt) {
-    ctx.metrics
+/// Step 3: stores, publishes and counts a receipt.
+async fn finish(args: &RouterArgs, receipt: Receipt) {
+    args.metrics
         .route_decisions
         .with_label_values(&[&receipt.tier, receipt.backend.as_deref().unwrap_or("none"), &receipt.outcome])
         .inc();
-    ctx.events.publish("route.decided", serde_json::to_value(&receipt).unwrap_or(Value::Null));
-    let r = receipt.clone();
-    if let Err(e) = ctx.store.call(move |conn| receipts::insert(conn, &r)).await {
-        tracing::warn!(error = %e, task_id = %receipt.task_id, "receipt not stored");
+    args.events.emit(Event::RouteDecided(Box::new(receipt.clone())));
+    let task_id = receipt.task_id.clone();
+    if let Err(e) = args.store.call(move |conn| receipts::insert(conn, &receipt)).await {
+        tracing::warn!(error = %e, task_id = %task_id, "receipt not stored");
     }
+}
+
+/// How agents and the gateway reach HybridRouter: by its registered name,
+/// looked up at each call (a restart gives a new actor).
+#[derive(Clone)]
+pub struct RouterHandle {
+    name: String,
+}
+
+impl RouterHandle {
+    /// The router registered as `name` (`<prefix>HybridRouter`).
+    pub fn new(name: String) -> RouterHandle {
+        RouterHandle { name }
+    }
+
+    /// The running router actor, if any.
+    pub fn actor(&self) -> Option<ActorRef<RouterMsg>> {
+        ractor::registry::where_is(self.name.clone()).map(Into::into)
+    }
+
+    /// Routes and runs one model call, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// The call's [`ModelFailure`]; `internal` when the router is not
+    /// running or stopped before answering; `deadline_exceeded` after `timeout`.
+    pub async fn call(&self, call: ModelCall, timeout: Duration) -> Result<ModelAnswer, ModelFailure> {
+        let failure = |code, message: String| Err(ModelFailure { error: TaskError::new(code, message), receipt: None });
+        let Some(router) = self.actor() else {
+            return failure(ErrorCode::Internal, "HybridRouter is not running".into());
+        };
+        match router.call(|reply| RouterMsg::Call(Box::new(call), reply), Some(timeout)).await {
+            Ok(CallResult::Success(result)) => result,
+            Ok(CallResult::Timeout) => failure(
+                ErrorCode::DeadlineExceeded,
+                format!("the model call took longer than {:.1} s", timeout.as_secs_f64()),
+            ),
+            _ => failure(ErrorCode::Internal, "HybridRouter stopped before answering".into()),
+        }
+    }
+
+    /// Breaker states and backends: `{"backends": [{"name", "tier", "model", "enabled", "breaker"}]}`.
+    pub async fn status(&self) -> Option<Value> {
+        let router = self.actor()?;
+        match router.call(RouterMsg::Status, Some(Duration::from_secs(5))).await {
+            Ok(CallResult::Success(v)) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// Which backend and model a requested `model` names: a backend's name, a
+/// backend's configured model, or a GGUF file under `models_dir` (served by
+/// the first enabled embedded backend). `None`: unknown.
+pub fn resolve_model(
+    backends: &BTreeMap<String, BackendSettings>,
+    models_dir: &std::path::Path,
+    model: &str,
+) -> Option<(String, Option<String>)> {
+    if backends.get(model).is_some_and(|b| b.enabled) {
+        return Some((model.to_string(), None));
+    }
+    if let Some((name, _)) = backends.iter().find(|(_, b)| b.enabled && b.model == model) {
+        return Some((name.clone(), Some(model.to_string())));
+    }
+    let (name, _) = backends.iter().find(|(_, b)| b.enabled && b.kind == BackendKind::Embedded)?;
+    let file = models_dir.join(format!("{model}.gguf"));
+    file.is_file().then(|| (name.clone(), Some(model.to_string())))
+}
+
+/// The models a task's `model` may name (for the `invalid_field` message):
+/// enabled backends and their configured models.
+pub fn known_models(backends: &BTreeMap<String, BackendSettings>) -> Vec<String> {
+    let mut known: Vec<String> =
+        backends.iter().filter(|(_, b)| b.enabled).flat_map(|(n, b)| [n.clone(), b.model.clone()]).collect();
+    known.sort();
+    known.dedup();
+    known
 }

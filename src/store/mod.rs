@@ -95,6 +95,9 @@ const MIGRATIONS: &[&str] = &[
     memory::MIGRATION,
     // 4: the service registry.
     services::MIGRATION,
+    // 5: who asked (the envelope's `user`), on every receipt.
+    "ALTER TABLE receipts ADD COLUMN user TEXT;
+    CREATE INDEX receipts_user ON receipts(user);",
 ];
 
 /// Opens (creating when needed) and migrates the database at `path`.

@@ -2,53 +2,9 @@
 //! shadow audit of the earlier system's gateway).
 
 use rusqlite::{Connection, params};
-use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-
-/// The record of one routing decision and its outcome. Also the `route`
-/// field of a reply and the `route.decided` event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct Receipt {
-    /// Unix time of the decision, seconds.
-    pub ts: f64,
-    /// The task (or gateway request) id.
-    pub task_id: String,
-    /// The agent that asked (`gateway` for `/v1` requests).
-    pub agent: String,
-    /// Task type used for the rules.
-    pub task_type: String,
-    /// `L1`, `L2` or `L3`.
-    pub tier: String,
-    /// The backend that answered (or the last one tried).
-    pub backend: Option<String>,
-    /// The model that answered.
-    pub model: Option<String>,
-    /// Complexity used, 0.0–1.0.
-    pub complexity: f64,
-    /// Why this tier and backend.
-    pub reason: String,
-    /// HTTP attempts across all backends tried.
-    pub attempts: u32,
-    /// Failover steps taken (`fallback_to_local`, `next_backend:<name>`, ...).
-    pub fallbacks: Vec<String>,
-    /// `ok` or the error code.
-    pub outcome: String,
-    /// Decision time, microseconds.
-    pub decide_us: f64,
-    /// Waiting before the decision (bus queue), milliseconds.
-    pub queue_ms: f64,
-    /// Time to first token, milliseconds.
-    pub first_token_ms: Option<f64>,
-    /// Decision to answer, milliseconds.
-    pub total_ms: f64,
-    /// Prompt tokens.
-    pub tokens_in: u32,
-    /// Completion tokens.
-    pub tokens_out: u32,
-    /// Estimated cost, USD (the backend's configured prices per 1k tokens).
-    pub cost_usd: f64,
-}
+pub use crate::core::Receipt;
 
 /// Inserts one receipt.
 ///
@@ -57,8 +13,8 @@ pub struct Receipt {
 pub fn insert(conn: &Connection, r: &Receipt) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO receipts (ts, task_id, agent, task_type, tier, backend, model, complexity, reason, attempts,
-            fallbacks, outcome, decide_us, queue_ms, first_token_ms, total_ms, tokens_in, tokens_out, cost_usd)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+            fallbacks, outcome, decide_us, queue_ms, first_token_ms, total_ms, tokens_in, tokens_out, cost_usd, user)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
         params![
             r.ts,
             r.task_id,
@@ -79,6 +35,7 @@ pub fn insert(conn: &Connection, r: &Receipt) -> Result<(), StoreError> {
             r.tokens_in,
             r.tokens_out,
             r.cost_usd,
+            r.user,
         ],
     )?;
     Ok(())
@@ -91,7 +48,7 @@ pub fn insert(conn: &Connection, r: &Receipt) -> Result<(), StoreError> {
 pub fn last(conn: &Connection, limit: u32) -> Result<Vec<Receipt>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT ts, task_id, agent, task_type, tier, backend, model, complexity, reason, attempts, fallbacks,
-                outcome, decide_us, queue_ms, first_token_ms, total_ms, tokens_in, tokens_out, cost_usd
+                outcome, decide_us, queue_ms, first_token_ms, total_ms, tokens_in, tokens_out, cost_usd, user
          FROM receipts ORDER BY id DESC LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit], |row| {
@@ -100,6 +57,7 @@ pub fn last(conn: &Connection, limit: u32) -> Result<Vec<Receipt>, StoreError> {
             ts: row.get(0)?,
             task_id: row.get(1)?,
             agent: row.get(2)?,
+            user: row.get(19)?,
             task_type: row.get(3)?,
             tier: row.get(4)?,
             backend: row.get(5)?,

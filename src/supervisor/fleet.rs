@@ -2,40 +2,31 @@
 //! start/stop/restart agents, send them tasks, stop everything in reverse
 //! dependency order.
 //!
-//! Where it sits: built by the daemon (`run`) and by tests; used by the HTTP
-//! endpoints and (later) the task bus. Cheap to clone.
+//! Where it sits: built by the composition root (`daemon`) and by tests;
+//! used by the HTTP endpoints, the task bus and the admin agents. Agents see
+//! it through the narrow [`Peers`] trait. Cheap to clone.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, join_all};
-use ractor::{Actor, ActorRef, rpc::CallResult};
-use serde_json::json;
+use ractor::{Actor, ActorCell, ActorRef, rpc::CallResult};
 use tokio::sync::Semaphore;
 
-use super::context::FleetCtx;
+use super::agent::{AgentFactory, AgentMsg, Fault, Peers, StartError};
 use super::group::{GroupArgs, GroupMsg, GroupSupervisor, StartResult};
 use super::lazy::LazyLoader;
 use super::root::{RootMsg, RootSupervisor};
 use super::state::AgentState;
-use crate::agents::actor::{AgentMsg, Fault, StartError};
-use crate::agents::task::{ErrorCode, Task, TaskError, TaskReply};
-use crate::config::Settings;
-use crate::config::catalog::Catalog;
-use crate::config::profile::Plan;
-use crate::telemetry::metrics::Metrics;
-
-/// Default time a task may take when it has no deadline.
-const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(30);
+use super::table::AgentTable;
+use crate::core::{ErrorCode, Event, Task, TaskError, TaskReply};
 
 /// Errors of the fleet's own machinery (not of one agent).
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    /// The SQLite store could not be opened.
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
     /// A supervisor actor could not be spawned (name taken: another fleet
     /// runs in this process).
     #[error("cannot start supervisor {name}: {reason}")]
@@ -66,57 +57,69 @@ pub struct Fleet {
     inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
-    ctx: Arc<FleetCtx>,
+struct Inner {
+    ctx: Arc<AgentTable>,
     root: ActorRef<RootMsg>,
-    groups: BTreeMap<String, ActorRef<GroupMsg>>,
+    /// Set once, right after the group supervisors are spawned (they get the
+    /// fleet handle to give their agents).
+    groups: OnceLock<BTreeMap<String, ActorRef<GroupMsg>>>,
     lazy: LazyLoader,
 }
 
 impl Fleet {
     /// Spawns the root supervisor and one group supervisor per group of the
-    /// plan. Agents stay `dormant` until [`Fleet::boot`].
+    /// plan in `table`; agents are spawned through `factory`. Agents stay
+    /// `dormant` until [`Fleet::boot`].
     ///
     /// # Errors
     /// [`FleetError::Spawn`] when a supervisor name is already registered.
-    pub async fn start(settings: Settings, catalog: Catalog, plan: Plan) -> Result<Fleet, FleetError> {
-        let metrics = Metrics::new();
-        let store = crate::store::Store::open(&settings.data_dir)?;
-        let ctx = Arc::new(FleetCtx::new(settings, catalog, plan, metrics, store));
+    pub async fn start(ctx: Arc<AgentTable>, factory: Arc<dyn AgentFactory>) -> Result<Fleet, FleetError> {
         let spawn_err =
             |name: &str, e: ractor::SpawnErr| FleetError::Spawn { name: name.into(), reason: e.to_string() };
         let (root, _) = Actor::spawn(Some(ctx.actor_name("agentvisor")), RootSupervisor, ctx.clone())
             .await
             .map_err(|e| spawn_err("agentvisor", e))?;
-        let router = ctx.actor_name(crate::routing::router::ROUTER_NAME);
-        Actor::spawn_linked(Some(router.clone()), crate::routing::router::HybridRouter, ctx.clone(), root.get_cell())
-            .await
-            .map_err(|e| spawn_err(&router, e))?;
+        let fleet = Fleet {
+            inner: Arc::new(Inner { ctx: ctx.clone(), root, groups: OnceLock::new(), lazy: LazyLoader::default() }),
+        };
         let boot_order: Vec<String> = ctx.catalog.waves(&ctx.plan.agents).into_iter().flatten().collect();
         let mut groups = BTreeMap::new();
         for (group, _) in ctx.plan.by_group(&ctx.catalog) {
             let members =
                 boot_order.iter().filter_map(|a| ctx.catalog.get(a)).filter(|s| s.group == group).cloned().collect();
             let strategy = ctx.catalog.groups.get(&group).map(|g| g.strategy).unwrap_or_default();
-            let args = GroupArgs { name: group.clone(), strategy, members, ctx: ctx.clone(), root: root.clone() };
+            let args = GroupArgs {
+                name: group.clone(),
+                strategy,
+                members,
+                ctx: ctx.clone(),
+                root: fleet.inner.root.clone(),
+                factory: factory.clone(),
+                fleet: fleet.clone(),
+            };
             let name = ctx.actor_name(&format!("group:{group}"));
-            let (g, _) = Actor::spawn_linked(Some(name.clone()), GroupSupervisor, args, root.get_cell())
+            let (g, _) = Actor::spawn_linked(Some(name.clone()), GroupSupervisor, args, fleet.inner.root.get_cell())
                 .await
                 .map_err(|e| spawn_err(&name, e))?;
             groups.insert(group, g);
         }
-        let inner = Arc::new(Inner { ctx: ctx.clone(), root, groups, lazy: LazyLoader::default() });
-        ctx.set_fleet(Arc::downgrade(&inner));
-        Ok(Fleet { inner })
+        // The only place that sets it, right after creating it.
+        let _ = fleet.inner.groups.set(groups);
+        Ok(fleet)
     }
 
-    pub(crate) fn from_inner(inner: Arc<Inner>) -> Fleet {
-        Fleet { inner }
-    }
-
-    /// The shared context (settings, catalog, plan, events, metrics, records).
-    pub fn ctx(&self) -> &Arc<FleetCtx> {
+    /// The agent table (states, records, settings, catalog, plan, events, metrics).
+    pub fn ctx(&self) -> &Arc<AgentTable> {
         &self.inner.ctx
+    }
+
+    /// The root supervisor, for infrastructure actors linked under it.
+    pub fn root_cell(&self) -> ActorCell {
+        self.inner.root.get_cell()
+    }
+
+    fn groups(&self) -> impl Iterator<Item = &ActorRef<GroupMsg>> {
+        self.inner.groups.get().into_iter().flat_map(|g| g.values())
     }
 
     /// Starts the boot set: each agent as soon as its own dependencies
@@ -157,14 +160,14 @@ impl Fleet {
         }
         report.running.sort();
         report.elapsed = t0.elapsed();
-        ctx.events.publish(
-            "fleet.booted",
-            json!({
-                "profile": ctx.plan.name, "running": report.running.len(),
-                "unavailable": report.unavailable.len(), "failed": report.failed.len(),
-                "dormant": ctx.plan.dormant.len(), "boot_ms": report.elapsed.as_secs_f64() * 1e3,
-            }),
-        );
+        ctx.events.emit(Event::FleetBooted {
+            profile: ctx.plan.name.clone(),
+            running: report.running.len(),
+            unavailable: report.unavailable.len(),
+            failed: report.failed.len(),
+            dormant: ctx.plan.dormant.len(),
+            boot_ms: report.elapsed.as_secs_f64() * 1e3,
+        });
         report
     }
 
@@ -175,7 +178,7 @@ impl Fleet {
         }
         ctx.catalog
             .get(agent)
-            .and_then(|s| self.inner.groups.get(&s.group))
+            .and_then(|s| self.inner.groups.get().and_then(|g| g.get(&s.group)))
             .ok_or_else(|| StartError::UnknownAgent(agent.to_string()))
     }
 
@@ -251,7 +254,8 @@ impl Fleet {
     }
 
     /// Sends `task` to `agent`, starting it on demand first when it is
-    /// dormant; waits for the answer until the task's deadline (default 30 s).
+    /// dormant; waits for the answer until the task's deadline (default
+    /// `tasks.call_timeout_secs`).
     pub async fn call(&self, agent: &str, task: Task) -> TaskReply {
         let ctx = self.ctx();
         match ctx.state(agent) {
@@ -270,8 +274,10 @@ impl Fleet {
         let Some(actor) = ctx.agent_ref(agent) else {
             return Err(TaskError::new(ErrorCode::AgentNotRunning, format!("{agent} is not running")));
         };
-        let timeout =
-            task.deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(DEFAULT_TASK_TIMEOUT);
+        let timeout = task
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|| ctx.settings.tasks.call_timeout());
         match actor.call(|reply| AgentMsg::Task(task, reply), Some(timeout)).await {
             Ok(CallResult::Success(reply)) => reply,
             Ok(CallResult::Timeout) => Err(TaskError::new(
@@ -325,13 +331,26 @@ impl Fleet {
         if tokio::time::timeout(deadline, ordered).await.is_err() {
             tracing::warn!(deadline_secs = deadline.as_secs_f64(), "shutdown deadline passed; killing the rest");
         }
-        for group in self.inner.groups.values() {
+        for group in self.groups() {
             let _ = group.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
         }
-        if let Some(router) = ctx.router() {
-            let _ = router.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
-        }
+        // Infrastructure linked under the root (HybridRouter) stops with it.
         let _ = self.inner.root.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
-        ctx.events.publish("fleet.stopped", json!({"stop_ms": t0.elapsed().as_secs_f64() * 1e3}));
+        ctx.events.emit(Event::FleetStopped { stop_ms: t0.elapsed().as_secs_f64() * 1e3 });
+    }
+}
+
+#[async_trait]
+impl Peers for Fleet {
+    async fn call(&self, agent: &str, task: Task) -> TaskReply {
+        Fleet::call(self, agent, task).await
+    }
+
+    async fn ensure(&self, agent: &str) -> Result<(), StartError> {
+        Fleet::ensure(self, agent).await
+    }
+
+    fn state(&self, agent: &str) -> Option<AgentState> {
+        self.inner.ctx.state(agent)
     }
 }

@@ -23,15 +23,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use serde_json::json;
 use tokio::task::{AbortHandle, JoinSet};
 
-use super::context::FleetCtx;
+use super::agent::{AgentFactory, AgentMsg, StartError};
+use super::fleet::Fleet;
 use super::policy::{Decision, RestartTracker};
 use super::root::RootMsg;
 use super::state::AgentState;
-use crate::agents::actor::{AgentMsg, StartError, spawn_agent};
+use super::table::AgentTable;
 use crate::config::spec::{AgentSpec, RestartType, Strategy};
+use crate::core::event::{Event, Transition};
 
 /// Result of a start, as sent to the caller.
 pub type StartResult = Result<(), StartError>;
@@ -100,10 +101,14 @@ pub struct GroupArgs {
     pub strategy: Strategy,
     /// The group's agents in this run, in start (dependency) order.
     pub members: Vec<Arc<AgentSpec>>,
-    /// Shared daemon state.
-    pub ctx: Arc<FleetCtx>,
+    /// The agent table.
+    pub ctx: Arc<AgentTable>,
     /// The root supervisor (escalations).
     pub root: ActorRef<RootMsg>,
+    /// Spawns the agent actors.
+    pub factory: Arc<dyn AgentFactory>,
+    /// The fleet, handed to each agent it spawns.
+    pub fleet: Fleet,
 }
 
 /// State of a group supervisor.
@@ -111,8 +116,10 @@ pub struct GroupState {
     name: String,
     strategy: Strategy,
     members: Vec<Arc<AgentSpec>>,
-    ctx: Arc<FleetCtx>,
+    ctx: Arc<AgentTable>,
     root: ActorRef<RootMsg>,
+    factory: Arc<dyn AgentFactory>,
+    fleet: Fleet,
     children: HashMap<ActorId, String>,
     refs: HashMap<String, ActorRef<AgentMsg>>,
     trackers: HashMap<String, RestartTracker>,
@@ -144,6 +151,8 @@ impl Actor for GroupSupervisor {
             members: a.members,
             ctx: a.ctx,
             root: a.root,
+            factory: a.factory,
+            fleet: a.fleet,
             children: HashMap::new(),
             refs: HashMap::new(),
             trackers: HashMap::new(),
@@ -184,7 +193,7 @@ impl Actor for GroupSupervisor {
             GroupMsg::StopDone { agent, target, reason, reply } => {
                 if st.ctx.state(&agent) == Some(AgentState::Stopping) {
                     st.intentional.remove(&agent);
-                    st.ctx.transition(&agent, target, None, json!({"reason": reason}));
+                    st.ctx.transition(&agent, target, Transition::because(reason));
                 }
                 let _ = reply.send(());
             }
@@ -203,7 +212,7 @@ impl Actor for GroupSupervisor {
             SupervisionEvent::ActorFailed(cell, err) => {
                 if let Some(agent) = st.forget_child(cell.get_id()) {
                     match st.intentional.remove(&agent) {
-                        Some((target, reason)) => st.ctx.transition(&agent, target, None, json!({"reason": reason})),
+                        Some((target, reason)) => st.ctx.transition(&agent, target, Transition::because(reason)),
                         None => st.on_failure(&myself, &agent, err.to_string()),
                     }
                 }
@@ -212,13 +221,13 @@ impl Actor for GroupSupervisor {
                 if let Some(agent) = st.forget_child(cell.get_id()) {
                     let exit = exit.unwrap_or_else(|| "stopped".into());
                     match st.intentional.remove(&agent) {
-                        Some((target, reason)) => st.ctx.transition(&agent, target, None, json!({"reason": reason})),
+                        Some((target, reason)) => st.ctx.transition(&agent, target, Transition::because(reason)),
                         None => {
                             let permanent = st.spec(&agent).is_some_and(|s| s.restart.kind == RestartType::Permanent);
                             if permanent {
                                 st.on_failure(&myself, &agent, format!("exited: {exit}"));
                             } else {
-                                st.ctx.transition(&agent, AgentState::Stopped, None, json!({"reason": exit}));
+                                st.ctx.transition(&agent, AgentState::Stopped, Transition::because(exit));
                             }
                         }
                     }
@@ -292,12 +301,12 @@ impl GroupState {
         restart_on_failure: bool,
     ) {
         let Some(spec) = self.spec(&agent).cloned() else { return };
-        self.ctx.transition(&agent, AgentState::Starting, None, json!({}));
-        let (ctx, cell, me) = (self.ctx.clone(), myself.get_cell(), myself.clone());
+        self.ctx.transition(&agent, AgentState::Starting, Transition::default());
+        let (factory, fleet, cell, me) = (self.factory.clone(), self.fleet.clone(), myself.get_cell(), myself.clone());
         let name = agent.clone();
         let handle = self.tasks.spawn(async move {
             let t0 = Instant::now();
-            let result = spawn_agent(spec, ctx, deadline, cell).await;
+            let result = factory.spawn(spec, fleet, deadline, cell).await;
             let done = GroupMsg::SpawnDone { agent: name, result, elapsed: t0.elapsed(), restart_on_failure };
             if let Err(ractor::MessagingErr::SendErr(GroupMsg::SpawnDone { result: Ok(actor), .. })) = me.cast(done) {
                 // The group is gone: do not leave the new agent behind.
@@ -357,16 +366,15 @@ impl GroupState {
                 }
                 self.trackers.entry(agent.clone()).or_default().running_since = Some(Instant::now());
                 let pid = self.ctx.record(&agent).and_then(|r| r.pid);
-                let extra = json!({"start_ms": elapsed.as_secs_f64() * 1e3, "pid": pid});
+                let details = Transition { start_ms: Some(elapsed.as_secs_f64() * 1e3), pid, ..Default::default() };
                 if self.restarting.remove(&agent) {
                     self.ctx.count_restart(&agent);
                     let restarts = self.ctx.record(&agent).map(|r| r.restarts).unwrap_or(0);
-                    let mut extra = extra;
-                    extra["restarts"] = json!(restarts);
-                    self.ctx.transition(&agent, AgentState::Running, Some("agent.restarted"), extra);
-                    self.tell_dependents(&agent, "agent.dependency_restarted");
+                    let details = Transition { topic: "agent.restarted", restarts: Some(restarts), ..details };
+                    self.ctx.transition(&agent, AgentState::Running, details);
+                    self.tell_dependents(&agent, true);
                 } else {
-                    self.ctx.transition(&agent, AgentState::Running, None, extra);
+                    self.ctx.transition(&agent, AgentState::Running, details);
                 }
                 self.reply_waiters(&agent, Ok(()));
             }
@@ -381,12 +389,12 @@ impl GroupState {
                 match e {
                     StartError::Unavailable { reason, .. } => {
                         self.restarting.remove(&agent);
-                        self.ctx.transition(&agent, AgentState::Unavailable, None, json!({"reason": reason}));
+                        self.ctx.transition(&agent, AgentState::Unavailable, Transition::because(reason));
                     }
                     e if restart_on_failure || self.restarting.contains(&agent) => {
                         self.on_failure(myself, &agent, e.to_string())
                     }
-                    e => self.ctx.transition(&agent, AgentState::Failed, None, json!({"reason": e.to_string()})),
+                    e => self.ctx.transition(&agent, AgentState::Failed, Transition::because(e.to_string())),
                 }
             }
         }
@@ -400,7 +408,7 @@ impl GroupState {
 
     /// Restart policy after an abnormal exit or a failed (re)start.
     fn on_failure(&mut self, myself: &ActorRef<GroupMsg>, agent: &str, reason: String) {
-        self.ctx.transition(agent, AgentState::Failed, None, json!({"reason": reason}));
+        self.ctx.transition(agent, AgentState::Failed, Transition::because(reason.clone()));
         let Some(spec) = self.spec(agent).cloned() else { return };
         if self.ctx.shutting_down() || spec.restart.kind == RestartType::Temporary {
             self.restarting.remove(agent);
@@ -417,9 +425,9 @@ impl GroupState {
                 let why = format!(
                     "restart intensity exceeded: {restarts} restarts within {within_secs} s; last error: {reason}"
                 );
-                self.ctx.transition(agent, AgentState::Fatal, None, json!({"reason": why}));
+                self.ctx.transition(agent, AgentState::Fatal, Transition::because(why.clone()));
                 self.reply_waiters(agent, Err(StartError::Fatal { agent: agent.to_string() }));
-                self.tell_dependents(agent, "agent.dependency_fatal");
+                self.tell_dependents(agent, false);
                 let _ = self.root.cast(RootMsg::Escalate {
                     group: self.name.clone(),
                     agent: agent.to_string(),
@@ -433,19 +441,16 @@ impl GroupState {
                     if let Some(actor) = self.refs.get(s) {
                         let why = format!("restarted with {agent} ({})", self.strategy.as_str());
                         self.intentional.insert(s.clone(), (AgentState::Stopped, why));
-                        self.ctx.transition(s, AgentState::Stopping, None, json!({"reason": "group restart"}));
+                        self.ctx.transition(s, AgentState::Stopping, Transition::because("group restart"));
                         stops.push(actor.clone());
                     }
                     self.restarting.insert(s.clone());
                 }
                 self.restarting.insert(agent.to_string());
                 let delay_ms = delay.as_secs_f64() * 1e3;
-                self.ctx.transition(
-                    agent,
-                    AgentState::Backoff,
-                    None,
-                    json!({"delay_ms": delay_ms, "restart_with": affected}),
-                );
+                let details =
+                    Transition { delay_ms: Some(delay_ms), restart_with: Some(affected.clone()), ..Default::default() };
+                self.ctx.transition(agent, AgentState::Backoff, details);
                 // Restart in start order (dependencies first), the failed agent in its place.
                 let batch: Vec<String> = self
                     .members
@@ -521,13 +526,13 @@ impl GroupState {
         self.reply_waiters(&agent, Err(StartError::Cancelled { agent: agent.clone() }));
         let Some(actor) = self.refs.get(&agent).cloned() else {
             if self.ctx.state(&agent) != Some(target) {
-                self.ctx.transition(&agent, target, None, json!({"reason": reason}));
+                self.ctx.transition(&agent, target, Transition::because(reason));
             }
             let _ = reply.send(());
             return;
         };
         self.intentional.insert(agent.clone(), (target, reason.clone()));
-        self.ctx.transition(&agent, AgentState::Stopping, None, json!({"reason": reason}));
+        self.ctx.transition(&agent, AgentState::Stopping, Transition::because(reason.clone()));
         let me = myself.clone();
         let timeout = Duration::from_secs_f64(self.ctx.settings.supervisor.shutdown_timeout_secs + 1.0);
         self.tasks.spawn(async move {
@@ -539,18 +544,22 @@ impl GroupState {
         });
     }
 
-    /// Tells running dependents of `agent` (any group) by message and event.
-    fn tell_dependents(&self, agent: &str, topic: &'static str) {
+    /// Tells running dependents of `agent` (any group) that it restarted
+    /// (`restarted`: by message and event) or went fatal (event only).
+    fn tell_dependents(&self, agent: &str, restarted: bool) {
         for dependent in self.ctx.catalog.dependents(agent) {
             if self.ctx.state(&dependent) != Some(AgentState::Running) {
                 continue;
             }
-            if topic != "agent.dependency_restarted" {
-                // fall through to the event only
-            } else if let Some(actor) = self.ctx.agent_ref(&dependent) {
-                let _ = actor.cast(AgentMsg::DependencyRestarted { dependency: agent.to_string() });
+            let dependency = agent.to_string();
+            if restarted {
+                if let Some(actor) = self.ctx.agent_ref(&dependent) {
+                    let _ = actor.cast(AgentMsg::DependencyRestarted { dependency: dependency.clone() });
+                }
+                self.ctx.events.emit(Event::DependencyRestarted { agent: dependent, dependency });
+            } else {
+                self.ctx.events.emit(Event::DependencyFatal { agent: dependent, dependency });
             }
-            self.ctx.events.publish(topic, json!({"agent": dependent, "dependency": agent}));
         }
     }
 }

@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use parking_lot::Mutex;
-use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
+use super::agent::StartError;
 use super::fleet::Fleet;
 use super::group::StartResult;
 use super::state::AgentState;
-use crate::agents::actor::StartError;
+use crate::core::Event;
 
 type Flight = watch::Receiver<Option<StartResult>>;
 
@@ -118,12 +118,12 @@ async fn run(fleet: &Fleet, agent: &str) -> StartResult {
         Err(_) => Err(StartError::Timeout { agent: agent.to_string(), secs: sla.as_secs_f64() }),
     };
     let elapsed = t0.elapsed().as_secs_f64();
-    let started: Vec<&String> = to_start.iter().collect();
+    let started: Vec<String> = to_start.iter().cloned().collect();
     match &result {
         Ok(()) => {
             ctx.metrics.lazy_starts.with_label_values(&["ok"]).inc();
             ctx.metrics.lazy_start_duration.with_label_values(&["ok"]).observe(elapsed);
-            ctx.events.publish("lazy.started", json!({"agent": agent, "started": started, "start_ms": elapsed * 1e3}));
+            ctx.events.emit(Event::LazyStarted { agent: agent.to_string(), started, start_ms: elapsed * 1e3 });
         }
         Err(e) => {
             let outcome = if matches!(e, StartError::Timeout { .. }) { "start_timeout" } else { "failed" };
@@ -140,10 +140,12 @@ async fn run(fleet: &Fleet, agent: &str) -> StartResult {
                     .map(|a| fleet.stop_agent(a, AgentState::Dormant, &reason));
                 join_all(stops).await;
             }
-            ctx.events.publish(
-                "lazy.failed",
-                json!({"agent": agent, "code": e.code().as_str(), "reason": e.to_string(), "rolled_back": started}),
-            );
+            ctx.events.emit(Event::LazyFailed {
+                agent: agent.to_string(),
+                code: e.code().as_str(),
+                reason: e.to_string(),
+                rolled_back: started,
+            });
         }
     }
     result.map_err(|e| match e {

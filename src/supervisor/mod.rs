@@ -6,15 +6,20 @@
 //! - [`root`], [`group`]: the supervisor actors.
 //! - [`policy`]: restart intensity and backoff arithmetic.
 //! - [`lazy`]: on-demand starts with single flight and the start SLA.
-//! - [`state`], [`context`]: lifecycle states and the shared live table.
+//! - [`state`], [`table`]: lifecycle states and the live agent table.
+//! - [`agent`]: the contract with agent actors (messages, start errors, the
+//!   factory the composition root provides, the [`Peers`] view of the fleet).
 
-pub mod context;
+pub mod agent;
 pub mod fleet;
 pub mod group;
 pub mod lazy;
 pub mod policy;
 pub mod root;
 pub mod state;
+pub mod table;
 
+pub use agent::{AgentFactory, AgentMsg, Fault, Peers, StartError};
 pub use fleet::{BootReport, Fleet};
 pub use state::AgentState;
+pub use table::AgentTable;

@@ -4,10 +4,10 @@
 //! request (DESIGN §2).
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use serde_json::json;
 use std::sync::Arc;
 
-use super::context::FleetCtx;
+use super::table::AgentTable;
+use crate::core::Event;
 
 /// Messages of [`RootSupervisor`].
 pub enum RootMsg {
@@ -27,14 +27,14 @@ pub struct RootSupervisor;
 
 impl Actor for RootSupervisor {
     type Msg = RootMsg;
-    type State = Arc<FleetCtx>;
-    type Arguments = Arc<FleetCtx>;
+    type State = Arc<AgentTable>;
+    type Arguments = Arc<AgentTable>;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<RootMsg>,
-        ctx: Arc<FleetCtx>,
-    ) -> Result<Arc<FleetCtx>, ActorProcessingErr> {
+        ctx: Arc<AgentTable>,
+    ) -> Result<Arc<AgentTable>, ActorProcessingErr> {
         Ok(ctx)
     }
 
@@ -42,7 +42,7 @@ impl Actor for RootSupervisor {
         &self,
         _myself: ActorRef<RootMsg>,
         msg: RootMsg,
-        ctx: &mut Arc<FleetCtx>,
+        ctx: &mut Arc<AgentTable>,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RootMsg::Escalate { group, agent, reason } => {
@@ -53,7 +53,7 @@ impl Actor for RootSupervisor {
                     "agent is fatal; escalated to the root, the rest of the fleet keeps running"
                 );
                 ctx.metrics.escalations.with_label_values(&[&group]).inc();
-                ctx.events.publish("group.escalated", json!({"group": group, "agent": agent, "reason": reason}));
+                ctx.events.emit(Event::GroupEscalated { group, agent, reason });
             }
         }
         Ok(())
@@ -63,12 +63,12 @@ impl Actor for RootSupervisor {
         &self,
         _myself: ActorRef<RootMsg>,
         evt: SupervisionEvent,
-        ctx: &mut Arc<FleetCtx>,
+        ctx: &mut Arc<AgentTable>,
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(cell, err) = evt {
             let group = cell.get_name().unwrap_or_default();
             tracing::error!(group, error = %err, "group supervisor failed");
-            ctx.events.publish("group.failed", json!({"group": group, "reason": err.to_string()}));
+            ctx.events.emit(Event::GroupFailed { group, reason: err.to_string() });
         }
         Ok(())
     }

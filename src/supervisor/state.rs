@@ -113,3 +113,17 @@ impl AgentRecord {
         }
     }
 }
+
+impl AgentRecord {
+    /// The JSON of `GET /agents/{name}` and `system.status`: `{"name",
+    /// "group", "state", "runtime", "essential", "restarts",
+    /// "uptime_seconds", "pid", "reason", "dependencies"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name, "group": self.group, "state": self.state.as_str(), "runtime": self.runtime.as_str(),
+            "essential": self.essential, "restarts": self.restarts,
+            "uptime_seconds": self.uptime().map(|d| d.as_secs_f64()), "pid": self.pid, "reason": self.reason,
+            "dependencies": self.dependencies,
+        })
+    }
+}

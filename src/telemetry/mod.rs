@@ -1,7 +1,6 @@
-//! Telemetry: metric names and registry, the HTTP endpoints of
-//! ObservabilityHub, and tracing setup (DESIGN §9).
+//! Telemetry: metric names and registry, and tracing setup (DESIGN §9). A
+//! low layer (DESIGN §15): everything above counts through [`metrics`]; the
+//! HTTP endpoints that serve them live in `http`.
 
-pub mod gateway;
-pub mod http;
 pub mod metrics;
 pub mod tracing_setup;

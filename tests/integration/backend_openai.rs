@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use agentvisor::backends::openai::OpenAiBackend;
 use agentvisor::backends::{BackendError, BackendErrorKind, ChatBackend, ChatMessage, ChatRequest, ChatResponse};
 use agentvisor::config::BackendSettings;
+use agentvisor::core::GenParams;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -41,9 +42,7 @@ fn request(prompt: &str) -> ChatRequest {
     ChatRequest {
         model: "model-a".into(),
         messages: vec![ChatMessage::new("system", "be brief"), ChatMessage::new("user", prompt)],
-        max_tokens: Some(64),
-        temperature: Some(0.5),
-        json: false,
+        params: GenParams { max_tokens: Some(64), temperature: Some(0.5), ..Default::default() },
         ..Default::default()
     }
 }
@@ -138,7 +137,13 @@ async fn json_mode_asks_for_a_json_object() {
     fake.push(Behaviour::AnswerJson(json!({"intent": "greet", "confidence": 0.9})));
     let b = backend(&settings(&fake.base_url()));
 
-    let r = chat(&b, ChatRequest { json: true, ..request("classify: hello") }).await.expect("answer");
+    let r = chat(&b, {
+        let mut r = request("classify: hello");
+        r.params.json = true;
+        r
+    })
+    .await
+    .expect("answer");
 
     let content: serde_json::Value = serde_json::from_str(&r.content).expect("content is JSON");
     assert_eq!(content["intent"], "greet");

@@ -8,9 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentvisor::agents::{ErrorCode, Fault, Task};
 use agentvisor::config::Settings;
-use agentvisor::events::Event;
+use agentvisor::core::{ErrorCode, Task};
+use agentvisor::events::Published as Event;
+use agentvisor::supervisor::Fault;
 use agentvisor::supervisor::{AgentState, Fleet};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -251,7 +252,7 @@ async fn kill_child_process_restarts_it() {
     util::poll_until(Duration::from_secs(5), "the killed child to be reaped", || !util::pid_alive(old)).await;
 
     // The new child answers tasks.
-    let out = fleet.call("P", echo_task("t1", 42)).await.expect("the restarted agent answers");
+    let out = fleet.call("P", echo_task("t1", 42)).await.expect("the restarted agent answers").output;
     assert_eq!(out["echo"], json!(42), "{out}");
     assert_eq!(out["pid"], json!(new), "{out}");
 

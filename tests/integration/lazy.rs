@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use agentvisor::agents::{ErrorCode, StartError, Task};
+use agentvisor::core::{ErrorCode, Task};
 use agentvisor::supervisor::AgentState;
+use agentvisor::supervisor::StartError;
 use futures::future::join_all;
 use serde_json::json;
 

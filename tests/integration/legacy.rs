@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use agentvisor::agents::StartError;
 use agentvisor::config::catalog::Catalog;
 use agentvisor::config::spec::{ProcessProtocol, RuntimeSpec};
 use agentvisor::supervisor::AgentState;
+use agentvisor::supervisor::StartError;
 
 use crate::util::{self, fixture};
 

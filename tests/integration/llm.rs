@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 use agentvisor::config::catalog::Catalog;
 use agentvisor::config::spec::RuntimeSpec;
 use agentvisor::config::{BackendKind, BackendSettings, BreakerSettings, Settings, Tier};
-use agentvisor::routing::router::RouterMsg;
-use agentvisor::supervisor::{AgentState, Fleet};
+use agentvisor::daemon::System;
+use agentvisor::supervisor::AgentState;
 use bytes::Bytes;
-use ractor::rpc::CallResult;
 use serde_json::{Value, json};
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
@@ -57,7 +56,7 @@ async fn llm_fleet(
     profile: &str,
     backends: Vec<(&str, BackendSettings)>,
     tweak: impl FnOnce(&mut Settings),
-) -> (Fleet, String) {
+) -> (System, String) {
     let mut s = util::settings(dir);
     s.bus.ingress = "tcp://127.0.0.1:0".into();
     s.bus.events = "tcp://127.0.0.1:0".into();
@@ -65,7 +64,7 @@ async fn llm_fleet(
     tweak(&mut s);
     let fleet = util::fleet(s, None, profile).await;
     fleet.boot().await;
-    let (ingress, _) = fleet.ctx().bus_endpoints().expect("bus bound");
+    let (ingress, _) = fleet.bus_endpoints().expect("bus bound");
     (fleet, ingress)
 }
 
@@ -134,10 +133,8 @@ fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 /// The breaker state HybridRouter reports for `backend` (`closed`, `open`, `half_open`).
-async fn breaker(fleet: &Fleet, backend: &str) -> String {
-    let router = fleet.ctx().router().expect("HybridRouter running");
-    let status = router.call(RouterMsg::Status, Some(Duration::from_secs(5))).await.expect("router reachable");
-    let CallResult::Success(status) = status else { panic!("router status: no answer") };
+async fn breaker(fleet: &System, backend: &str) -> String {
+    let status = fleet.services.router.status().await.expect("HybridRouter answers its status");
     let entry = status["backends"]
         .as_array()
         .and_then(|list| list.iter().find(|b| b["name"] == backend))
@@ -522,7 +519,7 @@ async fn breaker_opens_half_opens_and_closes() {
     })
     .await;
     let ctx = fleet.ctx().clone();
-    let gauge = |ctx: &agentvisor::supervisor::context::FleetCtx| {
+    let gauge = |ctx: &agentvisor::supervisor::AgentTable| {
         sample(&ctx.metrics.render(), "agentvisor_backend_breaker_state", &[("backend", "local")])
     };
     let mut bus = Bus::connect(&ingress).await;

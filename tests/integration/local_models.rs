@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use agentvisor::backends::ChatMessage;
 use agentvisor::config::ModelSettings;
+use agentvisor::core::GenParams;
 use agentvisor::events::EventBus;
-use agentvisor::models::local::{Finish, GenParams};
+use agentvisor::models::local::Finish;
 use agentvisor::models::manager::{LocalError, LocalRequest, ModelManager};
 use agentvisor::models::{DEFAULT_MODEL_FILE, DEFAULT_MODEL_NAME};
 use agentvisor::telemetry::metrics::Metrics;
@@ -32,9 +33,8 @@ fn request(model: &str, prompt: &str, max_tokens: u32) -> LocalRequest {
     LocalRequest {
         model: model.to_string(),
         messages: vec![ChatMessage::new("user", prompt)],
-        params: GenParams { max_tokens, ..Default::default() },
-        priority: 5,
-        push_to_front: false,
+        params: GenParams { max_tokens: Some(max_tokens), ..Default::default() },
+        schedule: Default::default(),
         deltas: None,
         cancel: CancellationToken::new(),
         over_budget_ok: false,
@@ -161,8 +161,8 @@ async fn priority_queue_is_priority_then_fifo_with_push_to_front() {
             .chain([("urgent", 0, true)])
     {
         let mut r = request(DEFAULT_MODEL_NAME, "Say hi.", 2);
-        r.priority = priority;
-        r.push_to_front = front;
+        r.schedule.priority = priority;
+        r.schedule.push_to_front = front;
         handles.push(tracked(&m, &order, label, r));
         n += 1;
         queued(&m, n).await; // submission order is the order written here
@@ -386,7 +386,7 @@ async fn main_job_end_to_end_over_zeromq_with_the_real_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_memory_degrades_to_the_tiny_model_with_a_receipt() {
-    use agentvisor::routing::router::{ModelCall, RouterMsg};
+    use agentvisor::routing::router::ModelCall;
     let data = tempfile::tempdir().unwrap();
     let models = linked_models(data.path(), &["model-a", "model-b", "tiny"]);
     let one = agentvisor::models::scan(&models).unwrap()[0].estimated_bytes(ModelSettings::default().context_tokens);
@@ -400,8 +400,10 @@ async fn exhausted_memory_degrades_to_the_tiny_model_with_a_receipt() {
     fleet.boot().await;
     let ctx = fleet.ctx().clone();
     let mut ev = ctx.events.subscribe();
+    let router = fleet.services.router.clone();
+    let models = fleet.services.models.clone();
     let call = |model: &str, max_tokens: u32| {
-        let ctx = ctx.clone();
+        let router = router.clone();
         let call = ModelCall {
             task_id: format!("t-{model}-{max_tokens}"),
             agent: "test".into(),
@@ -409,22 +411,19 @@ async fn exhausted_memory_degrades_to_the_tiny_model_with_a_receipt() {
             agent_complexity: 0.2,
             model: Some(model.to_string()),
             messages: vec![ChatMessage::new("user", "Count from 1 to 100.")],
-            max_tokens: Some(max_tokens),
+            params: agentvisor::core::GenParams { max_tokens: Some(max_tokens), ..Default::default() },
             ..Default::default()
         };
-        async move {
-            let router = ctx.router().expect("router");
-            router.call(|reply| RouterMsg::Call(Box::new(call), reply), Some(Duration::from_secs(120))).await.unwrap()
-        }
+        async move { router.call(call, Duration::from_secs(120)).await }
     };
-    let first = call("model-a", 2).await.unwrap().unwrap_or_else(|f| panic!("{:?}", f.error));
+    let first = call("model-a", 2).await.unwrap_or_else(|f| panic!("{:?}", f.error));
     assert_eq!(first.receipt.model.as_deref(), Some("model-a"));
-    let second = call("model-b", 2).await.unwrap().unwrap_or_else(|f| panic!("{:?}", f.error));
+    let second = call("model-b", 2).await.unwrap_or_else(|f| panic!("{:?}", f.error));
     assert_eq!(second.receipt.model.as_deref(), Some("model-b"));
     // model-b busy with a long answer; model-a cannot evict it and degrades.
     let busy = tokio::spawn(call("model-b", 150));
-    running(&ctx.models).await;
-    let degraded = call("model-a", 4).await.unwrap().unwrap_or_else(|f| panic!("{:?}", f.error));
+    running(&models).await;
+    let degraded = call("model-a", 4).await.unwrap_or_else(|f| panic!("{:?}", f.error));
     let receipt = &degraded.receipt;
     assert_eq!(receipt.model.as_deref(), Some("tiny"), "{receipt:?}");
     assert_eq!(receipt.fallbacks, ["degrade_to_tiny:tiny"], "{receipt:?}");
@@ -432,7 +431,7 @@ async fn exhausted_memory_degrades_to_the_tiny_model_with_a_receipt() {
         (receipt.tier.as_str(), receipt.backend.as_deref(), receipt.outcome.as_str()),
         ("L1", Some("local"), "ok")
     );
-    let long = busy.await.unwrap().unwrap().unwrap_or_else(|f| panic!("{:?}", f.error));
+    let long = busy.await.unwrap().unwrap_or_else(|f| panic!("{:?}", f.error));
     assert_eq!(long.receipt.model.as_deref(), Some("model-b"));
 
     // Evictions to make room for a load (VRAMOptimizerAgent may later evict idle
@@ -477,7 +476,7 @@ async fn bus_priorities_reach_the_local_model_queue() {
         s.backends = agentvisor::config::Settings::default().backends; // `local`: embedded, L1
     })
     .await;
-    let models = fleet.ctx().models.clone();
+    let models = fleet.services.models.clone();
     let mut bus = util::dealer(&ingress).await;
     // A generous deadline (the default is 30 s): the machine may be busy with other tests.
     let send = |id: &str, priority: u8, input: &str| serde_json::json!({"id": id, "type": "simple_chat", "input": input, "priority": priority, "deadline_ms": 300_000});

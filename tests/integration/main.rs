@@ -12,6 +12,7 @@ mod crash;
 mod daemon;
 mod fake_openai;
 mod gateway;
+mod layers;
 mod lazy;
 mod legacy;
 mod llm;

@@ -6,14 +6,15 @@
 
 use std::time::{Duration, Instant};
 
-use agentvisor::supervisor::{AgentState, Fleet};
+use agentvisor::daemon::System;
+use agentvisor::supervisor::AgentState;
 use serde_json::{Value, json};
 use zeromq::DealerSocket;
 
 use crate::util::{self, ask};
 
 /// A booted `full` fleet with its bus on free ports, and a client socket.
-async fn start() -> (tempfile::TempDir, Fleet, DealerSocket) {
+async fn start() -> (tempfile::TempDir, System, DealerSocket) {
     let dir = tempfile::tempdir().unwrap();
     let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |_| {}).await;
     for agent in ["MemoryOrchestratorService", "MemoryClient", "KnowledgeBase"] {
@@ -106,7 +107,7 @@ async fn memories_store_get_search_delete_expire_and_the_client_forwards() {
     loop {
         let key = short.clone();
         let rows: i64 = fleet
-            .ctx()
+            .services
             .store
             .call(move |conn| Ok(conn.query_row("SELECT count(*) FROM memories WHERE id = ?1", [key], |r| r.get(0))?))
             .await

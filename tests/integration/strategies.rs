@@ -5,16 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentvisor::agents::Fault;
-use agentvisor::events::Event;
-use agentvisor::supervisor::{AgentState, Fleet};
+use agentvisor::daemon::System;
+use agentvisor::events::Published as Event;
+use agentvisor::supervisor::AgentState;
+use agentvisor::supervisor::Fault;
 use serde_json::json;
 
 use crate::util::{self, EventLog};
 
 /// A fleet over `specs` with `strategy` for `group`, booted,
 /// with exact backoff (no jitter) from `backoff_secs`; every agent must be running.
-async fn booted(dir: &std::path::Path, specs: &[&str], (group, strategy): (&str, &str), backoff_secs: f64) -> Fleet {
+async fn booted(dir: &std::path::Path, specs: &[&str], (group, strategy): (&str, &str), backoff_secs: f64) -> System {
     let agents = util::write_catalog(dir, specs);
     util::set_strategy(&agents, group, strategy);
     let mut settings = util::settings(dir);

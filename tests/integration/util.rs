@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use agentvisor::config::Settings;
 use agentvisor::config::catalog::Catalog;
 use agentvisor::config::profile;
-use agentvisor::events::Event;
+use agentvisor::daemon::System;
+use agentvisor::events::Published as Event;
 use agentvisor::supervisor::Fleet;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::broadcast;
@@ -61,11 +62,11 @@ pub fn settings(data: &Path) -> Settings {
 
 /// Starts (not boots) a fleet of `profile` over the catalog at `catalog`
 /// (`None`: the repo's).
-pub async fn fleet(settings: Settings, catalog: Option<&Path>, profile_name: &str) -> Fleet {
+pub async fn fleet(settings: Settings, catalog: Option<&Path>, profile_name: &str) -> System {
     let catalog = Catalog::load(catalog.unwrap_or(&settings.agents_dir)).expect("catalog loads");
     let spec = profile::load_profile(&settings.profiles_dir, profile_name).expect("profile loads");
     let plan = profile::resolve(&catalog, &spec).expect("profile resolves");
-    Fleet::start(settings, catalog, plan).await.expect("fleet starts")
+    System::start(settings, catalog, plan).await.expect("fleet starts")
 }
 
 /// Writes a catalog folder: each entry is one agent spec in YAML (its
@@ -305,12 +306,12 @@ pub fn bus_settings(data: &Path) -> Settings {
 
 /// A booted fleet of `profile` (repo catalog) with its bus on free ports,
 /// after `tweak` edits the settings; returns it and the ROUTER endpoint.
-pub async fn bus_fleet(data: &Path, profile_name: &str, tweak: impl FnOnce(&mut Settings)) -> (Fleet, String) {
+pub async fn bus_fleet(data: &Path, profile_name: &str, tweak: impl FnOnce(&mut Settings)) -> (System, String) {
     let mut s = bus_settings(data);
     tweak(&mut s);
     let fleet = fleet(s, None, profile_name).await;
     fleet.boot().await;
-    let (ingress, _) = fleet.ctx().bus_endpoints().expect("bus bound");
+    let (ingress, _) = fleet.bus_endpoints().expect("bus bound");
     (fleet, ingress)
 }
 

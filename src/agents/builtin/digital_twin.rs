@@ -17,10 +17,10 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use sysinfo::System;
 
-use super::{Behaviour, unknown_type};
-use crate::agents::actor::StartError;
-use crate::agents::task::{Task, TaskReply};
-use crate::supervisor::context::FleetCtx;
+use super::{Answer, Behaviour, unknown_type};
+use crate::core::Task;
+use crate::routing::router::LoadProbe;
+use crate::supervisor::{AgentTable, StartError};
 
 /// Seconds between samples.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -35,22 +35,24 @@ struct Sample {
 
 /// The SystemDigitalTwin behaviour.
 pub struct DigitalTwin {
-    ctx: Arc<FleetCtx>,
+    table: Arc<AgentTable>,
+    load: LoadProbe,
     latest: Arc<Mutex<Sample>>,
     sampler: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl DigitalTwin {
-    /// A twin for the fleet of `ctx` (sampling starts with the agent).
-    pub fn new(ctx: Arc<FleetCtx>) -> DigitalTwin {
-        DigitalTwin { ctx, latest: Default::default(), sampler: Mutex::new(None) }
+    /// A twin reading the agent states of `table` and writing the CPU load
+    /// to `load` (sampling starts with the agent).
+    pub fn new(table: Arc<AgentTable>, load: LoadProbe) -> DigitalTwin {
+        DigitalTwin { table, load, latest: Default::default(), sampler: Mutex::new(None) }
     }
 }
 
 #[async_trait]
 impl Behaviour for DigitalTwin {
     async fn start(&self) -> Result<(), StartError> {
-        let (ctx, latest) = (self.ctx.clone(), self.latest.clone());
+        let (load, latest) = (self.load.clone(), self.latest.clone());
         let handle = tokio::spawn(async move {
             let mut sys = match tokio::task::spawn_blocking(System::new).await {
                 Ok(Ok(s)) => s,
@@ -75,7 +77,7 @@ impl Behaviour for DigitalTwin {
                 let Ok((s, sample)) = result else { return };
                 sys = s;
                 if let Some(cpu) = sample.cpu_percent {
-                    ctx.set_system_load_percent(cpu);
+                    load.set_percent(cpu);
                 }
                 *latest.lock() = sample;
                 tokio::time::sleep(SAMPLE_EVERY).await;
@@ -85,12 +87,12 @@ impl Behaviour for DigitalTwin {
         Ok(())
     }
 
-    async fn handle(&self, task: Task) -> TaskReply {
+    async fn handle(&self, task: Task) -> Answer {
         let s = self.latest.lock().clone();
         match task.task_type.as_str() {
             "twin.snapshot" => {
                 let mut agents: BTreeMap<&'static str, usize> = BTreeMap::new();
-                for r in self.ctx.snapshot() {
+                for r in self.table.snapshot() {
                     *agents.entry(r.state.as_str()).or_default() += 1;
                 }
                 let load = System::load_average().map(|l| json!([l.one, l.five, l.fifteen])).unwrap_or(Value::Null);

@@ -53,19 +53,20 @@
 //! goes on; it ends when the store closes or the agent stops.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use super::{Behaviour, bad_input, unknown_type};
-use crate::agents::actor::StartError;
-use crate::agents::task::{ErrorCode, Task, TaskError, TaskReply};
+use super::{Answer, Behaviour, bad_input, unknown_type};
+use crate::agents::services::Services;
+use crate::core::{ErrorCode, Task, TaskError};
 use crate::store::memory::{self as db, Memory, MemoryQuery};
 use crate::store::{Store, StoreError};
-use crate::supervisor::context::FleetCtx;
+use crate::supervisor::Fleet;
+use crate::supervisor::StartError;
 use crate::supervisor::state::AgentState;
 
 /// The authority's agent name.
@@ -83,17 +84,18 @@ const DEFAULT_LIMIT: u32 = 10;
 const MAX_LIMIT: u32 = 100;
 
 /// The behaviour of the memory agent `name`, if it is one of them.
-pub fn behaviour(name: &str, ctx: &Arc<FleetCtx>) -> Option<Arc<dyn Behaviour>> {
+pub fn behaviour(name: &str, services: &Services, fleet: &Fleet) -> Option<Arc<dyn Behaviour>> {
+    let store = services.store.clone();
     match name {
-        ORCHESTRATOR => Some(Arc::new(MemoryOrchestrator { ctx: ctx.clone(), sweeper: Mutex::new(None) })),
-        CLIENT => Some(Arc::new(MemoryClient { ctx: ctx.clone() })),
-        KNOWLEDGE_BASE => Some(Arc::new(KnowledgeBase { ctx: ctx.clone() })),
+        ORCHESTRATOR => Some(Arc::new(MemoryOrchestrator { store, sweeper: Mutex::new(None) })),
+        CLIENT => Some(Arc::new(MemoryClient { fleet: fleet.clone() })),
+        KNOWLEDGE_BASE => Some(Arc::new(KnowledgeBase { store })),
         _ => None,
     }
 }
 
 fn now_secs() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    crate::core::unix_time()
 }
 
 fn store_error(e: StoreError) -> TaskError {
@@ -188,8 +190,8 @@ fn new_memory(task: &Task, now: f64) -> Result<Memory, TaskError> {
 /// The MemoryOrchestratorService behaviour: the authority over `memories`.
 /// Owns the sweeper task (started in `start`, aborted in `stop`).
 pub struct MemoryOrchestrator {
-    /// The fleet (its store).
-    ctx: Arc<FleetCtx>,
+    /// The SQLite store (`memories`).
+    store: Store,
     /// The expiry sweeper, while the agent runs.
     sweeper: Mutex<Option<JoinHandle<()>>>,
 }
@@ -213,15 +215,15 @@ async fn sweep(store: Store) {
 #[async_trait]
 impl Behaviour for MemoryOrchestrator {
     async fn start(&self) -> Result<(), StartError> {
-        let handle = tokio::spawn(sweep(self.ctx.store.clone()));
+        let handle = tokio::spawn(sweep(self.store.clone()));
         if let Some(old) = self.sweeper.lock().replace(handle) {
             old.abort();
         }
         Ok(())
     }
 
-    async fn handle(&self, task: Task) -> TaskReply {
-        let store = &self.ctx.store;
+    async fn handle(&self, task: Task) -> Answer {
+        let store = &self.store;
         let now = now_secs();
         match task.task_type.as_str() {
             "memory.store" => {
@@ -277,13 +279,14 @@ impl Drop for MemoryOrchestrator {
 
 /// The MemoryClient behaviour: forwards to MemoryOrchestratorService.
 pub struct MemoryClient {
-    /// The fleet (the orchestrator's state, the fleet handle).
-    ctx: Arc<FleetCtx>,
+    /// The fleet: the orchestrator's state (an operator's stop must show)
+    /// and the call to it.
+    fleet: Fleet,
 }
 
 #[async_trait]
 impl Behaviour for MemoryClient {
-    async fn handle(&self, task: Task) -> TaskReply {
+    async fn handle(&self, task: Task) -> Answer {
         let forwarded = match task.task_type.as_str() {
             "memory.recall" => "memory.get",
             "memory.search" => "memory.search",
@@ -294,7 +297,7 @@ impl Behaviour for MemoryClient {
         };
         // Checked here because `Fleet::call` would start a stopped agent on
         // demand; an operator's stop must be visible to the callers instead.
-        match self.ctx.state(ORCHESTRATOR) {
+        match self.fleet.ctx().state(ORCHESTRATOR) {
             Some(AgentState::Running) => {}
             Some(state) => {
                 return Err(TaskError::new(
@@ -305,29 +308,29 @@ impl Behaviour for MemoryClient {
             None => {
                 return Err(TaskError::new(
                     ErrorCode::AgentUnavailable,
-                    format!("{ORCHESTRATOR} is not in profile {}; {CLIENT} keeps no local copy", self.ctx.plan.name),
+                    format!(
+                        "{ORCHESTRATOR} is not in profile {}; {CLIENT} keeps no local copy",
+                        self.fleet.ctx().plan.name
+                    ),
                 ));
             }
         }
-        let Some(fleet) = self.ctx.fleet() else {
-            return Err(TaskError::new(ErrorCode::ShuttingDown, "the fleet is stopping"));
-        };
         let mut task = task;
         task.task_type = forwarded.to_string();
-        fleet.call(ORCHESTRATOR, task).await
+        self.fleet.call(ORCHESTRATOR, task).await.map(|out| out.output)
     }
 }
 
 /// The KnowledgeBase behaviour: documents with FTS5 search.
 pub struct KnowledgeBase {
-    /// The fleet (its store).
-    ctx: Arc<FleetCtx>,
+    /// The SQLite store (`kb_docs`, FTS5).
+    store: Store,
 }
 
 #[async_trait]
 impl Behaviour for KnowledgeBase {
-    async fn handle(&self, task: Task) -> TaskReply {
-        let store = &self.ctx.store;
+    async fn handle(&self, task: Task) -> Answer {
+        let store = &self.store;
         match task.task_type.as_str() {
             "kb.add" => {
                 let title = required_str(&task, "title")?.to_string();

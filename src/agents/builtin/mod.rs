@@ -7,7 +7,7 @@
 //! | UnifiedUtilsAgent | [`utils`] | `utils.echo`, `utils.time`, `utils.uuid`, `utils.hash`, `utils.sleep` |
 //! | UnifiedSystemAgent | [`system`] | `system.agents`, `system.status`, `system.start`, `system.stop`, `system.restart` |
 //! | LazyLoader | [`lazy_loader`] | `lazy.ensure`, `lazy.status` |
-//! | RequestCoordinator | [`request_coordinator`] | `coordinator.status`; owns the ZeroMQ sockets |
+//! | RequestCoordinator | `bus::coordinator` (registered by the composition root) | `coordinator.status`; owns the ZeroMQ sockets |
 //! | SystemDigitalTwin | [`digital_twin`] | `twin.snapshot`, `twin.system_load` |
 //! | SessionMemoryAgent | [`session_memory`] | `session.append`, `session.history`, `session.clear` |
 //! | MemoryOrchestratorService | [`memory`] | `memory.store`, `memory.get`, `memory.delete`, `memory.search`; TTL expiry |
@@ -26,7 +26,6 @@ pub mod digital_twin;
 pub mod lazy_loader;
 pub mod memory;
 pub mod models;
-pub mod request_coordinator;
 pub mod service_registry;
 pub mod session_memory;
 pub mod streaming_tts;
@@ -36,11 +35,15 @@ pub mod utils;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde_json::Value;
 
-use super::actor::StartError;
-use super::task::{ErrorCode, Task, TaskError, TaskReply};
-use crate::config::spec::AgentSpec;
-use crate::supervisor::context::FleetCtx;
+use super::services::Services;
+use crate::config::spec::{AgentSpec, RuntimeSpec};
+use crate::core::{ErrorCode, Task, TaskError, TaskReply};
+use crate::supervisor::{Fleet, StartError};
+
+/// What a builtin handler answers: its output, or an error.
+pub(crate) type Answer = Result<Value, TaskError>;
 
 /// A builtin behaviour. Tasks run concurrently (each in its own tokio
 /// task), so handlers take `&self`; state lives behind interior mutability.
@@ -52,48 +55,59 @@ pub trait Behaviour: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Answers one task. Dropping the future (cancellation, deadline) must
-    /// stop the work.
-    async fn handle(&self, task: Task) -> TaskReply;
+    /// Answers one task with its output. Dropping the future
+    /// (cancellation, deadline) must stop the work.
+    async fn handle(&self, task: Task) -> Result<Value, TaskError>;
+
+    /// Answers one task with its output and the route of its model call;
+    /// behaviours that call a model override it (the default has no route).
+    async fn reply(&self, task: Task) -> TaskReply {
+        self.handle(task).await.map(Into::into)
+    }
 
     /// Stop hook, run in the actor's `post_stop`.
     async fn stop(&self) {}
 }
 
-/// The behaviour of `spec`, when one is built; `None` otherwise.
-pub fn create(spec: &Arc<AgentSpec>, ctx: &Arc<FleetCtx>) -> Result<Option<Arc<dyn Behaviour>>, StartError> {
-    let name = match &spec.runtime {
-        crate::config::spec::RuntimeSpec::Builtin { behaviour } => behaviour.as_deref().unwrap_or(&spec.name),
-        crate::config::spec::RuntimeSpec::Llm { .. } => {
-            return match crate::agents::llm::LlmAgent::new(spec.clone(), ctx.clone()) {
-                Ok(b) => Ok(b.map(|b| Arc::new(b) as Arc<dyn Behaviour>)),
-                Err(reason) => Err(StartError::Failed { agent: spec.name.clone(), reason }),
-            };
-        }
-        crate::config::spec::RuntimeSpec::Process { .. } => return Ok(None),
-    };
-    Ok(builtin_for(name, ctx))
+/// The behaviour of `spec`, when one is built; `None` otherwise. Each
+/// behaviour is given only the services it uses.
+///
+/// # Errors
+/// [`StartError::Failed`] when an llm spec's `output_schema` is invalid.
+pub fn create(
+    spec: &Arc<AgentSpec>,
+    services: &Services,
+    fleet: &Fleet,
+) -> Result<Option<Arc<dyn Behaviour>>, StartError> {
+    match &spec.runtime {
+        RuntimeSpec::Builtin { .. } => Ok(builtin_for(spec.behaviour_name(), services, fleet)),
+        RuntimeSpec::Llm { .. } => match super::llm::LlmAgent::new(spec.clone(), services, fleet) {
+            Ok(b) => Ok(b.map(|b| Arc::new(b) as Arc<dyn Behaviour>)),
+            Err(reason) => Err(StartError::Failed { agent: spec.name.clone(), reason }),
+        },
+        RuntimeSpec::Process { .. } => Ok(None),
+    }
 }
 
-fn builtin_for(name: &str, ctx: &Arc<FleetCtx>) -> Option<Arc<dyn Behaviour>> {
-    if let Some(b) = memory::behaviour(name, ctx)
-        .or_else(|| service_registry::behaviour(name, ctx))
-        .or_else(|| models::behaviour(name, ctx))
+fn builtin_for(name: &str, services: &Services, fleet: &Fleet) -> Option<Arc<dyn Behaviour>> {
+    if let Some(b) = memory::behaviour(name, services, fleet)
+        .or_else(|| service_registry::behaviour(name, services, fleet))
+        .or_else(|| models::behaviour(name, services, fleet))
     {
         return Some(b);
     }
     match name {
         "UnifiedUtilsAgent" => Some(Arc::new(utils::Utils)),
-        "UnifiedSystemAgent" => Some(Arc::new(system::SystemAdmin { ctx: ctx.clone() })),
-        "LazyLoader" => Some(Arc::new(lazy_loader::LazyLoaderAgent { ctx: ctx.clone() })),
-        "RequestCoordinator" => Some(Arc::new(request_coordinator::RequestCoordinator::new(ctx.clone()))),
-        "SystemDigitalTwin" => Some(Arc::new(digital_twin::DigitalTwin::new(ctx.clone()))),
-        "SessionMemoryAgent" => Some(Arc::new(session_memory::SessionMemory { ctx: ctx.clone() })),
-        "StreamingTTSAgent" => Some(Arc::new(streaming_tts::StreamingTts { ctx: ctx.clone() })),
+        "UnifiedSystemAgent" => Some(Arc::new(system::SystemAdmin { fleet: fleet.clone() })),
+        "LazyLoader" => Some(Arc::new(lazy_loader::LazyLoaderAgent { fleet: fleet.clone() })),
+        "SystemDigitalTwin" => {
+            Some(Arc::new(digital_twin::DigitalTwin::new(fleet.ctx().clone(), services.load.clone())))
+        }
+        "SessionMemoryAgent" => Some(Arc::new(session_memory::SessionMemory { store: services.store.clone() })),
+        "StreamingTTSAgent" => Some(Arc::new(streaming_tts::StreamingTts { peers: Arc::new(fleet.clone()) })),
         _ => None,
     }
 }
-
 /// `invalid_field` error for a task input.
 pub(crate) fn bad_input(task: &Task, why: impl std::fmt::Display) -> TaskError {
     TaskError::new(ErrorCode::InvalidField, format!("input of {}: {why}", task.task_type))

@@ -1,5 +1,5 @@
 //! The local-model agents (DESIGN §6), all on the daemon's
-//! [`ModelManager`](crate::models::manager::ModelManager) (`ctx.models`).
+//! [`ModelManager`](crate::models::manager::ModelManager) (`Services::models`).
 //!
 //! **ModelManagerSuite** — the model table and the local queue:
 //!
@@ -39,20 +39,20 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
-use super::{Behaviour, bad_input, name_arg, unknown_type};
-use crate::agents::actor::StartError;
-use crate::agents::task::{ErrorCode, Task, TaskError, TaskReply};
-use crate::backends::ChatMessage;
-use crate::models::local::{Finish, GenParams};
-use crate::models::manager::{LocalError, LocalRequest};
-use crate::supervisor::context::FleetCtx;
+use super::{Answer, Behaviour, bad_input, name_arg, unknown_type};
+use crate::agents::services::Services;
+use crate::core::{ChatMessage, ErrorCode, GenParams, Task, TaskError};
+use crate::models::local::Finish;
+use crate::models::manager::{LocalError, LocalRequest, ModelManager};
+use crate::supervisor::{Fleet, StartError};
 
 /// The behaviour of `name`, when it is one of these agents.
-pub fn behaviour(name: &str, ctx: &Arc<FleetCtx>) -> Option<Arc<dyn Behaviour>> {
+pub fn behaviour(name: &str, services: &Services, _fleet: &Fleet) -> Option<Arc<dyn Behaviour>> {
+    let models = services.models.clone();
     match name {
-        "ModelManagerSuite" => Some(Arc::new(ModelManagerSuite { ctx: ctx.clone() })),
-        "VRAMOptimizerAgent" => Some(Arc::new(VramOptimizer { ctx: ctx.clone(), poller: Mutex::new(None) })),
-        "TinyLlamaServiceEnhanced" => Some(Arc::new(TinyLlama { ctx: ctx.clone() })),
+        "ModelManagerSuite" => Some(Arc::new(ModelManagerSuite { models })),
+        "VRAMOptimizerAgent" => Some(Arc::new(VramOptimizer { models, poller: Mutex::new(None) })),
+        "TinyLlamaServiceEnhanced" => Some(Arc::new(TinyLlama { models })),
         _ => None,
     }
 }
@@ -70,15 +70,15 @@ fn task_error(e: LocalError) -> TaskError {
 
 /// ModelManagerSuite.
 pub struct ModelManagerSuite {
-    ctx: Arc<FleetCtx>,
+    models: Arc<ModelManager>,
 }
 
 #[async_trait]
 impl Behaviour for ModelManagerSuite {
     async fn start(&self) -> Result<(), StartError> {
-        match self.ctx.models.list().await {
+        match self.models.list().await {
             Ok(list) if list.is_empty() => tracing::warn!(
-                models_dir = %self.ctx.settings.models_dir.display(),
+                models_dir = %self.models.models_dir().display(),
                 "no GGUF model found: local inference answers model_not_found until `agentvisor models fetch`"
             ),
             Ok(list) => tracing::info!(models = list.len(), "local models found"),
@@ -87,8 +87,8 @@ impl Behaviour for ModelManagerSuite {
         Ok(())
     }
 
-    async fn handle(&self, task: Task) -> TaskReply {
-        let m = &self.ctx.models;
+    async fn handle(&self, task: Task) -> Answer {
+        let m = &self.models;
         match task.task_type.as_str() {
             "models.list" => {
                 let list = m.list().await.map_err(|e| TaskError::new(ErrorCode::AgentError, e.to_string()))?;
@@ -103,24 +103,24 @@ impl Behaviour for ModelManagerSuite {
 
     async fn stop(&self) {
         // Unloads every model; a later request loads again.
-        self.ctx.models.shutdown().await;
+        self.models.shutdown().await;
     }
 }
 
 /// VRAMOptimizerAgent.
 pub struct VramOptimizer {
-    ctx: Arc<FleetCtx>,
+    models: Arc<ModelManager>,
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl VramOptimizer {
     /// One reading, off the runtime, recorded in the manager; evicts idle
     /// models when the loaded ones exceed the budget.
-    async fn poll(ctx: &Arc<FleetCtx>, warned: &mut bool) {
+    async fn poll(models: &Arc<ModelManager>, warned: &mut bool) {
         let probe = {
-            let ctx = ctx.clone();
+            let models = models.clone();
             tokio::task::spawn_blocking(move || {
-                let probe = ctx.models.probe();
+                let probe = models.probe();
                 probe.read()
             })
             .await
@@ -128,7 +128,7 @@ impl VramOptimizer {
         match probe {
             Ok(Ok(reading)) => {
                 *warned = false;
-                ctx.models.record_reading(reading);
+                models.record_reading(reading);
             }
             Ok(Err(e)) if !*warned => {
                 *warned = true;
@@ -136,11 +136,11 @@ impl VramOptimizer {
             }
             _ => {}
         }
-        let status = ctx.models.status().await;
-        if let (Some(used), Some(budget)) = (status["used_bytes"].as_u64(), ctx.models.budget_bytes())
+        let status = models.status().await;
+        if let (Some(used), Some(budget)) = (status["used_bytes"].as_u64(), models.budget_bytes())
             && used > budget
         {
-            let evicted = ctx.models.evict_idle_over_budget().await;
+            let evicted = models.evict_idle_over_budget().await;
             if !evicted.is_empty() {
                 tracing::info!(?evicted, used, budget, "loaded models over the budget: idle ones evicted");
             }
@@ -151,23 +151,23 @@ impl VramOptimizer {
 #[async_trait]
 impl Behaviour for VramOptimizer {
     async fn start(&self) -> Result<(), StartError> {
-        let ctx = self.ctx.clone();
+        let models = self.models.clone();
         let mut warned = false;
         // The first reading before `running`, so the budget is known before the first load.
-        Self::poll(&ctx, &mut warned).await;
-        let every = Duration::from_secs_f64(ctx.settings.models.poll_secs.max(0.1));
+        Self::poll(&models, &mut warned).await;
+        let every = Duration::from_secs_f64(models.settings().poll_secs.max(0.1));
         let handle = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                Self::poll(&ctx, &mut warned).await;
+                Self::poll(&models, &mut warned).await;
             }
         });
         *self.poller.lock() = Some(handle);
         Ok(())
     }
 
-    async fn handle(&self, task: Task) -> TaskReply {
-        let m = &self.ctx.models;
+    async fn handle(&self, task: Task) -> Answer {
+        let m = &self.models;
         match task.task_type.as_str() {
             "vram.status" => {
                 let status = m.status().await;
@@ -193,13 +193,13 @@ impl Behaviour for VramOptimizer {
 
 /// TinyLlamaServiceEnhanced.
 pub struct TinyLlama {
-    ctx: Arc<FleetCtx>,
+    models: Arc<ModelManager>,
 }
 
 #[async_trait]
 impl Behaviour for TinyLlama {
-    async fn handle(&self, task: Task) -> TaskReply {
-        let m = &self.ctx.models;
+    async fn handle(&self, task: Task) -> Answer {
+        let m = &self.models;
         match task.task_type.as_str() {
             "tiny.status" => {
                 let model = m.tiny_model().await;
@@ -228,14 +228,8 @@ impl Behaviour for TinyLlama {
                 let request = LocalRequest {
                     model,
                     messages: vec![ChatMessage::new("user", prompt)],
-                    params: GenParams {
-                        max_tokens: max_tokens.unwrap_or(m.settings().default_max_tokens),
-                        temperature,
-                        seed: rand::random(),
-                        ..Default::default()
-                    },
-                    priority: task.priority,
-                    push_to_front: task.push_to_front,
+                    params: GenParams { max_tokens, temperature, ..Default::default() },
+                    schedule: task.schedule,
                     deltas: task.chunks.clone(),
                     cancel: task.cancel.clone(),
                     over_budget_ok: true,

@@ -70,32 +70,26 @@
 //! | `POST /registry/promote` | `registry.promote` (JSON body) |
 //! | `DELETE /registry/{id}`, `POST /registry/deregister` | `registry.deregister` |
 //!
-//! The routes answer `503 agent_not_running` while ServiceRegistry is not
+//! The routes (`http::registry`) answer `503 agent_not_running` while ServiceRegistry is not
 //! running (its monitor would not run either).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use serde_json::{Map, Value, json};
 
-use super::{Behaviour, unknown_type};
-use crate::agents::actor::StartError;
-use crate::agents::task::{ErrorCode, Task, TaskError, TaskReply};
-use crate::config::spec::RuntimeSpec;
-use crate::store::StoreError;
+use super::{Answer, Behaviour, unknown_type};
+use crate::agents::services::Services;
+use crate::core::{ErrorCode, Event, Task, TaskError};
+use crate::events::EventBus;
 use crate::store::services::{
     self, Beat, Filter, MISSED_BEATS_DOWN, MISSED_BEATS_TTL, Role, Service, ServiceType, Status,
 };
+use crate::store::{Store, StoreError};
 use crate::supervisor::Fleet;
-use crate::supervisor::context::FleetCtx;
 use crate::supervisor::state::{AgentRecord, AgentState};
+use crate::supervisor::{AgentTable, StartError};
 
 /// The behaviour's name in the catalog.
 pub const AGENT: &str = "ServiceRegistry";
@@ -159,27 +153,33 @@ impl RegistryError {
         };
         TaskError::new(code, self.to_string())
     }
-
-    /// The HTTP status of this error: 400, 404 (no service) or 500.
-    pub fn http_status(&self) -> StatusCode {
-        match self {
-            RegistryError::NoService(_) => StatusCode::NOT_FOUND,
-            RegistryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::BAD_REQUEST,
-        }
-    }
 }
 
 /// The behaviour of ServiceRegistry, if `name` is it.
-pub fn behaviour(name: &str, ctx: &Arc<FleetCtx>) -> Option<Arc<dyn Behaviour>> {
-    (name == AGENT).then(|| Arc::new(ServiceRegistry { ctx: ctx.clone(), monitor: Default::default() }) as _)
+pub fn behaviour(name: &str, services: &Services, fleet: &Fleet) -> Option<Arc<dyn Behaviour>> {
+    let registry =
+        Registry { store: services.store.clone(), events: services.events.clone(), table: fleet.ctx().clone() };
+    (name == AGENT).then(|| Arc::new(ServiceRegistry { ctx: registry, monitor: Default::default() }) as _)
+}
+
+/// What the registry's operations use: the store (`services`), the event
+/// stream and the agent table (fleet agents are listed with live states).
+/// Shared by the task path and the HTTP routes (`http::registry`).
+#[derive(Clone)]
+pub struct Registry {
+    /// The SQLite store.
+    pub store: Store,
+    /// Events.
+    pub events: EventBus,
+    /// The live agent table.
+    pub table: Arc<AgentTable>,
 }
 
 /// The ServiceRegistry behaviour: the operations, and the heartbeat monitor
 /// while the agent runs.
 pub struct ServiceRegistry {
-    /// The fleet (store, events, live agent records).
-    ctx: Arc<FleetCtx>,
+    /// Store, events, live agent records.
+    ctx: Registry,
     /// The heartbeat monitor task, from `start` to `stop` (aborted when
     /// dropped, so a behaviour dropped without `stop` leaves nothing behind).
     monitor: parking_lot::Mutex<Option<AbortOnDrop>>,
@@ -202,7 +202,7 @@ impl Behaviour for ServiceRegistry {
         Ok(())
     }
 
-    async fn handle(&self, task: Task) -> TaskReply {
+    async fn handle(&self, task: Task) -> Answer {
         let op = Op::of_task_type(&task.task_type).ok_or_else(|| unknown_type(AGENT, &task))?;
         op.run(&self.ctx, &task.input).await.map_err(|e| e.to_task_error())
     }
@@ -214,11 +214,16 @@ impl Behaviour for ServiceRegistry {
 
 /// The five operations, shared by the task and HTTP paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
+pub enum Op {
+    /// `registry.register`
     Register,
+    /// `registry.heartbeat`
     Heartbeat,
+    /// `registry.discover`
     Discover,
+    /// `registry.promote`
     Promote,
+    /// `registry.deregister`
     Deregister,
 }
 
@@ -234,7 +239,11 @@ impl Op {
         })
     }
 
-    async fn run(self, ctx: &FleetCtx, input: &Value) -> Result<Value, RegistryError> {
+    /// Runs the operation on `input`.
+    ///
+    /// # Errors
+    /// The operation's [`RegistryError`].
+    pub async fn run(self, ctx: &Registry, input: &Value) -> Result<Value, RegistryError> {
         match self {
             Op::Register => register(ctx, input).await,
             Op::Heartbeat => heartbeat(ctx, input).await,
@@ -246,7 +255,7 @@ impl Op {
 }
 
 fn now_s() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    crate::core::unix_time()
 }
 
 /// One row as the registry's JSON: the columns and `"managed": false`.
@@ -368,7 +377,7 @@ impl<'a> Input<'a> {
 ///
 /// # Errors
 /// [`RegistryError::Invalid`] naming the field; [`RegistryError::Store`].
-pub async fn register(ctx: &FleetCtx, input: &Value) -> Result<Value, RegistryError> {
+pub async fn register(ctx: &Registry, input: &Value) -> Result<Value, RegistryError> {
     const FIELDS: &[&str] = &[
         "id",
         "name",
@@ -447,10 +456,13 @@ pub async fn register(ctx: &FleetCtx, input: &Value) -> Result<Value, RegistryEr
         })
         .await?;
     tracing::info!(service = %id, name = %row.name, kind = row.kind.as_str(), replaced, "service registered");
-    ctx.events.publish(
-        "registry.registered",
-        json!({"service": id, "name": row.name, "type": row.kind, "role": row.role, "replaced": replaced}),
-    );
+    ctx.events.emit(Event::RegistryRegistered {
+        service: id,
+        name: row.name.clone(),
+        kind: row.kind.as_str().to_string(),
+        role: row.role.as_str().to_string(),
+        replaced,
+    });
     Ok(row_json(&row))
 }
 
@@ -461,7 +473,7 @@ pub async fn register(ctx: &FleetCtx, input: &Value) -> Result<Value, RegistryEr
 /// # Errors
 /// [`RegistryError::Invalid`]; [`RegistryError::NoService`];
 /// [`RegistryError::Managed`] for an `agent:` id; [`RegistryError::Store`].
-pub async fn heartbeat(ctx: &FleetCtx, input: &Value) -> Result<Value, RegistryError> {
+pub async fn heartbeat(ctx: &Registry, input: &Value) -> Result<Value, RegistryError> {
     let inp = Input::new("registry.heartbeat", input, &["id", "status", "p95_ms", "queue_depth", "load"])?;
     let id = inp.service_id()?.to_string();
     let status = match inp.choice("status", Status::parse, || "ok or degraded".into())? {
@@ -480,7 +492,11 @@ pub async fn heartbeat(ctx: &FleetCtx, input: &Value) -> Result<Value, RegistryE
     let Some((before, row)) = updated else { return Err(RegistryError::NoService(id)) };
     if before == Status::Down {
         tracing::info!(service = %id, name = %row.name, "service heartbeats again");
-        ctx.events.publish("registry.recovered", json!({"service": id, "name": row.name, "status": row.status}));
+        ctx.events.emit(Event::RegistryRecovered {
+            service: id,
+            name: row.name.clone(),
+            status: row.status.as_str().to_string(),
+        });
     }
     Ok(row_json(&row))
 }
@@ -495,8 +511,8 @@ fn agent_status(state: AgentState) -> Status {
 }
 
 /// The registry view of one fleet agent, if it passes `filter`.
-fn agent_json(ctx: &FleetCtx, r: &AgentRecord, filter: &Filter) -> Option<Value> {
-    let caps = ctx.catalog.get(&r.name).map(|s| s.handles.clone()).unwrap_or_default();
+fn agent_json(ctx: &Registry, r: &AgentRecord, filter: &Filter) -> Option<Value> {
+    let caps = ctx.table.catalog.get(&r.name).map(|s| s.handles.clone()).unwrap_or_default();
     let status = agent_status(r.state);
     if !filter.matches(ServiceType::Agent, Role::Production, status, &r.name, &caps) {
         return None;
@@ -517,7 +533,7 @@ fn agent_json(ctx: &FleetCtx, r: &AgentRecord, filter: &Filter) -> Option<Value>
 ///
 /// # Errors
 /// [`RegistryError::Invalid`]; [`RegistryError::Store`].
-pub async fn discover(ctx: &FleetCtx, input: &Value) -> Result<Value, RegistryError> {
+pub async fn discover(ctx: &Registry, input: &Value) -> Result<Value, RegistryError> {
     let empty = Value::Object(Map::new());
     let input = match input {
         Value::Null => &empty,
@@ -544,7 +560,7 @@ pub async fn discover(ctx: &FleetCtx, input: &Value) -> Result<Value, RegistryEr
         out.extend(rows.iter().map(row_json));
     }
     if managed != Some(false) {
-        out.extend(ctx.snapshot().iter().filter_map(|r| agent_json(ctx, r, &filter)));
+        out.extend(ctx.table.snapshot().iter().filter_map(|r| agent_json(ctx, r, &filter)));
     }
     Ok(json!({"services": out}))
 }
@@ -555,7 +571,7 @@ pub async fn discover(ctx: &FleetCtx, input: &Value) -> Result<Value, RegistryEr
 /// # Errors
 /// [`RegistryError::Invalid`]; [`RegistryError::NoService`];
 /// [`RegistryError::Managed`]; [`RegistryError::Store`].
-pub async fn promote(ctx: &FleetCtx, input: &Value) -> Result<Value, RegistryError> {
+pub async fn promote(ctx: &Registry, input: &Value) -> Result<Value, RegistryError> {
     let inp = Input::new("registry.promote", input, &["id", "role"])?;
     let id = inp.service_id()?.to_string();
     let role = inp
@@ -565,7 +581,12 @@ pub async fn promote(ctx: &FleetCtx, input: &Value) -> Result<Value, RegistryErr
     let updated = ctx.store.call(move |conn| services::set_role(conn, &key, role)).await?;
     let Some((before, row)) = updated else { return Err(RegistryError::NoService(id)) };
     tracing::info!(service = %id, name = %row.name, from = before.as_str(), to = role.as_str(), "service promoted");
-    ctx.events.publish("registry.promoted", json!({"service": id, "name": row.name, "from": before, "to": role}));
+    ctx.events.emit(Event::RegistryPromoted {
+        service: id,
+        name: row.name.clone(),
+        from: before.as_str().to_string(),
+        to: role.as_str().to_string(),
+    });
     Ok(row_json(&row))
 }
 
@@ -576,7 +597,7 @@ pub async fn promote(ctx: &FleetCtx, input: &Value) -> Result<Value, RegistryErr
 /// # Errors
 /// [`RegistryError::Invalid`]/[`RegistryError::Shape`];
 /// [`RegistryError::Managed`]; [`RegistryError::Store`].
-pub async fn deregister(ctx: &FleetCtx, input: &Value) -> Result<Value, RegistryError> {
+pub async fn deregister(ctx: &Registry, input: &Value) -> Result<Value, RegistryError> {
     let wrapped;
     let input = match input {
         Value::String(s) => {
@@ -591,7 +612,7 @@ pub async fn deregister(ctx: &FleetCtx, input: &Value) -> Result<Value, Registry
     let removed = ctx.store.call(move |conn| services::delete(conn, &key)).await?;
     if let Some(s) = &removed {
         tracing::info!(service = %id, name = %s.name, "service deregistered on request");
-        ctx.events.publish("registry.deregistered", json!({"service": id, "name": s.name, "reason": "requested"}));
+        ctx.events.emit(Event::RegistryDeregistered { service: id, name: s.name.clone(), reason: "requested".into() });
     }
     Ok(json!({"deregistered": removed.is_some()}))
 }
@@ -613,7 +634,7 @@ fn eviction_reason(s: &Service) -> String {
 
 /// The heartbeat monitor: sweeps the table until aborted (or the store
 /// closes), publishing an event per service marked down or deleted.
-async fn monitor(ctx: Arc<FleetCtx>) {
+async fn monitor(ctx: Registry) {
     let since = now_s();
     loop {
         let swept = ctx
@@ -629,17 +650,22 @@ async fn monitor(ctx: Arc<FleetCtx>) {
             Ok(sweep) => {
                 for s in &sweep.marked_down {
                     tracing::warn!(service = %s.id, name = %s.name, missed = MISSED_BEATS_DOWN, "service missed heartbeats; marked down");
-                    ctx.events.publish(
-                        "alert.heartbeat_missed",
-                        json!({"service": s.id, "name": s.name, "missed": MISSED_BEATS_DOWN as u32,
-                               "last_seen": s.last_heartbeat_ts, "action": "marked_down"}),
-                    );
+                    ctx.events.emit(Event::HeartbeatMissed {
+                        service: s.id.clone(),
+                        name: s.name.clone(),
+                        missed: MISSED_BEATS_DOWN as u32,
+                        last_seen: s.last_heartbeat_ts,
+                        action: "marked_down",
+                    });
                 }
                 for s in &sweep.removed {
                     let reason = eviction_reason(s);
                     tracing::warn!(service = %s.id, name = %s.name, reason = %reason, "service deregistered by the monitor");
-                    ctx.events
-                        .publish("registry.deregistered", json!({"service": s.id, "name": s.name, "reason": reason}));
+                    ctx.events.emit(Event::RegistryDeregistered {
+                        service: s.id.clone(),
+                        name: s.name.clone(),
+                        reason,
+                    });
                 }
                 tick_for(sweep.min_interval_s)
             }
@@ -651,103 +677,6 @@ async fn monitor(ctx: Arc<FleetCtx>) {
         };
         tokio::time::sleep(tick).await;
     }
-}
-
-/// HTTP routes of the registry, merged into the ObservabilityHub server
-/// (see the module docs for the table).
-pub fn routes() -> axum::Router<Fleet> {
-    axum::Router::new()
-        .route("/registry/register", post(http_register))
-        .route("/registry/heartbeat", put(http_heartbeat))
-        .route("/registry/discover", get(http_discover))
-        .route("/registry/promote", post(http_promote))
-        .route("/registry/deregister", post(http_deregister))
-        .route("/registry/{id}", delete(http_delete))
-}
-
-fn http_error(status: StatusCode, e: TaskError) -> Response {
-    (status, Json(json!({"error": e}))).into_response()
-}
-
-/// Runs `op` for an HTTP request, while ServiceRegistry runs.
-async fn http(fleet: &Fleet, op: Op, input: Result<Value, JsonRejection>) -> Response {
-    let ctx = fleet.ctx();
-    let agent = ctx
-        .plan
-        .agents
-        .iter()
-        .filter_map(|a| ctx.catalog.get(a))
-        .find(|s| matches!(&s.runtime, RuntimeSpec::Builtin { behaviour } if behaviour.as_deref().unwrap_or(&s.name) == AGENT));
-    let Some(agent) = agent else {
-        return http_error(
-            StatusCode::NOT_FOUND,
-            TaskError::new(ErrorCode::UnknownAgent, format!("no {AGENT} in this run")),
-        );
-    };
-    match ctx.state(&agent.name) {
-        Some(AgentState::Running) => {}
-        state => {
-            let state = state.map_or("absent", AgentState::as_str);
-            let e = TaskError::new(ErrorCode::AgentNotRunning, format!("{} is {state}", agent.name));
-            return http_error(StatusCode::SERVICE_UNAVAILABLE, e);
-        }
-    }
-    let input = match input {
-        Ok(v) => v,
-        Err(rejection) => {
-            return http_error(
-                StatusCode::BAD_REQUEST,
-                TaskError::new(ErrorCode::MalformedJson, rejection.body_text()),
-            );
-        }
-    };
-    match op.run(ctx, &input).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => http_error(e.http_status(), e.to_task_error()),
-    }
-}
-
-async fn http_register(State(fleet): State<Fleet>, body: Result<Json<Value>, JsonRejection>) -> Response {
-    http(&fleet, Op::Register, body.map(|Json(v)| v)).await
-}
-
-async fn http_heartbeat(State(fleet): State<Fleet>, body: Result<Json<Value>, JsonRejection>) -> Response {
-    http(&fleet, Op::Heartbeat, body.map(|Json(v)| v)).await
-}
-
-async fn http_promote(State(fleet): State<Fleet>, body: Result<Json<Value>, JsonRejection>) -> Response {
-    http(&fleet, Op::Promote, body.map(|Json(v)| v)).await
-}
-
-async fn http_deregister(State(fleet): State<Fleet>, body: Result<Json<Value>, JsonRejection>) -> Response {
-    http(&fleet, Op::Deregister, body.map(|Json(v)| v)).await
-}
-
-async fn http_delete(State(fleet): State<Fleet>, Path(id): Path<String>) -> Response {
-    http(&fleet, Op::Deregister, Ok(json!({"id": id}))).await
-}
-
-/// Query parameters as a `registry.discover` input: empty ones dropped,
-/// `cap` split on commas, `managed` as a boolean when it reads as one.
-fn discover_input(query: std::collections::BTreeMap<String, String>) -> Value {
-    let mut m = Map::new();
-    for (k, v) in query.into_iter().filter(|(_, v)| !v.trim().is_empty()) {
-        let value = match (k.as_str(), v.trim()) {
-            ("cap", caps) => Value::from(caps.split(',').map(str::trim).filter(|c| !c.is_empty()).collect::<Vec<_>>()),
-            ("managed", "true") => Value::Bool(true),
-            ("managed", "false") => Value::Bool(false),
-            (_, text) => Value::from(text),
-        };
-        m.insert(k, value);
-    }
-    Value::Object(m)
-}
-
-async fn http_discover(
-    State(fleet): State<Fleet>,
-    Query(query): Query<std::collections::BTreeMap<String, String>>,
-) -> Response {
-    http(&fleet, Op::Discover, Ok(discover_input(query))).await
 }
 
 #[cfg(test)]
@@ -763,15 +692,6 @@ mod tests {
     }
 
     #[test]
-    fn query_strings_become_discover_input() {
-        let q = [("cap", "infer, embed"), ("type", "model"), ("role", ""), ("managed", "false")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        assert_eq!(discover_input(q), json!({"cap": ["infer", "embed"], "type": "model", "managed": false}));
-    }
-
-    #[test]
     fn input_errors_name_the_field() {
         let v = json!({"name": "x", "type": "robot"});
         let inp = Input::new("registry.register", &v, &["name", "type"]).unwrap();
@@ -782,8 +702,6 @@ mod tests {
         );
         let e = Input::new("registry.register", &json!({"nam": 1}), &["name"]).err().unwrap();
         assert!(e.to_string().contains("field \"nam\": unknown field"), "{e}");
-        assert_eq!(e.http_status(), StatusCode::BAD_REQUEST);
-        assert_eq!(RegistryError::NoService("x".into()).http_status(), StatusCode::NOT_FOUND);
         assert_eq!(RegistryError::NoService("x".into()).to_task_error().code, ErrorCode::InvalidField);
     }
 

@@ -9,24 +9,21 @@
 //!
 //! `role` is `user`, `assistant` or `system`.
 
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use async_trait::async_trait;
 use rusqlite::params;
 use serde_json::{Value, json};
 
-use super::{Behaviour, bad_input, unknown_type};
-use crate::agents::task::{ErrorCode, Task, TaskError, TaskReply};
-use crate::supervisor::context::FleetCtx;
+use super::{Answer, Behaviour, bad_input, unknown_type};
+use crate::core::{ErrorCode, Task, TaskError};
+use crate::store::Store;
 
 /// Default number of turns `session.history` returns.
 const DEFAULT_LIMIT: u32 = 50;
 
 /// The SessionMemoryAgent behaviour.
 pub struct SessionMemory {
-    /// The fleet (its store).
-    pub ctx: Arc<FleetCtx>,
+    /// The SQLite store (`session_turns`).
+    pub store: Store,
 }
 
 fn session_of(task: &Task) -> Result<String, TaskError> {
@@ -48,7 +45,7 @@ fn store_error(e: crate::store::StoreError) -> TaskError {
 
 #[async_trait]
 impl Behaviour for SessionMemory {
-    async fn handle(&self, task: Task) -> TaskReply {
+    async fn handle(&self, task: Task) -> Answer {
         let session = session_of(&task)?;
         match task.task_type.as_str() {
             "session.append" => {
@@ -68,10 +65,9 @@ impl Behaviour for SessionMemory {
                     let agent = t.get("agent").and_then(Value::as_str).map(str::to_string);
                     rows.push((role.to_string(), content.to_string(), agent));
                 }
-                let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                let ts = crate::core::unix_time();
                 let n = rows.len();
-                self.ctx
-                    .store
+                self.store
                     .call(move |conn| {
                         let tx = conn.transaction()?;
                         for (role, content, agent) in &rows {
@@ -95,9 +91,7 @@ impl Behaviour for SessionMemory {
                     .map(|l| l.min(10_000) as u32)
                     .unwrap_or(DEFAULT_LIMIT);
                 let s = session.clone();
-                let turns = self
-                    .ctx
-                    .store
+                let turns = self.store
                     .call(move |conn| {
                         let mut stmt = conn.prepare(
                             "SELECT role, content, agent, ts FROM session_turns WHERE session = ?1 ORDER BY id DESC LIMIT ?2",
@@ -116,7 +110,6 @@ impl Behaviour for SessionMemory {
             }
             "session.clear" => {
                 let deleted = self
-                    .ctx
                     .store
                     .call(move |conn| {
                         Ok(conn.execute("DELETE FROM session_turns WHERE session = ?1", params![session])?)

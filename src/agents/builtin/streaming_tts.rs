@@ -15,14 +15,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::{Behaviour, bad_input, unknown_type};
-use crate::agents::task::{ErrorCode, Task, TaskError, TaskReply};
-use crate::supervisor::context::FleetCtx;
+use super::{Answer, Behaviour, bad_input, unknown_type};
+use crate::core::Task;
+use crate::supervisor::Peers;
 
 /// The StreamingTTSAgent behaviour.
 pub struct StreamingTts {
-    /// The fleet (to reach TTSService).
-    pub ctx: Arc<FleetCtx>,
+    /// The other agents (TTSService).
+    pub peers: Arc<dyn Peers>,
 }
 
 /// Splits `text` after `.`, `!`, `?` (and `…`) followed by white space;
@@ -50,7 +50,7 @@ pub fn sentences(text: &str) -> Vec<String> {
 
 #[async_trait]
 impl Behaviour for StreamingTts {
-    async fn handle(&self, task: Task) -> TaskReply {
+    async fn handle(&self, task: Task) -> Answer {
         if task.task_type != "tts.stream" {
             return Err(unknown_type("StreamingTTSAgent", &task));
         }
@@ -66,7 +66,6 @@ impl Behaviour for StreamingTts {
         if parts.is_empty() {
             return Err(bad_input(&task, "no text to speak"));
         }
-        let fleet = self.ctx.fleet().ok_or_else(|| TaskError::new(ErrorCode::ShuttingDown, "the fleet is stopping"))?;
         let (mut total, mut rate) = (0.0, Value::Null);
         for (index, sentence) in parts.iter().enumerate() {
             let mut input = json!({"text": sentence});
@@ -78,7 +77,7 @@ impl Behaviour for StreamingTts {
             let mut speak = Task::new(format!("{}-{index}", task.id), "tts.speak", input);
             speak.deadline = task.deadline;
             speak.cancel = task.cancel.clone();
-            let audio = fleet.call("TTSService", speak).await?;
+            let audio = self.peers.call("TTSService", speak).await?.output;
             total += audio.get("duration_seconds").and_then(Value::as_f64).unwrap_or(0.0);
             rate = audio.get("sample_rate").cloned().unwrap_or(Value::Null);
             let chunk = json!({

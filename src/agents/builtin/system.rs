@@ -11,40 +11,38 @@
 //!
 //! Errors: `unknown_agent`, `start_timeout`, `agent_unavailable`, `agent_fatal`, `start_failed`.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::{Behaviour, agent_arg, unknown_type};
-use crate::agents::task::{Task, TaskError, TaskReply};
-use crate::supervisor::context::FleetCtx;
+use super::{Answer, Behaviour, agent_arg, unknown_type};
+use crate::core::{Task, TaskError};
 use crate::supervisor::state::AgentState;
-use crate::telemetry::http::record_json;
+use crate::supervisor::{Fleet, StartError};
 
 /// The UnifiedSystemAgent behaviour.
 pub struct SystemAdmin {
     /// The fleet it administers.
-    pub ctx: Arc<FleetCtx>,
+    pub fleet: Fleet,
 }
 
 impl SystemAdmin {
-    fn status(&self, agent: &str) -> TaskReply {
-        self.ctx
+    fn status(&self, agent: &str) -> Answer {
+        self.fleet
+            .ctx()
             .record(agent)
-            .map(|r| record_json(&r))
-            .ok_or_else(|| crate::agents::actor::StartError::UnknownAgent(agent.to_string()).to_task_error())
+            .map(|r| r.to_json())
+            .ok_or_else(|| StartError::UnknownAgent(agent.to_string()).to_task_error())
     }
 }
 
 #[async_trait]
 impl Behaviour for SystemAdmin {
-    async fn handle(&self, task: Task) -> TaskReply {
-        let fleet = self.ctx.fleet().ok_or_else(|| crate::agents::actor::StartError::ShuttingDown.to_task_error())?;
+    async fn handle(&self, task: Task) -> Answer {
+        let fleet = &self.fleet;
         match task.task_type.as_str() {
             "system.agents" => {
-                let agents: Vec<_> = self.ctx.snapshot().iter().map(record_json).collect();
-                Ok(json!({"profile": self.ctx.plan.name, "agents": agents}))
+                let agents: Vec<_> = fleet.ctx().snapshot().iter().map(|r| r.to_json()).collect();
+                Ok(json!({"profile": fleet.ctx().plan.name, "agents": agents}))
             }
             "system.status" => self.status(&agent_arg(&task)?),
             "system.start" => {
@@ -56,7 +54,7 @@ impl Behaviour for SystemAdmin {
                 let agent = agent_arg(&task)?;
                 if agent == "UnifiedSystemAgent" {
                     return Err(TaskError::new(
-                        crate::agents::task::ErrorCode::InvalidField,
+                        crate::core::ErrorCode::InvalidField,
                         "UnifiedSystemAgent cannot stop itself over a task; use POST /agents/UnifiedSystemAgent/stop",
                     ));
                 }

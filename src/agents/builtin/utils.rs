@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Behaviour, bad_input, unknown_type};
-use crate::agents::task::{Task, TaskReply};
+use super::{Answer, Behaviour, bad_input, unknown_type};
+use crate::core::Task;
 
 /// Longest `utils.sleep`, seconds.
 const MAX_SLEEP_SECS: f64 = 300.0;
@@ -25,7 +25,7 @@ pub struct Utils;
 
 #[async_trait]
 impl Behaviour for Utils {
-    async fn handle(&self, task: Task) -> TaskReply {
+    async fn handle(&self, task: Task) -> Answer {
         match task.task_type.as_str() {
             "utils.echo" => {
                 if let (Some(_), Value::String(text)) = (&task.chunks, &task.input) {

@@ -1,90 +1,11 @@
-//! Tasks as agents see them, and the task error with its stable codes.
-//!
-//! The codes are the wire's `error.code` (DESIGN §4) and the `outcome`
-//! label of `agentvisor_tasks_total`.
+//! The task error and its stable codes: the wire's `error.code` (DESIGN §4)
+//! and the `outcome` label of `agentvisor_tasks_total`.
 
 use std::fmt;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-/// One task handed to an agent.
-#[derive(Debug, Clone)]
-pub struct Task {
-    /// Task id (client's, or generated).
-    pub id: String,
-    /// Task type (`utils.echo`, `simple_chat`, ...).
-    pub task_type: String,
-    /// Input: text or JSON.
-    pub input: Value,
-    /// When the answer is due; `None`: the caller's default.
-    pub deadline: Option<Instant>,
-    /// Where streamed pieces of the answer go (`stream: true`); `None`:
-    /// the client wants only the final answer.
-    pub chunks: Option<mpsc::UnboundedSender<String>>,
-    /// Cancelled when the client cancels, leaves, or the deadline passes;
-    /// the agent stops the work.
-    pub cancel: CancellationToken,
-    /// Conversation session, when the client set one.
-    pub session: Option<String>,
-    /// Routing preference of the client.
-    pub prefer: Option<crate::config::Prefer>,
-    /// Explicit complexity 0.0–1.0 from the client.
-    pub complexity: Option<f64>,
-    /// Milliseconds the task waited in the bus's admission queue and for an
-    /// on-demand start before reaching the agent (0 for direct calls).
-    pub queue_ms: f64,
-    /// Where the agent leaves the routing receipt of its model call (the
-    /// reply's `route`).
-    pub receipt: std::sync::Arc<parking_lot::Mutex<Option<crate::store::receipts::Receipt>>>,
-    /// Priority 0–9 from the envelope (default 5); local model requests are
-    /// served by it.
-    pub priority: u8,
-    /// Local model requests of this task go before every queued one.
-    pub push_to_front: bool,
-}
-
-impl Task {
-    /// A task with no deadline, no streaming and no session.
-    pub fn new(id: impl Into<String>, task_type: impl Into<String>, input: Value) -> Task {
-        Task {
-            id: id.into(),
-            task_type: task_type.into(),
-            input,
-            deadline: None,
-            chunks: None,
-            cancel: CancellationToken::new(),
-            session: None,
-            prefer: None,
-            complexity: None,
-            queue_ms: 0.0,
-            receipt: Default::default(),
-            priority: 5,
-            push_to_front: false,
-        }
-    }
-
-    /// Sends one streamed piece when the client asked for streaming.
-    pub fn emit(&self, delta: impl Into<String>) {
-        if let Some(tx) = &self.chunks {
-            let _ = tx.send(delta.into());
-        }
-    }
-
-    /// The input as text: a JSON string as is, anything else as JSON text.
-    pub fn input_text(&self) -> String {
-        match &self.input {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        }
-    }
-}
-
-/// What an agent answers: its output, or an error.
-pub type TaskReply = Result<Value, TaskError>;
+use super::receipt::Receipt;
 
 /// Stable error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -180,11 +101,21 @@ pub struct TaskError {
     pub code: ErrorCode,
     /// Human-readable explanation naming the agent or input concerned.
     pub message: String,
+    /// The routing receipt of a model call that failed, returned with the
+    /// error (the reply's `route`); not part of the error's own JSON.
+    #[serde(skip)]
+    pub route: Option<Box<Receipt>>,
 }
 
 impl TaskError {
     /// A new error.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> TaskError {
-        TaskError { code, message: message.into() }
+        TaskError { code, message: message.into(), route: None }
+    }
+
+    /// The same error carrying the receipt of the failed model call.
+    pub fn with_route(mut self, route: Option<Receipt>) -> TaskError {
+        self.route = route.map(Box::new);
+        self
     }
 }

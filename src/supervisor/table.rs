@@ -1,62 +1,54 @@
-//! What every supervisor and agent actor of one daemon shares: settings,
-//! catalog, plan, event bus, metrics, and the live table of agent records.
+//! The agent table: the live record of every agent of the run, and what the
+//! supervisors of one daemon share to keep it (settings, catalog, plan, the
+//! event bus, metrics).
 //!
-//! All lifecycle transitions go through [`FleetCtx::transition`], which
-//! updates the table, publishes the event and counts it, in one place.
+//! All lifecycle transitions go through [`AgentTable::transition`], which
+//! updates the table and emits the typed event (logged and counted there),
+//! in one place.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{OnceLock, Weak};
 use std::time::Instant;
 
 use parking_lot::RwLock;
-use serde_json::{Value, json};
 
+use super::agent::AgentMsg;
 use super::state::{AgentRecord, AgentState};
 use crate::config::Settings;
 use crate::config::catalog::Catalog;
 use crate::config::profile::Plan;
+use crate::core::event::{Event, Transition};
 use crate::events::EventBus;
 use crate::telemetry::metrics::Metrics;
 
-/// Shared state of one daemon.
-pub struct FleetCtx {
-    /// Daemon settings.
-    pub settings: Settings,
+/// The supervisors' shared state: the table of agents and what keeps it.
+pub struct AgentTable {
+    /// Daemon settings (supervisor limits, actor name prefix).
+    pub settings: Arc<Settings>,
     /// The validated catalog.
-    pub catalog: Catalog,
+    pub catalog: Arc<Catalog>,
     /// The resolved profile.
-    pub plan: Plan,
+    pub plan: Arc<Plan>,
     /// Event stream.
     pub events: EventBus,
     /// Metrics.
     pub metrics: Metrics,
     /// When the daemon started.
     pub started: Instant,
-    /// The SQLite store.
-    pub store: crate::store::Store,
-    /// Local models (ModelManagerSuite's engine; the embedded backend's queue).
-    pub models: std::sync::Arc<crate::models::manager::ModelManager>,
-    /// Latest CPU load, percent ×100 (SystemDigitalTwin); `u64::MAX` = unknown.
-    load_centi_percent: std::sync::atomic::AtomicU64,
     records: RwLock<BTreeMap<String, AgentRecord>>,
     shutting_down: AtomicBool,
-    /// The fleet handle, for behaviours that drive the supervisor (weak: the
-    /// fleet owns this context).
-    fleet: OnceLock<Weak<super::fleet::Inner>>,
-    /// The bound task-bus endpoints (ROUTER, PUB), once RequestCoordinator runs.
-    bus_endpoints: RwLock<Option<(String, String)>>,
 }
 
-impl FleetCtx {
-    /// A context with a record per agent of `plan` (all `dormant`).
+impl AgentTable {
+    /// A table with a record per agent of `plan` (all `dormant`).
     pub fn new(
-        settings: Settings,
-        catalog: Catalog,
-        plan: Plan,
+        settings: Arc<Settings>,
+        catalog: Arc<Catalog>,
+        plan: Arc<Plan>,
+        events: EventBus,
         metrics: Metrics,
-        store: crate::store::Store,
-    ) -> FleetCtx {
+    ) -> AgentTable {
         let records = plan
             .agents
             .iter()
@@ -79,72 +71,23 @@ impl FleetCtx {
                 )
             })
             .collect();
-        let events = EventBus::new(metrics.events.clone());
-        let models = std::sync::Arc::new(crate::models::manager::ModelManager::new(
-            settings.models.clone(),
-            settings.models_dir.clone(),
-            events.clone(),
-            metrics.clone(),
-        ));
-        FleetCtx {
-            events,
-            models,
+        AgentTable {
             settings,
             catalog,
             plan,
+            events,
             metrics,
             started: Instant::now(),
-            store,
-            load_centi_percent: std::sync::atomic::AtomicU64::new(u64::MAX),
             records: RwLock::new(records),
             shutting_down: AtomicBool::new(false),
-            fleet: OnceLock::new(),
-            bus_endpoints: RwLock::new(None),
         }
     }
 
-    pub(crate) fn set_fleet(&self, fleet: Weak<super::fleet::Inner>) {
-        let _ = self.fleet.set(fleet);
-    }
-
-    /// Records the machine's CPU load, percent (SystemDigitalTwin).
-    pub fn set_system_load_percent(&self, percent: f64) {
-        let v = (percent.clamp(0.0, 100.0) * 100.0) as u64;
-        self.load_centi_percent.store(v, Ordering::Relaxed);
-    }
-
-    /// The latest CPU load, percent; `None` until SystemDigitalTwin measured it.
-    pub fn system_load_percent(&self) -> Option<f64> {
-        match self.load_centi_percent.load(Ordering::Relaxed) {
-            u64::MAX => None,
-            v => Some(v as f64 / 100.0),
-        }
-    }
-
-    /// The HybridRouter actor, looked up by name.
-    pub fn router(&self) -> Option<ractor::ActorRef<crate::routing::router::RouterMsg>> {
-        ractor::registry::where_is(self.actor_name(crate::routing::router::ROUTER_NAME)).map(Into::into)
-    }
-
-    /// Records the bound bus endpoints (ROUTER, PUB).
-    pub fn set_bus_endpoints(&self, ingress: String, events: String) {
-        *self.bus_endpoints.write() = Some((ingress, events));
-    }
-
-    /// The bound bus endpoints (ROUTER, PUB), when the bus runs.
-    pub fn bus_endpoints(&self) -> Option<(String, String)> {
-        self.bus_endpoints.read().clone()
-    }
-
-    /// The fleet handle, while the fleet exists.
-    pub fn fleet(&self) -> Option<super::fleet::Fleet> {
-        self.fleet.get().and_then(Weak::upgrade).map(super::fleet::Fleet::from_inner)
-    }
-
-    /// Moves `agent` to `state`, publishing `topic` (default: the state's
-    /// own topic) with `agent`, `group`, `state`, and the fields of `extra`.
-    /// A `reason` field in `extra` is kept on the record.
-    pub fn transition(&self, agent: &str, state: AgentState, topic: Option<&'static str>, extra: Value) {
+    /// Moves `agent` to `state` and emits the transition: `details` gives
+    /// the optional fields (`reason`, `start_ms`, ...); its `topic`, when
+    /// set, replaces the state's own (`agent.restarted`). A `reason` is kept
+    /// on the record.
+    pub fn transition(&self, agent: &str, state: AgentState, details: Transition) {
         let group = {
             let mut records = self.records.write();
             let Some(rec) = records.get_mut(agent) else {
@@ -157,13 +100,10 @@ impl FleetCtx {
                     rec.running_since = Some(Instant::now());
                     rec.reason = None;
                 }
-                AgentState::Dormant | AgentState::Stopped => {
-                    rec.pid = None;
-                    rec.reason = extra.get("reason").and_then(Value::as_str).map(str::to_string);
-                }
+                AgentState::Dormant | AgentState::Stopped => rec.reason = details.reason.clone(),
                 _ => {
-                    if let Some(r) = extra.get("reason").and_then(Value::as_str) {
-                        rec.reason = Some(r.to_string());
+                    if let Some(r) = &details.reason {
+                        rec.reason = Some(r.clone());
                     }
                 }
             }
@@ -173,17 +113,14 @@ impl FleetCtx {
             rec.group.clone()
         };
         self.metrics.transitions.with_label_values(&[state.as_str()]).inc();
-        let mut data = json!({"agent": agent, "group": group, "state": state.as_str()});
-        if let (Value::Object(d), Value::Object(e)) = (&mut data, extra) {
-            d.extend(e);
-        }
-        match state {
-            AgentState::Failed | AgentState::Fatal => {
-                tracing::warn!(agent, state = state.as_str(), details = %data, "agent state")
-            }
-            _ => tracing::info!(agent, state = state.as_str(), "agent state"),
-        }
-        self.events.publish(topic.unwrap_or(state.topic()), data);
+        let topic = if details.topic.is_empty() { state.topic() } else { details.topic };
+        self.events.emit(Event::Agent(Transition {
+            agent: agent.to_string(),
+            group,
+            state: state.as_str(),
+            topic,
+            ..details
+        }));
     }
 
     /// Records a restart (counter on the record and in metrics).
@@ -233,7 +170,7 @@ impl FleetCtx {
 
     /// The running actor of `agent`, looked up by name (never cached: a
     /// restart gives a new actor).
-    pub fn agent_ref(&self, agent: &str) -> Option<ractor::ActorRef<crate::agents::AgentMsg>> {
+    pub fn agent_ref(&self, agent: &str) -> Option<ractor::ActorRef<AgentMsg>> {
         ractor::registry::where_is(self.actor_name(agent)).map(Into::into)
     }
 
@@ -248,5 +185,12 @@ impl FleetCtx {
             let up = i64::from(r.state == AgentState::Running);
             self.metrics.agent_up.with_label_values(&[&r.name, &r.group]).set(up);
         }
+    }
+}
+
+impl Transition {
+    /// Details with only a reason.
+    pub fn because(reason: impl Into<String>) -> Transition {
+        Transition { reason: Some(reason.into()), ..Default::default() }
     }
 }

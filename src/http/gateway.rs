@@ -8,9 +8,11 @@
 //! | `GET /v1/models` | `{"object": "list", "data": [{"id", "object": "model", "owned_by"}]}`: `auto`, each backend's name, each backend's model |
 //!
 //! Request fields used: `model` (`auto`, a backend name to force that
-//! backend, or a backend's model), `messages` (string content or text
-//! parts), `stream`, `max_tokens`/`max_completion_tokens`, `temperature`, `top_p`,
-//! `response_format: {"type": "json_object"}`; other fields are accepted and
+//! backend, a backend's model, or a GGUF file under `models_dir`; anything
+//! else is `400 invalid_field` listing the known ones), `messages` (string
+//! content or text parts), `stream`, `max_tokens`/`max_completion_tokens`,
+//! `temperature`, `top_p`, `response_format: {"type": "json_object"}`,
+//! `user` (who asks: it reaches the receipt); other fields are accepted and
 //! ignored. Routing hints as headers: `x-agentvisor-task-type` (default
 //! `chat`, matched against `routing.rules`), `x-agentvisor-prefer`
 //! (`local`/`cloud`), `x-agentvisor-complexity` (0–1).
@@ -24,7 +26,7 @@
 //! `no_backend`, 502 `backend_error`, 504 timeout.
 
 use std::convert::Infallible;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -32,21 +34,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use ractor::rpc::CallResult;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::agents::task::{ErrorCode, TaskError};
-use crate::backends::ChatMessage;
-use crate::config::{BackendKind, Prefer};
-use crate::routing::router::{ModelAnswer, ModelCall, ModelFailure, RouterMsg};
-use crate::supervisor::Fleet;
-
-/// Longest a gateway call may take.
-const GATEWAY_TIMEOUT: Duration = Duration::from_secs(300);
+use super::App;
+use crate::core::{ChatMessage, ErrorCode, GenParams, Prefer, Schedule, TaskError};
+use crate::routing::router::{ModelAnswer, ModelCall, ModelFailure, known_models, resolve_model};
 
 #[derive(Debug, Deserialize)]
 struct ChatBody {
@@ -60,6 +56,9 @@ struct ChatBody {
     #[serde(default)]
     top_p: Option<f32>,
     response_format: Option<Value>,
+    /// OpenAI's end-user id: who asks.
+    #[serde(default)]
+    user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,11 +101,11 @@ fn header(value: impl AsRef<str>) -> HeaderValue {
 }
 
 fn unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    crate::core::unix_time() as u64
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(State(fleet): State<Fleet>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub async fn chat_completions(State(app): State<App>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let body: ChatBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return openai_error(StatusCode::BAD_REQUEST, "invalid_field", &format!("request body: {e}")),
@@ -114,7 +113,7 @@ pub async fn chat_completions(State(fleet): State<Fleet>, headers: HeaderMap, bo
     if body.messages.is_empty() {
         return openai_error(StatusCode::BAD_REQUEST, "invalid_field", "messages must not be empty");
     }
-    let ctx = fleet.ctx();
+    let settings = &app.services.settings;
     let hint = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let prefer = match hint("x-agentvisor-prefer").as_deref() {
         Some("local") => Some(Prefer::Local),
@@ -125,21 +124,17 @@ pub async fn chat_completions(State(fleet): State<Fleet>, headers: HeaderMap, bo
         hint("x-agentvisor-complexity").and_then(|c| c.parse::<f64>().ok()).filter(|c| (0.0..=1.0).contains(c));
     let (backend, model) = match body.model.as_deref() {
         None | Some("auto") | Some("") => (None, None),
-        Some(m) if ctx.settings.backends.contains_key(m) => (Some(m.to_string()), None),
-        Some(m) => match ctx.settings.backends.iter().find(|(_, b)| b.model == m) {
-            Some((name, _)) => (Some(name.clone()), Some(m.to_string())),
-            // A GGUF file under models_dir: the (first enabled) embedded backend serves it.
-            None => match ctx.settings.backends.iter().find(|(_, b)| b.enabled && b.kind == BackendKind::Embedded) {
-                Some((name, _)) if ctx.settings.models_dir.join(format!("{m}.gguf")).is_file() => {
-                    (Some(name.clone()), Some(m.to_string()))
-                }
-                _ => (None, None),
-            },
+        Some(m) => match resolve_model(&settings.backends, &settings.models_dir, m) {
+            Some((backend, model)) => (Some(backend), model),
+            None => {
+                let known = known_models(&settings.backends).join(", ");
+                let message =
+                    format!("model {m:?} is not served here; known: auto, {known}, or a GGUF file in models_dir");
+                return openai_error(StatusCode::BAD_REQUEST, "invalid_field", &message);
+            }
         },
     };
-    let Some(router) = ctx.router() else {
-        return openai_error(StatusCode::SERVICE_UNAVAILABLE, "internal", "HybridRouter is not running");
-    };
+    let router = app.services.router.clone();
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let cancel = CancellationToken::new();
     let (delta_tx, delta_rx) = mpsc::unbounded_channel::<String>();
@@ -150,32 +145,29 @@ pub async fn chat_completions(State(fleet): State<Fleet>, headers: HeaderMap, bo
         complexity,
         agent_complexity: 0.5,
         prefer,
+        user: body.user.clone(),
         backend,
         model,
         messages: body.messages.iter().map(|m| ChatMessage::new(&m.role, text_of(&m.content))).collect(),
-        max_tokens: body.max_tokens.or(body.max_completion_tokens),
-        temperature: body.temperature,
-        top_p: body.top_p,
-        priority: hint("x-agentvisor-priority").and_then(|p| p.parse::<u8>().ok()).filter(|p| *p <= 9).unwrap_or(5),
-        push_to_front: hint("x-agentvisor-push-to-front").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
-        json_schema: None,
-        json: body.response_format.as_ref().and_then(|f| f.get("type")).and_then(Value::as_str) == Some("json_object"),
+        params: GenParams {
+            max_tokens: body.max_tokens.or(body.max_completion_tokens),
+            temperature: body.temperature,
+            top_p: body.top_p,
+            json: body.response_format.as_ref().and_then(|f| f.get("type")).and_then(Value::as_str)
+                == Some("json_object"),
+            ..Default::default()
+        },
+        schedule: Schedule {
+            priority: hint("x-agentvisor-priority").and_then(|p| p.parse::<u8>().ok()).filter(|p| *p <= 9).unwrap_or(5),
+            push_to_front: hint("x-agentvisor-push-to-front")
+                .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
+        },
         deltas: body.stream.then_some(delta_tx),
         cancel: cancel.clone(),
         queue_ms: 0.0,
     };
-    let pending = async move {
-        match router.call(|reply| RouterMsg::Call(Box::new(call), reply), Some(GATEWAY_TIMEOUT)).await {
-            Ok(CallResult::Success(r)) => r,
-            Ok(CallResult::Timeout) => Err(ModelFailure {
-                error: TaskError::new(ErrorCode::DeadlineExceeded, "the model call did not finish in time"),
-                receipt: None,
-            }),
-            _ => {
-                Err(ModelFailure { error: TaskError::new(ErrorCode::Internal, "HybridRouter stopped"), receipt: None })
-            }
-        }
-    };
+    let timeout = settings.tasks.call_timeout();
+    let pending = async move { router.call(call, timeout).await };
     if body.stream {
         return stream_response(id, pending, delta_rx, cancel);
     }
@@ -252,9 +244,9 @@ fn stream_response(
 }
 
 /// `GET /v1/models`.
-pub async fn models(State(fleet): State<Fleet>) -> Json<Value> {
+pub async fn models(State(app): State<App>) -> Json<Value> {
     let mut data = vec![json!({"id": "auto", "object": "model", "created": 0, "owned_by": "agentvisor"})];
-    for (name, b) in fleet.ctx().settings.backends.iter().filter(|(_, b)| b.enabled) {
+    for (name, b) in app.services.settings.backends.iter().filter(|(_, b)| b.enabled) {
         data.push(json!({"id": name, "object": "model", "created": 0, "owned_by": "agentvisor"}));
         data.push(json!({"id": b.model, "object": "model", "created": 0, "owned_by": name}));
     }

@@ -1,17 +1,25 @@
 //! The ObservabilityHub HTTP server (axum): metrics, health, readiness, the
-//! agent tree, and admin routes.
+//! agent tree, admin routes, the task schemas, the OpenAI-compatible
+//! gateway and the registry routes. The top layer below the composition
+//! root (DESIGN §15): it reads the fleet, the services and the bus status it
+//! is given in [`App`].
 //!
 //! | route | answer |
 //! | --- | --- |
 //! | `GET /metrics` | Prometheus text exposition (format 0.0.4) |
-//! | `GET /health` | `200 {"status": "ok", "uptime_seconds"}` while the daemon runs |
+//! | `GET /health` | `200 {"status": "ok", "uptime_seconds", "bus": {"ingress", "events"}}` while the daemon runs |
 //! | `GET /ready` | `200` when every essential agent is `running` or `unavailable`; else `503`; body `{"ready", "waiting": [{"agent", "state"}], "unavailable": [{"agent", "reason"}]}` |
 //! | `GET /agents` | `{"profile", "groups": [{"name", "strategy", "agents": [AGENT]}]}` |
 //! | `GET /agents/{name}` | `AGENT`: `{"name", "group", "state", "runtime", "essential", "restarts", "uptime_seconds", "pid", "reason", "dependencies"}` |
 //! | `POST /agents/{name}/start` / `stop` / `restart` | `200 AGENT` or `4xx/5xx {"error": {"code", "message"}}` |
-//! | `POST /v1/chat/completions`, `GET /v1/models` | the OpenAI-compatible gateway ([`super::gateway`]) |
-//! | `POST /registry/register`, `PUT /registry/heartbeat`, `GET /registry/discover`, `POST /registry/promote`, `DELETE /registry/{id}` | ServiceRegistry ([`crate::agents::builtin::service_registry`]) |
+//! | `POST /v1/chat/completions`, `GET /v1/models` | the OpenAI-compatible gateway ([`gateway`]) |
+//! | `POST /registry/register`, `PUT /registry/heartbeat`, `GET /registry/discover`, `POST /registry/promote`, `DELETE /registry/{id}` | ServiceRegistry ([`registry`]) |
 //! | `POST /agents/{name}/fault` body `{"kind": "panic"\|"error"}` | only with `testing.fault_injection: true` (404 otherwise) |
+
+pub mod gateway;
+pub mod registry;
+
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -20,13 +28,25 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::agents::actor::{Fault, StartError};
-use crate::agents::task::{ErrorCode, TaskError};
-use crate::supervisor::Fleet;
-use crate::supervisor::state::{AgentRecord, AgentState};
+use crate::agents::services::Services;
+use crate::bus::BusStatus;
+use crate::core::{ErrorCode, TaskError};
+use crate::supervisor::state::AgentState;
+use crate::supervisor::{Fault, Fleet, StartError};
 
-/// The router over `fleet`.
-pub fn router(fleet: Fleet) -> Router {
+/// What the routes read: the fleet, the daemon's services, the bus status.
+#[derive(Clone)]
+pub struct App {
+    /// The fleet (agent table, starts and stops).
+    pub fleet: Fleet,
+    /// The daemon's services (metrics, router, store, task schemas).
+    pub services: Arc<Services>,
+    /// The task bus's bound endpoints and queue numbers.
+    pub bus: Arc<BusStatus>,
+}
+
+/// The router over `app`.
+pub fn router(app: App) -> Router {
     let mut r = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
@@ -36,26 +56,26 @@ pub fn router(fleet: Fleet) -> Router {
         .route("/agents/{name}/start", post(start))
         .route("/agents/{name}/stop", post(stop))
         .route("/agents/{name}/restart", post(restart))
-        .route("/v1/chat/completions", post(super::gateway::chat_completions))
-        .route("/v1/models", get(super::gateway::models))
-        .merge(crate::agents::builtin::service_registry::routes());
-    if fleet.ctx().settings.testing.fault_injection {
+        .route("/v1/chat/completions", post(gateway::chat_completions))
+        .route("/v1/models", get(gateway::models))
+        .merge(registry::routes());
+    if app.fleet.ctx().settings.testing.fault_injection {
         r = r.route("/agents/{name}/fault", post(fault));
     }
-    r.with_state(fleet)
+    r.with_state(app)
 }
 
-async fn metrics(State(fleet): State<Fleet>) -> Response {
+async fn metrics(State(App { fleet, .. }): State<App>) -> Response {
     fleet.ctx().update_gauges();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], fleet.ctx().metrics.render()).into_response()
 }
 
-async fn health(State(fleet): State<Fleet>) -> Json<Value> {
-    let bus = fleet.ctx().bus_endpoints().map(|(ingress, events)| json!({"ingress": ingress, "events": events}));
+async fn health(State(App { fleet, bus, .. }): State<App>) -> Json<Value> {
+    let bus = bus.endpoints().map(|(ingress, events)| json!({"ingress": ingress, "events": events}));
     Json(json!({"status": "ok", "uptime_seconds": fleet.ctx().started.elapsed().as_secs_f64(), "bus": bus}))
 }
 
-async fn ready(State(fleet): State<Fleet>) -> Response {
+async fn ready(State(App { fleet, .. }): State<App>) -> Response {
     let mut waiting = Vec::new();
     let mut unavailable = Vec::new();
     for r in fleet.ctx().snapshot().into_iter().filter(|r| r.essential) {
@@ -71,16 +91,7 @@ async fn ready(State(fleet): State<Fleet>) -> Response {
 }
 
 /// JSON view of one agent record.
-pub fn record_json(r: &AgentRecord) -> Value {
-    json!({
-        "name": r.name, "group": r.group, "state": r.state.as_str(), "runtime": r.runtime.as_str(),
-        "essential": r.essential, "restarts": r.restarts,
-        "uptime_seconds": r.uptime().map(|d| d.as_secs_f64()), "pid": r.pid, "reason": r.reason,
-        "dependencies": r.dependencies,
-    })
-}
-
-async fn agents(State(fleet): State<Fleet>) -> Json<Value> {
+async fn agents(State(App { fleet, .. }): State<App>) -> Json<Value> {
     let ctx = fleet.ctx();
     let records = ctx.snapshot();
     let groups: Vec<Value> = ctx
@@ -89,7 +100,7 @@ async fn agents(State(fleet): State<Fleet>) -> Json<Value> {
         .into_keys()
         .map(|group| {
             let strategy = ctx.catalog.groups.get(&group).map(|g| g.strategy.as_str()).unwrap_or("one_for_one");
-            let agents: Vec<Value> = records.iter().filter(|r| r.group == group).map(record_json).collect();
+            let agents: Vec<Value> = records.iter().filter(|r| r.group == group).map(|r| r.to_json()).collect();
             json!({"name": group, "strategy": strategy, "agents": agents})
         })
         .collect();
@@ -110,9 +121,9 @@ fn start_error(e: StartError) -> Response {
     error(status, e.to_task_error())
 }
 
-async fn agent(State(fleet): State<Fleet>, Path(name): Path<String>) -> Response {
+async fn agent(State(App { fleet, .. }): State<App>, Path(name): Path<String>) -> Response {
     match fleet.ctx().record(&name) {
-        Some(r) => Json(record_json(&r)).into_response(),
+        Some(r) => Json(r.to_json()).into_response(),
         None => start_error(StartError::UnknownAgent(name)),
     }
 }
@@ -120,24 +131,24 @@ async fn agent(State(fleet): State<Fleet>, Path(name): Path<String>) -> Response
 fn record_response(fleet: &Fleet, name: &str, result: Result<(), StartError>) -> Response {
     match result {
         Ok(()) => match fleet.ctx().record(name) {
-            Some(r) => Json(record_json(&r)).into_response(),
+            Some(r) => Json(r.to_json()).into_response(),
             None => start_error(StartError::UnknownAgent(name.into())),
         },
         Err(e) => start_error(e),
     }
 }
 
-async fn start(State(fleet): State<Fleet>, Path(name): Path<String>) -> Response {
+async fn start(State(App { fleet, .. }): State<App>, Path(name): Path<String>) -> Response {
     let r = fleet.ensure(&name).await;
     record_response(&fleet, &name, r)
 }
 
-async fn stop(State(fleet): State<Fleet>, Path(name): Path<String>) -> Response {
+async fn stop(State(App { fleet, .. }): State<App>, Path(name): Path<String>) -> Response {
     let r = fleet.stop_agent(&name, AgentState::Stopped, "operator stop").await;
     record_response(&fleet, &name, r)
 }
 
-async fn restart(State(fleet): State<Fleet>, Path(name): Path<String>) -> Response {
+async fn restart(State(App { fleet, .. }): State<App>, Path(name): Path<String>) -> Response {
     let r = fleet.restart_agent(&name).await;
     record_response(&fleet, &name, r)
 }
@@ -147,7 +158,11 @@ struct FaultBody {
     kind: Fault,
 }
 
-async fn fault(State(fleet): State<Fleet>, Path(name): Path<String>, Json(body): Json<FaultBody>) -> Response {
+async fn fault(
+    State(App { fleet, .. }): State<App>,
+    Path(name): Path<String>,
+    Json(body): Json<FaultBody>,
+) -> Response {
     match fleet.inject_fault(&name, body.kind) {
         Ok(()) => Json(json!({"injected": body.kind, "agent": name})).into_response(),
         Err(e) if e.code == ErrorCode::AgentNotRunning => error(StatusCode::CONFLICT, e),

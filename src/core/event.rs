@@ -1,0 +1,326 @@
+//! The typed events of the fleet: one variant per topic (DESIGN §4, §15).
+//! Call sites build a variant; `events::EventBus::emit` is the one place
+//! that logs, counts and publishes it. On the wire an event is two frames,
+//! `[topic][{"seq", "ts", "topic", ...fields}]`, the fields being the
+//! variant's own (serialised untagged).
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::receipt::Receipt;
+
+/// An agent's lifecycle transition (`agent.<state>`, or `agent.restarted`
+/// for a restart's `running`). Optional fields appear only when set.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Transition {
+    /// The agent.
+    pub agent: String,
+    /// Its group.
+    pub group: String,
+    /// The new state (`dormant`, `starting`, `running`, ...).
+    pub state: &'static str,
+    /// The topic: `agent.<state>` (`agent.started` for running), or
+    /// `agent.restarted`.
+    #[serde(skip)]
+    pub topic: &'static str,
+    /// Why (failure, stop, unavailability).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Start time, milliseconds (`running`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_ms: Option<f64>,
+    /// Child process id (process agents, `running`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Restarts so far (`agent.restarted`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u32>,
+    /// Restart delay, milliseconds (`backoff`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<f64>,
+    /// Agents restarted with this one by the group strategy (`backoff`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_with: Option<Vec<String>>,
+}
+
+/// One event. `topic()` names its topic; the fields are its JSON.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Event {
+    /// `agent.*` lifecycle transitions.
+    Agent(Transition),
+    /// `agent.dependency_restarted`: `dependency` of running `agent` came back as a new actor.
+    DependencyRestarted {
+        /// The dependent agent told.
+        agent: String,
+        /// The restarted dependency.
+        dependency: String,
+    },
+    /// `agent.dependency_fatal`: `dependency` of running `agent` went fatal.
+    DependencyFatal {
+        /// The dependent agent told.
+        agent: String,
+        /// The fatal dependency.
+        dependency: String,
+    },
+    /// `group.escalated`: agents of `group` went fatal beyond its own limit.
+    GroupEscalated {
+        /// The group.
+        group: String,
+        /// The agent whose failure escalated.
+        agent: String,
+        /// Why.
+        reason: String,
+    },
+    /// `group.failed`: a group supervisor itself failed.
+    GroupFailed {
+        /// The group.
+        group: String,
+        /// Why.
+        reason: String,
+    },
+    /// `fleet.booted`: the boot set is up.
+    FleetBooted {
+        /// Profile name.
+        profile: String,
+        /// Agents running.
+        running: usize,
+        /// Agents unavailable.
+        unavailable: usize,
+        /// Agents failed.
+        failed: usize,
+        /// On-demand agents left dormant.
+        dormant: usize,
+        /// Boot time, milliseconds.
+        boot_ms: f64,
+    },
+    /// `fleet.stopped`: every agent stopped.
+    FleetStopped {
+        /// Stop time, milliseconds.
+        stop_ms: f64,
+    },
+    /// `lazy.started`: an on-demand start finished.
+    LazyStarted {
+        /// The agent asked for.
+        agent: String,
+        /// Every agent started for it, dependencies first.
+        started: Vec<String>,
+        /// Start time, milliseconds.
+        start_ms: f64,
+    },
+    /// `lazy.failed`: an on-demand start failed (and was rolled back).
+    LazyFailed {
+        /// The agent asked for.
+        agent: String,
+        /// The error code (`start_timeout`, `start_failed`, ...).
+        code: &'static str,
+        /// Why.
+        reason: String,
+        /// Agents stopped again by the rollback.
+        rolled_back: Vec<String>,
+    },
+    /// `task.accepted`: a bus task was admitted.
+    TaskAccepted {
+        /// Task id.
+        id: String,
+        /// Its agent.
+        agent: String,
+        /// Its type, when the envelope named one.
+        #[serde(rename = "type")]
+        task_type: Option<String>,
+        /// Priority 0–9.
+        priority: u8,
+    },
+    /// `task.completed`.
+    TaskCompleted {
+        /// Task id.
+        id: String,
+        /// Its agent.
+        agent: String,
+        /// Receipt to reply, milliseconds.
+        total_ms: f64,
+    },
+    /// `task.failed` (`cancelled: false`) or `task.cancelled`.
+    TaskFailed {
+        /// Task id.
+        id: String,
+        /// Its agent, when resolved.
+        agent: Option<String>,
+        /// The error code.
+        code: &'static str,
+        /// `task.cancelled` rather than `task.failed`.
+        #[serde(skip)]
+        cancelled: bool,
+    },
+    /// `route.decided`: a routing receipt.
+    RouteDecided(Box<Receipt>),
+    /// `model.loaded`.
+    ModelLoaded {
+        /// Model name.
+        model: String,
+        /// Bytes it takes.
+        bytes: u64,
+        /// Load time, seconds.
+        load_seconds: f64,
+        /// What llama.cpp reports about it.
+        info: Value,
+    },
+    /// `model.load_failed`.
+    ModelLoadFailed {
+        /// Model name.
+        model: String,
+        /// Why.
+        error: String,
+    },
+    /// `model.evicted`: unloaded to make room.
+    ModelEvicted {
+        /// Model name.
+        model: String,
+        /// Bytes freed.
+        bytes: u64,
+        /// The model it made room for (or `budget`).
+        #[serde(rename = "for")]
+        for_model: Option<String>,
+        /// Idle time before, seconds.
+        idle_seconds: f64,
+    },
+    /// `model.unloaded`: unloaded for being idle, by an operator, or at shutdown.
+    ModelUnloaded {
+        /// Model name.
+        model: String,
+        /// Bytes freed.
+        bytes: u64,
+        /// `idle`, `operator` or `shutdown`.
+        reason: &'static str,
+        /// Idle time before, seconds.
+        idle_seconds: f64,
+    },
+    /// `registry.registered`.
+    RegistryRegistered {
+        /// Service id.
+        service: String,
+        /// Service name.
+        name: String,
+        /// Service type.
+        #[serde(rename = "type")]
+        kind: String,
+        /// Role.
+        role: String,
+        /// It replaced a registration with the same id.
+        replaced: bool,
+    },
+    /// `registry.recovered`: a down service beat again.
+    RegistryRecovered {
+        /// Service id.
+        service: String,
+        /// Service name.
+        name: String,
+        /// Its status now.
+        status: String,
+    },
+    /// `registry.promoted`.
+    RegistryPromoted {
+        /// Service id.
+        service: String,
+        /// Service name.
+        name: String,
+        /// Role before.
+        from: String,
+        /// Role after.
+        to: String,
+    },
+    /// `registry.deregistered`.
+    RegistryDeregistered {
+        /// Service id.
+        service: String,
+        /// Service name.
+        name: String,
+        /// `requested`, or the missed heartbeats.
+        reason: String,
+    },
+    /// `alert.heartbeat_missed`: a service missed its heartbeats.
+    HeartbeatMissed {
+        /// Service id.
+        service: String,
+        /// Service name.
+        name: String,
+        /// Beats missed.
+        missed: u32,
+        /// Unix time of the last beat, seconds.
+        last_seen: f64,
+        /// What was done (`marked_down`).
+        action: &'static str,
+    },
+}
+
+impl Event {
+    /// The topic: the first frame on the PUB socket and the `topic` label of
+    /// `agentvisor_events_total`.
+    pub fn topic(&self) -> &'static str {
+        match self {
+            Event::Agent(t) => t.topic,
+            Event::DependencyRestarted { .. } => "agent.dependency_restarted",
+            Event::DependencyFatal { .. } => "agent.dependency_fatal",
+            Event::GroupEscalated { .. } => "group.escalated",
+            Event::GroupFailed { .. } => "group.failed",
+            Event::FleetBooted { .. } => "fleet.booted",
+            Event::FleetStopped { .. } => "fleet.stopped",
+            Event::LazyStarted { .. } => "lazy.started",
+            Event::LazyFailed { .. } => "lazy.failed",
+            Event::TaskAccepted { .. } => "task.accepted",
+            Event::TaskCompleted { .. } => "task.completed",
+            Event::TaskFailed { cancelled: true, .. } => "task.cancelled",
+            Event::TaskFailed { .. } => "task.failed",
+            Event::RouteDecided(_) => "route.decided",
+            Event::ModelLoaded { .. } => "model.loaded",
+            Event::ModelLoadFailed { .. } => "model.load_failed",
+            Event::ModelEvicted { .. } => "model.evicted",
+            Event::ModelUnloaded { .. } => "model.unloaded",
+            Event::RegistryRegistered { .. } => "registry.registered",
+            Event::RegistryRecovered { .. } => "registry.recovered",
+            Event::RegistryPromoted { .. } => "registry.promoted",
+            Event::RegistryDeregistered { .. } => "registry.deregistered",
+            Event::HeartbeatMissed { .. } => "alert.heartbeat_missed",
+        }
+    }
+
+    /// Whether the event reports trouble (logged at `warn`).
+    pub fn is_warning(&self) -> bool {
+        match self {
+            Event::Agent(t) => matches!(t.state, "failed" | "fatal"),
+            Event::GroupEscalated { .. }
+            | Event::GroupFailed { .. }
+            | Event::LazyFailed { .. }
+            | Event::ModelLoadFailed { .. }
+            | Event::HeartbeatMissed { .. }
+            | Event::DependencyFatal { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_serialise_flat_and_topics_follow_the_variant() {
+        let e = Event::TaskFailed { id: "t1".into(), agent: None, code: "cancelled", cancelled: true };
+        assert_eq!(e.topic(), "task.cancelled");
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            serde_json::json!({"id": "t1", "agent": null, "code": "cancelled"})
+        );
+        let t = Transition {
+            agent: "A".into(),
+            group: "g".into(),
+            state: "running",
+            topic: "agent.started",
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(Event::Agent(t)).unwrap(),
+            serde_json::json!({"agent": "A", "group": "g", "state": "running"})
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! The contract between a supervisor and the agent actors it supervises:
+//! the agent's message enum, why a start fails, the faults tests inject, the
+//! factory the supervisor spawns agents through (the composition root gives
+//! it; `supervisor/` never imports the agent actor), and [`Peers`], the
+//! narrow view agents get of each other.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use ractor::{ActorCell, ActorRef, RpcReplyPort};
+
+use super::fleet::Fleet;
+use super::state::AgentState;
+use crate::config::spec::AgentSpec;
+use crate::core::{ErrorCode, Task, TaskError, TaskReply};
+
+/// Why an agent did not start.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StartError {
+    /// Cannot run here: missing program, not configured. No restart loop.
+    #[error("{agent} is unavailable: {reason}")]
+    Unavailable {
+        /// The agent.
+        agent: String,
+        /// Why (names the program or setting).
+        reason: String,
+    },
+    /// Did not become ready before the start deadline (the start SLA).
+    #[error("{agent} did not start within {secs:.3} s")]
+    Timeout {
+        /// The agent.
+        agent: String,
+        /// The time it had, seconds.
+        secs: f64,
+    },
+    /// The start hook failed (program exited before ready, readiness check failed, ...).
+    #[error("{agent} failed to start: {reason}")]
+    Failed {
+        /// The agent.
+        agent: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The agent is `fatal` and needs an operator restart.
+    #[error("{agent} is fatal: restart intensity exceeded; restart it explicitly")]
+    Fatal {
+        /// The agent.
+        agent: String,
+    },
+    /// No agent of that name in this run.
+    #[error("unknown agent {0}")]
+    UnknownAgent(String),
+    /// The start was stopped (rollback or stop request) before it finished.
+    #[error("start of {agent} was cancelled")]
+    Cancelled {
+        /// The agent.
+        agent: String,
+    },
+    /// The daemon is stopping.
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+}
+
+impl StartError {
+    /// The task error code this start error answers a task with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StartError::Unavailable { .. } => ErrorCode::AgentUnavailable,
+            StartError::Timeout { .. } => ErrorCode::StartTimeout,
+            StartError::Failed { .. } | StartError::Cancelled { .. } => ErrorCode::StartFailed,
+            StartError::Fatal { .. } => ErrorCode::AgentFatal,
+            StartError::UnknownAgent(_) => ErrorCode::UnknownAgent,
+            StartError::ShuttingDown => ErrorCode::ShuttingDown,
+        }
+    }
+
+    /// As a task error.
+    pub fn to_task_error(&self) -> TaskError {
+        TaskError::new(self.code(), self.to_string())
+    }
+}
+
+/// A fault to inject (crash tests; needs `testing.fault_injection: true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// Panic inside the message handler.
+    Panic,
+    /// Return an error from the message handler.
+    Error,
+}
+
+/// Messages of an agent actor (`agents::actor::AgentActor` implements them).
+pub enum AgentMsg {
+    /// Answer one task.
+    Task(Task, RpcReplyPort<TaskReply>),
+    /// A dependency restarted (it is a new actor now; re-resolve it by name).
+    DependencyRestarted {
+        /// The dependency's name.
+        dependency: String,
+    },
+    /// Crash on purpose (ignored unless fault injection is enabled).
+    InjectFault(Fault),
+    /// A builtin task handler panicked: the agent fails (and restarts).
+    TaskPanicked {
+        /// The task.
+        task_id: String,
+        /// The panic message.
+        message: String,
+    },
+    /// The child program of a process agent exited.
+    ChildExited {
+        /// `true` for exit status 0.
+        success: bool,
+        /// Exit status as text (`exit status: 3`, `signal: 9 (SIGKILL)`).
+        status: String,
+    },
+}
+
+/// Spawns agent actors for the supervisors (implemented by the agent layer,
+/// handed to [`Fleet::start`] by the composition root).
+#[async_trait]
+pub trait AgentFactory: Send + Sync + 'static {
+    /// Spawns the actor of `spec` linked to `supervisor` under its
+    /// registered name and runs its start hook; answers when it is running.
+    ///
+    /// # Errors
+    /// The [`StartError`] of the start hook, or [`StartError::Failed`] when
+    /// ractor refuses the spawn (the name is still registered).
+    async fn spawn(
+        &self,
+        spec: Arc<AgentSpec>,
+        fleet: Fleet,
+        deadline: Option<Instant>,
+        supervisor: ActorCell,
+    ) -> Result<ActorRef<AgentMsg>, StartError>;
+}
+
+/// What an agent may do with the other agents: ask one, make sure one runs,
+/// read one's state. [`Fleet`] implements it; behaviours get an
+/// `Arc<dyn Peers>` unless they administer the fleet.
+#[async_trait]
+pub trait Peers: Send + Sync + 'static {
+    /// Sends `task` to `agent` (starting it on demand) and waits for the
+    /// answer until the task's deadline (else `tasks.call_timeout_secs`).
+    async fn call(&self, agent: &str, task: Task) -> TaskReply;
+    /// Starts `agent` and its dependencies on demand within the start SLA.
+    async fn ensure(&self, agent: &str) -> Result<(), StartError>;
+    /// The state of `agent`; `None` when it is not in this run.
+    fn state(&self, agent: &str) -> Option<AgentState>;
+}
