@@ -4,7 +4,8 @@
 //!
 //! Validation reports every problem at once (unknown key, unknown
 //! dependency, cycle, duplicate name, essential agent depending on an
-//! on-demand one, two agents claiming a task type), as DESIGN §3 asks.
+//! on-demand one, two agents claiming a task type, a task schema for a type
+//! the agent does not handle), as DESIGN §3 asks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -63,6 +64,13 @@ pub enum Problem {
         /// The claimants.
         agents: Vec<String>,
     },
+    /// A `tasks` entry names a type the agent does not list in `handles`.
+    TaskSchema {
+        /// The agent.
+        agent: String,
+        /// The task type of the entry.
+        task_type: String,
+    },
     /// `required` and `autoload` disagree.
     AutoloadMismatch {
         /// The agent.
@@ -86,6 +94,7 @@ impl Problem {
             Problem::Cycle { .. } => "dependency_cycle",
             Problem::EssentialOnDemand { .. } => "essential_depends_on_on_demand",
             Problem::TaskTypeConflict { .. } => "task_type_conflict",
+            Problem::TaskSchema { .. } => "task_schema",
             Problem::AutoloadMismatch { .. } => "autoload_mismatch",
             Problem::Profile { .. } => "profile_error",
         }
@@ -111,6 +120,9 @@ impl fmt::Display for Problem {
             }
             Problem::TaskTypeConflict { task_type, agents } => {
                 write!(f, "task type {task_type} is claimed by {} without distinct priorities", agents.join(", "))
+            }
+            Problem::TaskSchema { agent, task_type } => {
+                write!(f, "{agent} declares a schema under tasks for {task_type}, which is not in its handles")
             }
             Problem::AutoloadMismatch { agent } => {
                 write!(f, "{agent}: required: true cannot go with autoload: on_demand")
@@ -228,6 +240,9 @@ impl Catalog {
             origins.entry(spec.name.clone()).or_default().push(file);
             if spec.required && spec.autoload == Autoload::OnDemand {
                 problems.push(Problem::AutoloadMismatch { agent: spec.name.clone() });
+            }
+            for task_type in spec.tasks.keys().filter(|t| !spec.handles.contains(t)) {
+                problems.push(Problem::TaskSchema { agent: spec.name.clone(), task_type: task_type.clone() });
             }
             groups.entry(spec.group.clone()).or_default();
             agents.entry(spec.name.clone()).or_insert_with(|| Arc::new(spec));
@@ -438,6 +453,7 @@ mod tests {
                 dependencies: deps.iter().map(|s| s.to_string()).collect(),
                 role: None,
                 handles: handles.iter().map(|s| s.to_string()).collect(),
+                tasks: Default::default(),
                 priority: None,
                 max_concurrency: 16,
                 restart: Default::default(),
@@ -471,6 +487,26 @@ mod tests {
         );
         let cycle = err.0.iter().find(|p| p.code() == "dependency_cycle").unwrap();
         assert_eq!(cycle.to_string(), "[dependency_cycle] dependency cycle: A -> B -> C -> A");
+    }
+
+    #[test]
+    fn a_task_schema_for_an_unhandled_type_is_a_problem() {
+        let task = |summary: &str| crate::config::spec::TaskSpec {
+            summary: summary.into(),
+            input_schema: None,
+            output_schema: None,
+            examples: vec![serde_json::json!("hi")],
+        };
+        let (file, mut a) = spec("A", true, &[], &["chat"]);
+        a.tasks.insert("chat".into(), task("handled: fine"));
+        a.tasks.insert("chta".into(), task("a typo"));
+        let err = Catalog::build(vec![(file, a)], BTreeMap::new(), PathBuf::new(), vec![]).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert_eq!(err.0[0].code(), "task_schema");
+        assert_eq!(
+            err.0[0].to_string(),
+            "[task_schema] A declares a schema under tasks for chta, which is not in its handles"
+        );
     }
 
     #[test]

@@ -92,6 +92,7 @@ fn to_spec(base: &Path, group: &str, name: String, a: LegacyAgent) -> AgentSpec 
         dependencies: a.dependencies,
         role: None,
         handles: Vec::new(),
+        tasks: Default::default(),
         priority: None,
         max_concurrency: 1,
         restart: RestartSpec {

@@ -41,6 +41,11 @@ pub struct AgentSpec {
     /// Task types this agent answers (the `type` field of a task envelope).
     #[serde(default)]
     pub handles: Vec<String>,
+    /// Schemas of the task types this agent handles, for those not declared
+    /// in Rust (llm, process, and builtin behaviours not written yet); see
+    /// [`crate::agents::tasks`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tasks: BTreeMap<String, TaskSpec>,
     /// Tie-break when two agents claim the same task type: the higher wins.
     /// Two claimants must both set distinct priorities, else the catalog is invalid.
     #[serde(default)]
@@ -53,6 +58,35 @@ pub struct AgentSpec {
     pub restart: RestartSpec,
     /// How the agent does its work.
     pub runtime: RuntimeSpec,
+}
+
+/// The declared shape of one task type (`tasks.<type>` of a spec). Schemas
+/// are JSON Schema draft 2020-12.
+///
+/// ```yaml
+/// tasks:
+///   simple_chat:
+///     summary: "Answers one chat request"
+///     input_schema: {type: string, minLength: 1}
+///     examples: ["What is the capital of France?"]
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// One line saying what the task does (shown by `agentvisor tasks`).
+    pub summary: String,
+    /// JSON Schema of the task's `input`. Required, except for `llm` agents,
+    /// whose default is a non-empty string (the request, as text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<serde_json::Value>,
+    /// JSON Schema of the reply's `output`. Required, except for `llm`
+    /// agents, whose default is `runtime.output_schema` when set, else a string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<serde_json::Value>,
+    /// Valid example inputs, at least one; the first is the type's example
+    /// (docs, MCP, UI forms, the all-types test).
+    #[serde(default)]
+    pub examples: Vec<serde_json::Value>,
 }
 
 fn default_max_concurrency() -> u32 {
