@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ractor::{Actor, ActorRef};
 
-use crate::agents::services::{Services, Spawner};
+use crate::agents::{Services, Spawner};
 use crate::bus::BusStatus;
 use crate::bus::coordinator::Coordinator;
 use crate::config::Settings;

@@ -15,19 +15,21 @@
 //! hook: the agent is `running` only when it returned (for a process agent,
 //! after the readiness signal). A failed start returns a [`StartError`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use async_trait::async_trait;
 use futures::FutureExt;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use tokio::task::JoinSet;
 
-use super::builtin::{self, Behaviour};
+use super::behaviour::Behaviour;
 use super::process::ProcessChild;
-use super::services::Services;
+use super::services::{BehaviourFactory, Services};
 use crate::config::spec::{AgentSpec, RuntimeSpec};
 use crate::core::{ErrorCode, Task, TaskError, TaskReply};
-use crate::supervisor::{AgentMsg, AgentTable, Fault, Fleet};
+use crate::supervisor::{AgentFactory, AgentMsg, AgentTable, Fault, Fleet, StartError};
 
 /// Start arguments of [`AgentActor`].
 pub struct AgentArgs {
@@ -70,7 +72,7 @@ impl Actor for AgentActor {
         };
         let builtin = match registered {
             Some(b) => Some(b),
-            None => builtin::create(&spec, &services, &fleet)?,
+            None => create(&spec, &services, &fleet)?,
         };
         if let Some(b) = &builtin {
             b.start().await?;
@@ -181,4 +183,63 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "panic".into())
+}
+
+/// The behaviour of `spec` by its runtime: a builtin behaviour (when one is
+/// built), the llm runtime, or none (process agents).
+///
+/// # Errors
+/// [`StartError::Failed`] when an llm spec's `output_schema` is invalid.
+fn create(spec: &Arc<AgentSpec>, services: &Services, fleet: &Fleet) -> Result<Option<Arc<dyn Behaviour>>, StartError> {
+    match &spec.runtime {
+        RuntimeSpec::Builtin { .. } => Ok(super::builtin::behaviour_for(spec.behaviour_name(), services, fleet)),
+        RuntimeSpec::Llm { .. } => match super::llm::LlmAgent::new(spec.clone(), services, fleet) {
+            Ok(b) => Ok(b.map(|b| Arc::new(b) as Arc<dyn Behaviour>)),
+            Err(reason) => Err(StartError::Failed { agent: spec.name.clone(), reason }),
+        },
+        RuntimeSpec::Process { .. } => Ok(None),
+    }
+}
+
+/// Spawns agent actors for the supervisors: the agent layer's [`AgentFactory`].
+pub struct Spawner {
+    services: Arc<Services>,
+    registered: BTreeMap<String, BehaviourFactory>,
+}
+
+impl Spawner {
+    /// A spawner giving agents `services`.
+    pub fn new(services: Arc<Services>) -> Spawner {
+        Spawner { services, registered: BTreeMap::new() }
+    }
+
+    /// Registers the behaviour of the builtin behaviour name `name`
+    /// (the agent name unless its spec names one).
+    pub fn register(&mut self, name: &str, factory: BehaviourFactory) {
+        self.registered.insert(name.to_string(), factory);
+    }
+}
+
+#[async_trait]
+impl AgentFactory for Spawner {
+    async fn spawn(
+        &self,
+        spec: Arc<AgentSpec>,
+        fleet: Fleet,
+        deadline: Option<Instant>,
+        supervisor: ActorCell,
+    ) -> Result<ActorRef<AgentMsg>, StartError> {
+        let name = spec.name.clone();
+        let actor_name = fleet.ctx().actor_name(&name);
+        let registered = self.registered.get(spec.behaviour_name()).map(|f| f(&fleet));
+        let args = AgentArgs { spec, fleet, services: self.services.clone(), registered, deadline };
+        match Actor::spawn_linked(Some(actor_name), AgentActor, args, supervisor).await {
+            Ok((actor, _join)) => Ok(actor),
+            Err(SpawnErr::StartupFailed(err)) => match err.downcast::<StartError>() {
+                Ok(e) => Err(*e),
+                Err(other) => Err(StartError::Failed { agent: name, reason: other.to_string() }),
+            },
+            Err(other) => Err(StartError::Failed { agent: name, reason: other.to_string() }),
+        }
+    }
 }

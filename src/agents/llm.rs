@@ -139,8 +139,8 @@ impl LlmAgent {
                 Ok(answer.response.content)
             }
             Err(failure) => {
-                if failure.receipt.is_some() {
-                    *route = failure.receipt;
+                if let Some(r) = failure.receipt {
+                    *route = Some(*r);
                 }
                 Err(failure.error)
             }

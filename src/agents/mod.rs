@@ -1,18 +1,21 @@
 //! Agents: the actor every catalog agent runs as, and its runtimes
 //! (DESIGN §7).
 //!
-//! - [`actor`]: `AgentActor`, one per running agent, under its group supervisor.
-//! - [`services`]: what the composition root gives the agent layer, and the
-//!   spawner the supervisors start agents through.
+//! - [`actor`]: `AgentActor`, one per running agent, under its group
+//!   supervisor, and the [`Spawner`] the supervisors start agents through.
+//! - [`behaviour`]: the `Behaviour` trait builtin and llm agents implement.
+//! - [`services`]: what the composition root gives the agent layer.
 //! - [`process`]: `process` runtime — a supervised child program.
 //! - [`builtin`]: Rust behaviours, one file per behaviour.
 //! - [`llm`]: the `llm` runtime — role prompt → HybridRouter; the arbiter.
 
 pub mod actor;
+pub mod behaviour;
 pub mod builtin;
 pub mod llm;
 pub mod process;
 pub mod services;
 
-pub use actor::AgentActor;
-pub use services::{Services, Spawner};
+pub use actor::{AgentActor, Spawner};
+pub use behaviour::Behaviour;
+pub use services::Services;

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::Bus;
 use super::dispatch::Gauges;
-use crate::agents::builtin::{Behaviour, unknown_type};
+use crate::agents::behaviour::{Behaviour, unknown_type};
 use crate::core::{Task, TaskError};
 use crate::supervisor::{Fleet, StartError};
 

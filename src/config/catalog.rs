@@ -158,7 +158,9 @@ impl Catalog {
     /// Every problem found, at once.
     pub fn load(path: &Path) -> Result<Catalog, Problems> {
         if path.is_file() {
-            return super::legacy::load(path);
+            let legacy = super::legacy::read(path)
+                .map_err(|message| Problems(vec![Problem::Parse { file: path.to_path_buf(), message }]))?;
+            return Catalog::build(legacy.specs, legacy.groups, legacy.base, Vec::new());
         }
         if !path.is_dir() {
             return Err(Problems(vec![Problem::Parse {

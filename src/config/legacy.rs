@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::catalog::{Catalog, Problem, Problems};
 use super::spec::{AgentSpec, Autoload, GroupSpec, ProcessProtocol, RestartSpec, RestartType, RuntimeSpec};
 
 #[derive(Debug, Deserialize)]
@@ -45,14 +44,24 @@ struct LegacyAgent {
     config: BTreeMap<String, serde_norway::Value>,
 }
 
-/// Loads a single-file catalog of the earlier system.
+/// A single-file catalog of the earlier system, as specs: what
+/// `Catalog::load` validates and builds.
+pub struct LegacyCatalog {
+    /// Each agent as a process agent, with the file it came from.
+    pub specs: Vec<(PathBuf, AgentSpec)>,
+    /// Its groups (default strategy).
+    pub groups: BTreeMap<String, GroupSpec>,
+    /// The file's folder: scripts and working directories resolve from it.
+    pub base: PathBuf,
+}
+
+/// Reads a single-file catalog of the earlier system.
 ///
 /// # Errors
-/// The parse error, or every validation problem at once.
-pub fn load(path: &Path) -> Result<Catalog, Problems> {
-    let parse_err = |message: String| Problems(vec![Problem::Parse { file: path.to_path_buf(), message }]);
-    let text = std::fs::read_to_string(path).map_err(|e| parse_err(e.to_string()))?;
-    let file: LegacyFile = serde_norway::from_str(&text).map_err(|e| parse_err(e.to_string()))?;
+/// The read or parse error's message.
+pub fn read(path: &Path) -> Result<LegacyCatalog, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let file: LegacyFile = serde_norway::from_str(&text).map_err(|e| e.to_string())?;
     let base = std::path::absolute(path)
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -65,7 +74,7 @@ pub fn load(path: &Path) -> Result<Catalog, Problems> {
             specs.push((path.to_path_buf(), to_spec(&base, &group, name, a)));
         }
     }
-    Catalog::build(specs, groups, base, Vec::new())
+    Ok(LegacyCatalog { specs, groups, base })
 }
 
 fn to_spec(base: &Path, group: &str, name: String, a: LegacyAgent) -> AgentSpec {

@@ -348,7 +348,6 @@ fn generate(
         }
         ctx.decode(&mut batch).map_err(|e| EngineError::Decode(e.to_string()))?;
     }
-    let prompt_time = t0.elapsed();
 
     let mut decoder = encoding_rs::UTF_8.new_decoder_without_bom_handling();
     let mut text = String::new();
@@ -404,7 +403,6 @@ fn generate(
         tokens_out: generated,
         finish,
         first_token,
-        prompt_time,
         total_time: t0.elapsed(),
     })
 }
@@ -442,7 +440,7 @@ fn sampler(model: &LlamaModel, params: &Sampling) -> Result<LlamaSampler, Engine
     Ok(LlamaSampler::chain_simple(chain))
 }
 
-/// GGUF metadata read without loading tensors (see [`super::local::gguf_meta`]).
+/// GGUF metadata read without loading tensors (see [`super::gguf_meta`]).
 pub fn gguf_metadata(path: &Path) -> Option<GgufMeta> {
     let g = llama_cpp_2::gguf::GgufContext::from_file(path)?;
     // Reading a key with the wrong type aborts inside ggml: check the type first.

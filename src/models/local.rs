@@ -1,7 +1,7 @@
 //! Types shared by the embedded engine and the model manager, built with or
 //! without the `embedded` cargo feature.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -104,8 +104,6 @@ pub struct GenOutput {
     pub finish: Finish,
     /// From the job's start on the model thread to the first token.
     pub first_token: Option<Duration>,
-    /// Prompt evaluation time.
-    pub prompt_time: Duration,
     /// Whole job time on the model thread.
     pub total_time: Duration,
 }
@@ -119,7 +117,6 @@ impl GenOutput {
             tokens_out: 0,
             finish: Finish::Cancelled,
             first_token: None,
-            prompt_time: Duration::ZERO,
             total_time: Duration::ZERO,
         }
     }
@@ -175,18 +172,4 @@ pub struct GgufMeta {
     /// KV-cache bytes per context token (f16 keys and values), from the
     /// layer count, embedding width and attention head counts.
     pub kv_bytes_per_token: Option<u64>,
-}
-
-/// Reads `path`'s GGUF metadata; `None` when it is not a readable GGUF
-/// file or the engine is not built.
-pub fn gguf_meta(path: &Path) -> Option<GgufMeta> {
-    #[cfg(feature = "embedded")]
-    {
-        super::engine::gguf_metadata(path)
-    }
-    #[cfg(not(feature = "embedded"))]
-    {
-        let _ = path;
-        None
-    }
 }

@@ -115,8 +115,6 @@ pub struct LocalAnswer {
     pub model: String,
     /// The generation (`finish: cancelled` when cancelled).
     pub output: GenOutput,
-    /// Time in the queue, loading included.
-    pub queued: Duration,
     /// Submission to first token.
     pub first_token: Option<Duration>,
 }
@@ -488,7 +486,6 @@ impl Sched {
                     let answer = LocalAnswer {
                         model: p.request.model,
                         output: GenOutput::cancelled_before_start(),
-                        queued: p.submitted.elapsed(),
                         first_token: None,
                     };
                     let _ = p.reply.send(Ok(answer));
@@ -879,7 +876,7 @@ impl Sched {
                     if let Some(tps) = output.tokens_per_second() {
                         metrics.local_tokens_per_second.with_label_values(&[&model]).observe(tps);
                     }
-                    Ok(LocalAnswer { model: model.clone(), output, queued, first_token })
+                    Ok(LocalAnswer { model: model.clone(), output, first_token })
                 }
                 Err(e) => {
                     metrics.local_requests.with_label_values(&[&model, "failed"]).inc();

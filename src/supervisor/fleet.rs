@@ -14,11 +14,13 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, join_all};
 use ractor::{Actor, ActorCell, ActorRef, rpc::CallResult};
+
+use crate::config::spec::AgentSpec;
 use tokio::sync::Semaphore;
 
-use super::agent::{AgentFactory, AgentMsg, Fault, Peers, StartError};
-use super::group::{GroupArgs, GroupMsg, GroupSupervisor, StartResult};
-use super::lazy::LazyLoader;
+use super::agent::{AgentMsg, Fault, StartError};
+use super::group::{GroupArgs, GroupMsg, GroupSupervisor, SpawnAgent, StartResult};
+use super::lazy::{LazyLoader, Starts};
 use super::root::{RootMsg, RootSupervisor};
 use super::state::AgentState;
 use super::table::AgentTable;
@@ -82,6 +84,13 @@ impl Fleet {
         let fleet = Fleet {
             inner: Arc::new(Inner { ctx: ctx.clone(), root, groups: OnceLock::new(), lazy: LazyLoader::default() }),
         };
+        let spawn: SpawnAgent = {
+            let fleet = fleet.clone();
+            Arc::new(move |spec, deadline, supervisor| {
+                let (factory, fleet) = (factory.clone(), fleet.clone());
+                Box::pin(async move { factory.spawn(spec, fleet, deadline, supervisor).await })
+            })
+        };
         let boot_order: Vec<String> = ctx.catalog.waves(&ctx.plan.agents).into_iter().flatten().collect();
         let mut groups = BTreeMap::new();
         for (group, _) in ctx.plan.by_group(&ctx.catalog) {
@@ -94,8 +103,7 @@ impl Fleet {
                 members,
                 ctx: ctx.clone(),
                 root: fleet.inner.root.clone(),
-                factory: factory.clone(),
-                fleet: fleet.clone(),
+                spawn: spawn.clone(),
             };
             let name = ctx.actor_name(&format!("group:{group}"));
             let (g, _) = Actor::spawn_linked(Some(name.clone()), GroupSupervisor, args, fleet.inner.root.get_cell())
@@ -249,10 +257,6 @@ impl Fleet {
         self.inner.lazy.ensure(self, agent).await
     }
 
-    pub(crate) fn lazy_done(&self, agent: &str) {
-        self.inner.lazy.done(agent);
-    }
-
     /// Sends `task` to `agent`, starting it on demand first when it is
     /// dormant; waits for the answer until the task's deadline (default
     /// `tasks.call_timeout_secs`).
@@ -337,6 +341,58 @@ impl Fleet {
         // Infrastructure linked under the root (HybridRouter) stops with it.
         let _ = self.inner.root.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
         ctx.events.emit(Event::FleetStopped { stop_ms: t0.elapsed().as_secs_f64() * 1e3 });
+    }
+}
+
+/// Spawns agent actors for the supervisors (implemented by the agent layer,
+/// handed to [`Fleet::start`] by the composition root).
+#[async_trait]
+pub trait AgentFactory: Send + Sync + 'static {
+    /// Spawns the actor of `spec` linked to `supervisor` under its
+    /// registered name and runs its start hook; answers when it is running.
+    ///
+    /// # Errors
+    /// The [`StartError`] of the start hook, or [`StartError::Failed`] when
+    /// ractor refuses the spawn (the name is still registered).
+    async fn spawn(
+        &self,
+        spec: Arc<AgentSpec>,
+        fleet: Fleet,
+        deadline: Option<Instant>,
+        supervisor: ActorCell,
+    ) -> Result<ActorRef<AgentMsg>, StartError>;
+}
+
+/// What an agent may do with the other agents: ask one, make sure one runs,
+/// read one's state. [`Fleet`] implements it; behaviours get an
+/// `Arc<dyn Peers>` unless they administer the fleet.
+#[async_trait]
+pub trait Peers: Send + Sync + 'static {
+    /// Sends `task` to `agent` (starting it on demand) and waits for the
+    /// answer until the task's deadline (else `tasks.call_timeout_secs`).
+    async fn call(&self, agent: &str, task: Task) -> TaskReply;
+    /// Starts `agent` and its dependencies on demand within the start SLA.
+    async fn ensure(&self, agent: &str) -> Result<(), StartError>;
+    /// The state of `agent`; `None` when it is not in this run.
+    fn state(&self, agent: &str) -> Option<AgentState>;
+}
+
+impl Starts for Fleet {
+    fn table(&self) -> &Arc<AgentTable> {
+        &self.inner.ctx
+    }
+
+    async fn start_one(&self, agent: &str, deadline: Instant) -> StartResult {
+        self.start_agent(agent, Some(deadline), false, false).await
+    }
+
+    async fn stop_one(&self, agent: &str, target: AgentState, reason: &str) {
+        // A failed stop leaves the agent where it is; the start already failed.
+        let _ = self.stop_agent(agent, target, reason).await;
+    }
+
+    fn flights(&self) -> &LazyLoader {
+        &self.inner.lazy
     }
 }
 

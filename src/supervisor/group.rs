@@ -22,11 +22,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::task::{AbortHandle, JoinSet};
 
-use super::agent::{AgentFactory, AgentMsg, StartError};
-use super::fleet::Fleet;
+use super::agent::{AgentMsg, StartError};
 use super::policy::{Decision, RestartTracker};
 use super::root::RootMsg;
 use super::state::AgentState;
@@ -105,11 +105,21 @@ pub struct GroupArgs {
     pub ctx: Arc<AgentTable>,
     /// The root supervisor (escalations).
     pub root: ActorRef<RootMsg>,
-    /// Spawns the agent actors.
-    pub factory: Arc<dyn AgentFactory>,
-    /// The fleet, handed to each agent it spawns.
-    pub fleet: Fleet,
+    /// Spawns one agent actor linked to the given supervisor.
+    pub spawn: SpawnAgent,
 }
+
+/// Spawns the actor of a spec linked to a supervisor and runs its start
+/// hook; made by `Fleet::start` from the composition root's factory.
+pub type SpawnAgent = Arc<
+    dyn Fn(
+            Arc<AgentSpec>,
+            Option<Instant>,
+            ractor::ActorCell,
+        ) -> BoxFuture<'static, Result<ActorRef<AgentMsg>, StartError>>
+        + Send
+        + Sync,
+>;
 
 /// State of a group supervisor.
 pub struct GroupState {
@@ -118,8 +128,7 @@ pub struct GroupState {
     members: Vec<Arc<AgentSpec>>,
     ctx: Arc<AgentTable>,
     root: ActorRef<RootMsg>,
-    factory: Arc<dyn AgentFactory>,
-    fleet: Fleet,
+    spawn: SpawnAgent,
     children: HashMap<ActorId, String>,
     refs: HashMap<String, ActorRef<AgentMsg>>,
     trackers: HashMap<String, RestartTracker>,
@@ -151,8 +160,7 @@ impl Actor for GroupSupervisor {
             members: a.members,
             ctx: a.ctx,
             root: a.root,
-            factory: a.factory,
-            fleet: a.fleet,
+            spawn: a.spawn,
             children: HashMap::new(),
             refs: HashMap::new(),
             trackers: HashMap::new(),
@@ -302,11 +310,11 @@ impl GroupState {
     ) {
         let Some(spec) = self.spec(&agent).cloned() else { return };
         self.ctx.transition(&agent, AgentState::Starting, Transition::default());
-        let (factory, fleet, cell, me) = (self.factory.clone(), self.fleet.clone(), myself.get_cell(), myself.clone());
+        let (spawn, cell, me) = (self.spawn.clone(), myself.get_cell(), myself.clone());
         let name = agent.clone();
         let handle = self.tasks.spawn(async move {
             let t0 = Instant::now();
-            let result = factory.spawn(spec, fleet, deadline, cell).await;
+            let result = spawn(spec, deadline, cell).await;
             let done = GroupMsg::SpawnDone { agent: name, result, elapsed: t0.elapsed(), restart_on_failure };
             if let Err(ractor::MessagingErr::SendErr(GroupMsg::SpawnDone { result: Ok(actor), .. })) = me.cast(done) {
                 // The group is gone: do not leave the new agent behind.

@@ -14,6 +14,8 @@
 //! depends on an actor that may be restarting.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -22,12 +24,24 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use super::agent::StartError;
-use super::fleet::Fleet;
 use super::group::StartResult;
 use super::state::AgentState;
+use super::table::AgentTable;
 use crate::core::Event;
 
 type Flight = watch::Receiver<Option<StartResult>>;
+
+/// What an on-demand start needs of the fleet (implemented by `Fleet`).
+pub trait Starts: Clone + Send + Sync + 'static {
+    /// The agent table.
+    fn table(&self) -> &Arc<AgentTable>;
+    /// Starts one agent whose dependencies run, by `deadline`.
+    fn start_one(&self, agent: &str, deadline: Instant) -> impl Future<Output = StartResult> + Send;
+    /// Stops one agent, leaving it in `target`.
+    fn stop_one(&self, agent: &str, target: AgentState, reason: &str) -> impl Future<Output = ()> + Send;
+    /// The on-demand starts in flight.
+    fn flights(&self) -> &LazyLoader;
+}
 
 /// Single-flight table of on-demand starts in progress.
 #[derive(Default)]
@@ -41,8 +55,8 @@ impl LazyLoader {
     /// # Errors
     /// [`StartError::UnknownAgent`], [`StartError::Fatal`],
     /// [`StartError::Timeout`] past the SLA, or the failing agent's error.
-    pub async fn ensure(&self, fleet: &Fleet, agent: &str) -> StartResult {
-        let ctx = fleet.ctx();
+    pub async fn ensure<F: Starts>(&self, fleet: &F, agent: &str) -> StartResult {
+        let ctx = fleet.table();
         match ctx.state(agent) {
             None => return Err(StartError::UnknownAgent(agent.to_string())),
             Some(AgentState::Running) => {
@@ -61,7 +75,7 @@ impl LazyLoader {
                     let (fleet2, name) = (fleet.clone(), agent.to_string());
                     let task = tokio::spawn(async move {
                         let result = run(&fleet2, &name).await;
-                        fleet2.lazy_done(&name);
+                        fleet2.flights().done(&name);
                         let _ = tx.send(Some(result));
                     });
                     flights.insert(agent.to_string(), (rx.clone(), task.abort_handle()));
@@ -76,7 +90,7 @@ impl LazyLoader {
     }
 
     /// Forgets a finished flight.
-    pub(crate) fn done(&self, agent: &str) {
+    fn done(&self, agent: &str) {
         self.flights.lock().remove(agent);
     }
 
@@ -89,8 +103,8 @@ impl LazyLoader {
 }
 
 /// One on-demand start: dependencies in waves, then the agent, within the SLA.
-async fn run(fleet: &Fleet, agent: &str) -> StartResult {
-    let ctx = fleet.ctx().clone();
+async fn run<F: Starts>(fleet: &F, agent: &str) -> StartResult {
+    let ctx = fleet.table().clone();
     let t0 = Instant::now();
     let sla = Duration::from_secs_f64(ctx.settings.lazy_loader.startup_timeout_seconds.max(0.0));
     let deadline = t0 + sla;
@@ -99,8 +113,7 @@ async fn run(fleet: &Fleet, agent: &str) -> StartResult {
     let waves = ctx.catalog.waves(&to_start);
     let work = async {
         for wave in &waves {
-            let starts =
-                wave.iter().map(|a| async move { (a, fleet.start_agent(a, Some(deadline), false, false).await) });
+            let starts = wave.iter().map(|a| async move { (a, fleet.start_one(a, deadline).await) });
             for (a, result) in join_all(starts).await {
                 match result {
                     Ok(()) => {}
@@ -137,7 +150,7 @@ async fn run(fleet: &Fleet, agent: &str) -> StartResult {
                     .iter()
                     .filter(|a| ctx.catalog.get(a).is_some_and(|s| s.on_demand()))
                     .filter(|a| ctx.state(a) != Some(AgentState::Unavailable))
-                    .map(|a| fleet.stop_agent(a, AgentState::Dormant, &reason));
+                    .map(|a| fleet.stop_one(a, AgentState::Dormant, &reason));
                 join_all(stops).await;
             }
             ctx.events.emit(Event::LazyFailed {

@@ -7,8 +7,7 @@
 //! - [`policy`]: restart intensity and backoff arithmetic.
 //! - [`lazy`]: on-demand starts with single flight and the start SLA.
 //! - [`state`], [`table`]: lifecycle states and the live agent table.
-//! - [`agent`]: the contract with agent actors (messages, start errors, the
-//!   factory the composition root provides, the [`Peers`] view of the fleet).
+//! - [`agent`]: the contract with agent actors (messages, start errors, faults).
 
 pub mod agent;
 pub mod fleet;
@@ -19,7 +18,7 @@ pub mod root;
 pub mod state;
 pub mod table;
 
-pub use agent::{AgentFactory, AgentMsg, Fault, Peers, StartError};
-pub use fleet::{BootReport, Fleet};
+pub use agent::{AgentMsg, Fault, StartError};
+pub use fleet::{AgentFactory, BootReport, Fleet, Peers};
 pub use state::AgentState;
 pub use table::AgentTable;

@@ -24,3 +24,4 @@ mod session;
 mod speech_exec;
 mod strategies;
 mod tts_stream;
+mod who_asks;

@@ -1,0 +1,101 @@
+//! One notion of who is asking: the envelope's `user` and `model` (and the
+//! `/v1` request's `user` and `model`) reach HybridRouter and the receipt —
+//! in the reply, the `route.decided` event and the SQLite `receipts` table.
+//! An unknown `model` is `invalid_field` listing the known ones.
+
+use std::time::Duration;
+
+use agentvisor::config::{BackendKind, BackendSettings, Tier};
+use agentvisor::store::receipts;
+use serde_json::{Value, json};
+
+use crate::fake_openai::{Behaviour, FakeOpenAi};
+use crate::util;
+
+fn backend(tier: Tier, model: &str, base_url: String) -> BackendSettings {
+    BackendSettings {
+        kind: BackendKind::Openai,
+        tier,
+        enabled: true,
+        base_url: Some(base_url),
+        api_key_env: None,
+        model: model.into(),
+        connect_timeout_secs: 1.0,
+        first_token_timeout_secs: 2.0,
+        total_timeout_secs: 5.0,
+        max_retries: 0,
+        retry_initial_secs: 0.05,
+        retry_max_secs: 0.2,
+        price_per_1k_input_usd: 0.0,
+        price_per_1k_output_usd: 0.0,
+        models_ttl_secs: 60.0,
+        context_tokens: 8192,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_model_reach_the_receipt_over_the_bus_and_v1() {
+    let fake = FakeOpenAi::start().await;
+    fake.set_default(Behaviour::Answer("an answer".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |s| {
+        s.backends = [
+            ("local".to_string(), backend(Tier::L1, "fake-local", fake.base_url())),
+            ("cloud_fast".to_string(), backend(Tier::L2, "fake-cloud", fake.base_url())),
+        ]
+        .into();
+    })
+    .await;
+    let mut bus = util::dealer(&ingress).await;
+
+    // `model` names the L2 backend's model: a light task goes there anyway.
+    let reply = util::ask(
+        &mut bus,
+        json!({"id": "w1", "type": "simple_chat", "input": "hi", "user": "alice", "model": "fake-cloud"}),
+    )
+    .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let route = &reply["route"];
+    assert_eq!((route["user"].as_str(), route["backend"].as_str()), (Some("alice"), Some("cloud_fast")), "{route}");
+    assert_eq!(route["model"], "fake-cloud", "{route}");
+    assert_eq!(fake.requests().last().unwrap().body["model"], "fake-cloud");
+
+    // Without `model`, routing decides; `user` still reaches the receipt.
+    let reply = util::ask(&mut bus, json!({"id": "w2", "type": "simple_chat", "input": "hi", "user": "bob"})).await;
+    assert_eq!((reply["route"]["user"].as_str(), reply["route"]["backend"].as_str()), (Some("bob"), Some("local")));
+
+    // An unknown model is refused before any agent runs, naming the known ones.
+    let reply = util::ask(&mut bus, json!({"id": "w3", "type": "simple_chat", "input": "hi", "model": "gpt-9"})).await;
+    assert_eq!(reply["error"]["code"], "invalid_field", "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(message.contains("gpt-9") && message.contains("fake-local") && message.contains("cloud_fast"), "{message}");
+
+    // The receipts table keeps who asked.
+    let stored = fleet.services.store.call(|conn| receipts::last(conn, 10)).await.unwrap();
+    let users: Vec<Option<&str>> = stored.iter().map(|r| r.user.as_deref()).collect();
+    assert!(users.contains(&Some("alice")) && users.contains(&Some("bob")), "{users:?}");
+
+    // The same through /v1: OpenAI's `user` and `model` fields.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(agentvisor::http::serve(
+        listener,
+        agentvisor::http::router(fleet.http_app()),
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::new();
+    let post = |body: Value| http.post(format!("{base}/v1/chat/completions")).json(&body).send();
+    let r = post(json!({"model": "fake-local", "user": "carol", "messages": [{"role": "user", "content": "hi"}]}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["x_agentvisor_route"]["user"], "carol", "{body}");
+    assert_eq!(body["x_agentvisor_route"]["backend"], "local", "{body}");
+    let r = post(json!({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]})).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_field", "{body}");
+    server.abort();
+    fleet.shutdown(Duration::from_secs(10)).await;
+}
