@@ -8,6 +8,8 @@
 //! - [`process`]: `process` runtime — a supervised child program.
 //! - [`builtin`]: Rust behaviours, one file per behaviour.
 //! - [`llm`]: the `llm` runtime — role prompt → HybridRouter; the arbiter.
+//! - [`tasks`]: the task-type table — input and output JSON Schemas and
+//!   examples of every task type, and the decoding layer.
 
 pub mod actor;
 pub mod behaviour;
@@ -15,6 +17,7 @@ pub mod builtin;
 pub mod llm;
 pub mod process;
 pub mod services;
+pub mod tasks;
 
 pub use actor::{AgentActor, Spawner};
 pub use behaviour::Behaviour;

@@ -32,11 +32,20 @@ pub mod streaming_tts;
 pub mod system;
 pub mod utils;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub(crate) use super::behaviour::{Answer, Behaviour, agent_arg, bad_input, name_arg, unknown_type};
 use super::services::Services;
+use super::tasks::RustTask;
 use crate::supervisor::Fleet;
+
+/// The task types declared in Rust, by behaviour name (the agent name unless
+/// its spec sets `runtime.behaviour`): the builtin half of the task-type
+/// table ([`crate::agents::tasks::TaskTable::build`]).
+pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
+    BTreeMap::from([("UnifiedUtilsAgent", utils::tasks())])
+}
 
 /// The builtin behaviour named `name`, when it is built; each behaviour is
 /// given only the services it uses.
