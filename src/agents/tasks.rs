@@ -39,7 +39,7 @@ use serde::de::{self, DeserializeOwned, Deserializer, IntoDeserializer, MapAcces
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::core::{ErrorCode, TaskError, TaskReply};
+use crate::core::{ErrorCode, TaskError};
 use crate::config::spec::{AgentSpec, RuntimeSpec, TaskSpec};
 
 /// The typed check of a Rust task type: decodes an input into the type's
@@ -159,7 +159,7 @@ pub fn decode<I: DeserializeOwned>(task_type: &str, input: &Value) -> Result<I, 
 /// # Errors
 /// `internal` when `O` does not serialize to JSON (a map with non-string
 /// keys: a bug of the behaviour).
-pub(crate) fn encode<O: Serialize>(task_type: &str, output: O) -> TaskReply {
+pub(crate) fn encode<O: Serialize>(task_type: &str, output: O) -> Result<Value, TaskError> {
     serde_json::to_value(output)
         .map_err(|e| TaskError::new(ErrorCode::Internal, format!("output of {task_type} is not JSON: {e}")))
 }
