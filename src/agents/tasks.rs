@@ -690,34 +690,24 @@ fn finish(spec: &AgentSpec, task_type: &str, declared: Declared) -> Result<TaskD
     }
 }
 
+/// Checks shared by the unit tests below and the fleet-wide tests of
+/// [`crate::agents::builtin`] (which own the Rust declarations: the table of
+/// the real catalog is built there, so that this module does not import the
+/// behaviours).
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-
+pub(crate) mod testing {
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
     use super::*;
-    use crate::agents::builtin::rust_tasks;
-    use crate::config::catalog::Catalog;
-    use crate::config::spec::ProcessProtocol;
 
-    /// The table of the real catalog (`agents/`) and the real Rust declarations.
-    fn real() -> Assembly {
-        let catalog = Catalog::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/agents")))
-            .unwrap_or_else(|e| panic!("the catalog does not load: {e}"));
-        TaskTable::assemble(catalog.agents.values().map(|spec| spec.as_ref()), &rust_tasks())
-    }
-
-    #[test]
-    fn every_declared_type_is_valid_and_its_examples_validate_and_decode() {
-        let Assembly { table, problems, .. } = real();
-        assert!(problems.is_empty(), "{problems:#?}");
-        for t in ["utils.echo", "utils.time", "utils.uuid", "utils.hash", "utils.sleep"] {
-            let def = table.get(t).unwrap_or_else(|| panic!("{t} missing"));
-            assert_eq!((def.agent.as_str(), def.runtime), ("UnifiedUtilsAgent", "builtin"));
-            assert!(def.check.is_some(), "{t} is declared in Rust");
-        }
+    /// Every example of every type validates against its own input schema
+    /// and decodes (Rust types: into the input type); the first is the
+    /// type's `example`.
+    ///
+    /// # Panics
+    /// On the first example that does not, naming the type.
+    pub(crate) fn assert_examples_validate_and_decode(table: &TaskTable) {
         for def in table.iter() {
             let examples = def.input_schema["examples"].as_array().unwrap_or_else(|| panic!("{}", def.task_type));
             assert_eq!(examples.first(), Some(&def.example), "{}", def.task_type);
@@ -726,61 +716,133 @@ mod tests {
                 table.decode(&def.task_type, example).unwrap_or_else(|e| panic!("{}: {e}", def.task_type));
             }
         }
-        let listed = table.to_json();
-        assert_eq!(listed.as_array().map(Vec::len), Some(table.len()));
-        assert_eq!(listed[0]["type"], json!(table.iter().next().map(|d| d.task_type.clone())));
-        for key in ["type", "agent", "runtime", "summary", "input_schema", "output_schema", "example"] {
-            assert!(listed[0].get(key).is_some(), "{key}");
+    }
+
+    /// Property names anywhere in a schema (`properties` keys), so that random
+    /// objects sometimes hit real fields.
+    fn property_names(schema: &Value, out: &mut Vec<String>) {
+        match schema {
+            Value::Object(map) => {
+                if let Some(Value::Object(props)) = map.get("properties") {
+                    out.extend(props.keys().cloned());
+                }
+                map.values().for_each(|v| property_names(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| property_names(v, out)),
+            _ => {}
         }
     }
 
-    #[test]
-    #[ignore = "enabled once every spec declares its task schemas"]
-    fn every_handled_type_has_a_schema() {
-        let Assembly { problems, undeclared, .. } = real();
-        assert!(problems.is_empty(), "{problems:#?}");
-        assert!(undeclared.is_empty(), "{} handled types have no schema: {undeclared:#?}", undeclared.len());
+    /// Texts at the edges of the schemas: enum values, numeric text in and
+    /// out of range, texts `str::parse::<f64>` reads but a pattern may not.
+    const EDGES: &[&str] =
+        &["", "sha256", "md4", "abc", "0", "0.5", " 300 ", "300", "300.5", "301", "-1", "1e2", "inf", "NaN", ".5"];
+
+    /// Scalars: every JSON kind, with numbers and texts near the edges of
+    /// the schemas (ranges, numeric text, enum values).
+    fn any_scalar() -> BoxedStrategy<Value> {
+        prop_oneof![
+            1 => Just(Value::Null),
+            1 => any::<bool>().prop_map(Value::from),
+            1 => any::<i64>().prop_map(Value::from),
+            1 => any::<f64>().prop_map(Value::from),
+            1 => (-10.0..400.0f64).prop_map(Value::from),
+            1 => prop_oneof![Just(-1), Just(0), Just(255), Just(256), Just(300), Just(301)].prop_map(Value::from),
+            1 => "\\PC{0,12}".prop_map(Value::from),
+            3 => proptest::sample::select(EDGES).prop_map(Value::from),
+        ]
+        .boxed()
     }
 
-    /// `docs/tasks.md` equals `markdown()`; `AGENTVISOR_BLESS=1` rewrites it.
-    #[test]
-    #[ignore = "enabled once every spec declares its task schemas"]
-    fn docs_tasks_md_is_fresh() {
-        let Assembly { table, problems, .. } = real();
-        assert!(problems.is_empty(), "{problems:#?}");
-        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/tasks.md"));
-        let fresh = table.markdown();
-        if std::env::var("AGENTVISOR_BLESS").as_deref() == Ok("1") {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, &fresh).unwrap();
-            return;
+    /// Arbitrary JSON up to depth 3; keys drawn from `keys` or random.
+    fn any_json(keys: Vec<String>) -> BoxedStrategy<Value> {
+        let key = prop_oneof![proptest::sample::select(keys), "[a-z_]{1,8}"].boxed();
+        any_scalar()
+            .prop_recursive(3, 32, 4, move |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    proptest::collection::btree_map(key.clone(), inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+            .boxed()
+    }
+
+    /// An example of the type with one change: a field removed, a field's
+    /// value replaced, or an extra field; a non-object example replaced.
+    fn mutated(examples: Vec<Value>, random: BoxedStrategy<Value>) -> impl Strategy<Value = Value> {
+        (proptest::sample::select(examples), any::<proptest::sample::Index>(), random, "[a-z_]{1,8}", 0..3u8).prop_map(
+            |(example, index, random, extra, how)| match example {
+                Value::Object(mut map) => {
+                    let key = (!map.is_empty()).then(|| map.keys().nth(index.index(map.len())).cloned()).flatten();
+                    match (how, key) {
+                        (0, Some(key)) => {
+                            map.remove(&key);
+                        }
+                        (1, Some(key)) => {
+                            map.insert(key, random);
+                        }
+                        _ => {
+                            map.insert(extra, random);
+                        }
+                    }
+                    Value::Object(map)
+                }
+                _ => random,
+            },
+        )
+    }
+
+    /// The property of the decoding layer, for every type of `table`: the
+    /// edge values of [`EDGES`], then `cases` random JSON values and mutated
+    /// examples, get `Ok` or an `invalid_field` naming a path — never a
+    /// panic; and the schema and the typed decode agree (schema valid ⇔
+    /// decode `Ok`, the decode being the schema then the type).
+    ///
+    /// # Panics
+    /// On the first input that breaks the property, naming the type.
+    pub(crate) fn assert_decoding_layer_holds(table: &TaskTable, cases: u32) {
+        assert!(!table.is_empty());
+        let config = Config { cases, failure_persistence: None, ..Config::default() };
+        for def in table.iter() {
+            let mut keys = vec!["x".to_string()];
+            property_names(&def.input_schema, &mut keys);
+            let examples = def.input_schema["examples"].as_array().cloned().unwrap_or_default();
+            let random = any_json(keys);
+            let inputs = prop_oneof![any_scalar(), random.clone(), mutated(examples, random)];
+            let prefix = format!("input of {} at ", def.task_type);
+            let holds = |input: &Value| -> Result<(), String> {
+                let decoded = table.decode(&def.task_type, input);
+                if let Err(e) = &decoded {
+                    let at = e.message.strip_prefix(&prefix).unwrap_or_default();
+                    if e.code != ErrorCode::InvalidField || !(at.starts_with("the top level: ") || at.starts_with('/'))
+                    {
+                        return Err(format!("{input}: not invalid_field with a path: {e}"));
+                    }
+                }
+                if def.validator.is_valid(input) != decoded.is_ok() {
+                    return Err(format!("schema and type disagree on {input}: {decoded:?}"));
+                }
+                Ok(())
+            };
+            // The edges every time, then random values.
+            let edges = EDGES.iter().map(|s| json!(s)).chain([-1, 0, 255, 256, 300, 301].map(|n| json!(n)));
+            for input in edges.chain([json!(300.5), json!(null), json!([]), json!({})]) {
+                holds(&input).unwrap_or_else(|e| panic!("{}: {e}", def.task_type));
+            }
+            let mut runner = TestRunner::new(config.clone());
+            let outcome = runner.run(&inputs, |input| holds(&input).map_err(TestCaseError::fail));
+            if let Err(e) = outcome {
+                panic!("{}: {e}", def.task_type);
+            }
         }
-        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
-        let first_difference = on_disk.lines().zip(fresh.lines()).position(|(a, b)| a != b);
-        assert!(
-            on_disk == fresh,
-            "docs/tasks.md is stale (first difference at line {}): regenerate it with \
-             `cargo run -- tasks --markdown > docs/tasks.md`, or \
-             `AGENTVISOR_BLESS=1 cargo test --lib docs_tasks_md_is_fresh -- --ignored`",
-            first_difference.map_or_else(|| on_disk.lines().count().min(fresh.lines().count()) + 1, |i| i + 1)
-        );
     }
+}
 
-    #[test]
-    fn decode_names_the_path_of_a_wrong_input() {
-        let table = real().table;
-        let e = table.decode("utils.hash", &json!({"text": "a", "algorithm": "md4"})).unwrap_err();
-        assert_eq!(e.code, ErrorCode::InvalidField);
-        assert_eq!(e.message, "input of utils.hash at /algorithm: unknown variant `md4`, expected `sha256`");
-        let e = table.decode("utils.hash", &json!({"text": "a", "salt": "x"})).unwrap_err();
-        assert!(e.message.starts_with("input of utils.hash at "), "{e}");
-        assert!(e.message.contains("unknown field `salt`"), "{e}");
-        let e = table.decode("utils.sleep", &json!("forever")).unwrap_err();
-        assert!(e.message.starts_with("input of utils.sleep at the top level: "), "{e}");
-        let e = table.decode("no.such.type", &json!("hi")).unwrap_err();
-        assert_eq!(e.code, ErrorCode::UnknownTaskType);
-        assert!(table.decode("utils.sleep", &json!({"seconds": 1.5})).is_ok());
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::spec::ProcessProtocol;
 
     fn agent(name: &str, runtime: RuntimeSpec, handles: &[&str]) -> AgentSpec {
         AgentSpec {
@@ -951,134 +1013,18 @@ mod tests {
     }
 
     #[test]
-    fn markdown_lists_every_type_with_its_schemas() {
-        let table = real().table;
-        let md = table.markdown();
-        assert!(md.starts_with("# Task types\n"));
-        assert!(md.contains("`agentvisor tasks --markdown`"));
-        assert!(
-            md.contains("| [`utils.hash`](#utilshash) | UnifiedUtilsAgent | builtin | The SHA-256 digest of a text |")
-        );
-        assert!(md.contains("\n## `utils.hash`\n"));
-        assert_eq!(md.matches("\n## `").count(), table.len());
-        assert_eq!(md.matches("```json\n").count(), 3 * table.len());
-    }
-
-    /// Property names anywhere in a schema (`properties` keys), so that random
-    /// objects sometimes hit real fields.
-    fn property_names(schema: &Value, out: &mut Vec<String>) {
-        match schema {
-            Value::Object(map) => {
-                if let Some(Value::Object(props)) = map.get("properties") {
-                    out.extend(props.keys().cloned());
-                }
-                map.values().for_each(|v| property_names(v, out));
-            }
-            Value::Array(items) => items.iter().for_each(|v| property_names(v, out)),
-            _ => {}
-        }
-    }
-
-    /// Texts at the edges of the schemas: enum values, numeric text in and
-    /// out of range, texts `str::parse::<f64>` reads but a pattern may not.
-    const EDGES: &[&str] =
-        &["", "sha256", "md4", "abc", "0", "0.5", " 300 ", "300", "300.5", "301", "-1", "1e2", "inf", "NaN", ".5"];
-
-    /// Scalars: every JSON kind, with numbers and texts near the edges of
-    /// the schemas (ranges, numeric text, enum values).
-    fn any_scalar() -> BoxedStrategy<Value> {
-        prop_oneof![
-            1 => Just(Value::Null),
-            1 => any::<bool>().prop_map(Value::from),
-            1 => any::<i64>().prop_map(Value::from),
-            1 => any::<f64>().prop_map(Value::from),
-            1 => (-10.0..400.0f64).prop_map(Value::from),
-            1 => prop_oneof![Just(-1), Just(0), Just(255), Just(256), Just(300), Just(301)].prop_map(Value::from),
-            1 => "\\PC{0,12}".prop_map(Value::from),
-            3 => proptest::sample::select(EDGES).prop_map(Value::from),
-        ]
-        .boxed()
-    }
-
-    /// Arbitrary JSON up to depth 3; keys drawn from `keys` or random.
-    fn any_json(keys: Vec<String>) -> BoxedStrategy<Value> {
-        let key = prop_oneof![proptest::sample::select(keys), "[a-z_]{1,8}"].boxed();
-        any_scalar()
-            .prop_recursive(3, 32, 4, move |inner| {
-                prop_oneof![
-                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                    proptest::collection::btree_map(key.clone(), inner, 0..4)
-                        .prop_map(|m| Value::Object(m.into_iter().collect())),
-                ]
-            })
-            .boxed()
-    }
-
-    /// An example of the type with one change: a field removed, a field's
-    /// value replaced, or an extra field; a non-object example replaced.
-    fn mutated(examples: Vec<Value>, random: BoxedStrategy<Value>) -> impl Strategy<Value = Value> {
-        (proptest::sample::select(examples), any::<proptest::sample::Index>(), random, "[a-z_]{1,8}", 0..3u8).prop_map(
-            |(example, index, random, extra, how)| match example {
-                Value::Object(mut map) => {
-                    let key = (!map.is_empty()).then(|| map.keys().nth(index.index(map.len())).cloned()).flatten();
-                    match (how, key) {
-                        (0, Some(key)) => {
-                            map.remove(&key);
-                        }
-                        (1, Some(key)) => {
-                            map.insert(key, random);
-                        }
-                        _ => {
-                            map.insert(extra, random);
-                        }
-                    }
-                    Value::Object(map)
-                }
-                _ => random,
-            },
-        )
-    }
-
-    /// For every type: random JSON and mutated examples get `Ok` or an
-    /// `invalid_field` naming a path, never a panic; the schema and the
-    /// typed decode agree (schema valid ⇔ decode Ok, the decode being the
-    /// schema then the type).
-    #[test]
-    fn random_inputs_get_a_typed_value_or_invalid_field_with_a_path() {
-        let table = real().table;
-        assert!(!table.is_empty());
-        let config = Config { cases: 64, failure_persistence: None, ..Config::default() };
-        for def in table.iter() {
-            let mut keys = vec!["x".to_string()];
-            property_names(&def.input_schema, &mut keys);
-            let examples = def.input_schema["examples"].as_array().cloned().unwrap_or_default();
-            let random = any_json(keys);
-            let inputs = prop_oneof![any_scalar(), random.clone(), mutated(examples, random)];
-            let prefix = format!("input of {} at ", def.task_type);
-            let holds = |input: &Value| -> Result<(), String> {
-                let decoded = table.decode(&def.task_type, input);
-                if let Err(e) = &decoded {
-                    let at = e.message.strip_prefix(&prefix).unwrap_or_default();
-                    if e.code != ErrorCode::InvalidField || !(at.starts_with("the top level: ") || at.starts_with('/'))
-                    {
-                        return Err(format!("{input}: not invalid_field with a path: {e}"));
-                    }
-                }
-                if def.validator.is_valid(input) != decoded.is_ok() {
-                    return Err(format!("schema and type disagree on {input}: {decoded:?}"));
-                }
-                Ok(())
-            };
-            // The edges every time, then random values.
-            let edges = EDGES.iter().map(|s| json!(s)).chain([-1, 0, 255, 256, 300, 301].map(|n| json!(n)));
-            for input in edges.chain([json!(300.5), json!(null), json!([]), json!({})]) {
-                holds(&input).unwrap_or_else(|e| panic!("{}: {e}", def.task_type));
-            }
-            let mut runner = TestRunner::new(config.clone());
-            let outcome = runner.run(&inputs, |input| holds(&input).map_err(TestCaseError::fail));
-            if let Err(e) = outcome {
-                panic!("{}: {e}", def.task_type);
-            }
-        }
+    fn the_decoding_layer_holds_on_rust_and_spec_types() {
+        let rust = BTreeMap::from([(
+            "B",
+            vec![rust_task::<CountIn, CountOut>("b.count", "counts", || vec![json!({"n": 3}), json!({"n": 255})])],
+        )]);
+        let b = agent("B", RuntimeSpec::Builtin { behaviour: None }, &["b.count"]);
+        let mut p = agent("P", process(), &["p.t"]);
+        let schema =
+            json!({"type": "object", "required": ["n"], "properties": {"n": {"type": "integer", "maximum": 9}}});
+        p.tasks.insert("p.t".into(), declared(Some(schema), vec![json!({"n": 1})]));
+        let table = TaskTable::build(&[b, p], &rust).unwrap_or_else(|p| panic!("{p:#?}"));
+        testing::assert_examples_validate_and_decode(&table);
+        testing::assert_decoding_layer_holds(&table, 64);
     }
 }

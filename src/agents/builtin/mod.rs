@@ -68,3 +68,108 @@ pub(crate) fn behaviour_for(name: &str, services: &Services, fleet: &Fleet) -> O
         _ => None,
     }
 }
+/// The task-type table of the real catalog (`agents/`) with the Rust
+/// declarations: the fleet-wide checks of issue 10.
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::agents::tasks::{Assembly, TaskTable, testing};
+    use crate::config::catalog::Catalog;
+
+    /// The table of the real catalog (`agents/`) and the real Rust declarations.
+    fn real() -> Assembly {
+        let catalog = Catalog::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/agents")))
+            .unwrap_or_else(|e| panic!("the catalog does not load: {e}"));
+        TaskTable::assemble(catalog.agents.values().map(|spec| spec.as_ref()), &rust_tasks())
+    }
+
+    #[test]
+    fn every_declared_type_is_valid_and_its_examples_validate_and_decode() {
+        let Assembly { table, problems, .. } = real();
+        assert!(problems.is_empty(), "{problems:#?}");
+        for (behaviour, declared) in rust_tasks() {
+            for t in declared {
+                let def = table.get(t.task_type).unwrap_or_else(|| panic!("{} missing", t.task_type));
+                assert_eq!((def.agent.as_str(), def.runtime), (behaviour, "builtin"));
+            }
+        }
+        testing::assert_examples_validate_and_decode(&table);
+        let listed = table.to_json();
+        assert_eq!(listed.as_array().map(Vec::len), Some(table.len()));
+        assert_eq!(listed[0]["type"], json!(table.iter().next().map(|d| d.task_type.clone())));
+        for key in ["type", "agent", "runtime", "summary", "input_schema", "output_schema", "example"] {
+            assert!(listed[0].get(key).is_some(), "{key}");
+        }
+    }
+
+    #[test]
+    #[ignore = "enabled once every spec declares its task schemas"]
+    fn every_handled_type_has_a_schema() {
+        let Assembly { problems, undeclared, .. } = real();
+        assert!(problems.is_empty(), "{problems:#?}");
+        assert!(undeclared.is_empty(), "{} handled types have no schema: {undeclared:#?}", undeclared.len());
+    }
+
+    /// `docs/tasks.md` equals `markdown()`; `AGENTVISOR_BLESS=1` rewrites it.
+    #[test]
+    #[ignore = "enabled once every spec declares its task schemas"]
+    fn docs_tasks_md_is_fresh() {
+        let Assembly { table, problems, .. } = real();
+        assert!(problems.is_empty(), "{problems:#?}");
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/tasks.md"));
+        let fresh = table.markdown();
+        if std::env::var("AGENTVISOR_BLESS").as_deref() == Ok("1") {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, &fresh).unwrap();
+            return;
+        }
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        let first_difference = on_disk.lines().zip(fresh.lines()).position(|(a, b)| a != b);
+        assert!(
+            on_disk == fresh,
+            "docs/tasks.md is stale (first difference at line {}): regenerate it with \
+             `cargo run -- tasks --markdown > docs/tasks.md`, or \
+             `AGENTVISOR_BLESS=1 cargo test --lib docs_tasks_md_is_fresh -- --ignored`",
+            first_difference.map_or_else(|| on_disk.lines().count().min(fresh.lines().count()) + 1, |i| i + 1)
+        );
+    }
+
+    #[test]
+    fn decode_names_the_path_of_a_wrong_input() {
+        let table = real().table;
+        let e = table.decode("utils.hash", &json!({"text": "a", "algorithm": "md4"})).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidField);
+        assert_eq!(e.message, "input of utils.hash at /algorithm: unknown variant `md4`, expected `sha256`");
+        let e = table.decode("utils.hash", &json!({"text": "a", "salt": "x"})).unwrap_err();
+        assert!(e.message.starts_with("input of utils.hash at "), "{e}");
+        assert!(e.message.contains("unknown field `salt`"), "{e}");
+        let e = table.decode("utils.sleep", &json!("forever")).unwrap_err();
+        assert!(e.message.starts_with("input of utils.sleep at the top level: "), "{e}");
+        let e = table.decode("no.such.type", &json!("hi")).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownTaskType);
+        assert!(table.decode("utils.sleep", &json!({"seconds": 1.5})).is_ok());
+    }
+
+    #[test]
+    fn markdown_lists_every_type_with_its_schemas() {
+        let table = real().table;
+        let md = table.markdown();
+        assert!(md.starts_with("# Task types\n"));
+        assert!(md.contains("`agentvisor tasks --markdown`"));
+        assert!(
+            md.contains("| [`utils.hash`](#utilshash) | UnifiedUtilsAgent | builtin | The SHA-256 digest of a text |")
+        );
+        assert!(md.contains("\n## `utils.hash`\n"));
+        assert_eq!(md.matches("\n## `").count(), table.len());
+        assert_eq!(md.matches("```json\n").count(), 3 * table.len());
+    }
+
+    #[test]
+    fn random_inputs_get_a_typed_value_or_invalid_field_with_a_path() {
+        testing::assert_decoding_layer_holds(&real().table, 64);
+    }
+}
