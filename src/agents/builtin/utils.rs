@@ -276,7 +276,7 @@ impl JsonSchema for BareSeconds {
 mod tests {
     use super::*;
 
-    async fn run(task_type: &str, input: Value) -> TaskReply {
+    async fn run(task_type: &str, input: Value) -> Answer {
         Utils.handle(Task::new("t", task_type, input)).await
     }
 
@@ -302,9 +302,9 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_inputs_name_their_path() {
-        let message = |r: TaskReply| {
+        let message = |r: Answer| {
             let e = r.unwrap_err();
-            assert_eq!(e.code, crate::agents::task::ErrorCode::InvalidField, "{e}");
+            assert_eq!(e.code, crate::core::ErrorCode::InvalidField, "{e}");
             e.message
         };
         assert_eq!(
