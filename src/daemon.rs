@@ -17,7 +17,8 @@ use std::time::Duration;
 use anyhow::Context;
 use ractor::{Actor, ActorRef};
 
-use crate::agents::{Services, Spawner};
+use crate::agents::tasks::Assembly;
+use crate::agents::{self, Services, Spawner};
 use crate::bus::BusStatus;
 use crate::bus::coordinator::Coordinator;
 use crate::config::Settings;
@@ -70,6 +71,14 @@ impl System {
             metrics.clone(),
         ));
         let load = LoadProbe::default();
+        let Assembly { table: tasks, problems, undeclared } = agents::task_table(&catalog);
+        for p in &problems {
+            tracing::warn!(problem = %p, "task schema problem: the type takes any input (see `agentvisor check`)");
+        }
+        if !undeclared.is_empty() {
+            tracing::warn!(types = ?undeclared, "task types without a schema take any input");
+        }
+        let tasks = Arc::new(tasks);
         let table = Arc::new(AgentTable::new(
             settings.clone(),
             Arc::new(catalog),
@@ -86,13 +95,16 @@ impl System {
             metrics: metrics.clone(),
             load: load.clone(),
             router: RouterHandle::new(router_name.clone()),
+            tasks: tasks.clone(),
         });
         let bus = Arc::new(BusStatus::default());
         let mut spawner = Spawner::new(services.clone());
         let status = bus.clone();
         spawner.register(
             "RequestCoordinator",
-            Arc::new(move |fleet: &Fleet| Arc::new(Coordinator::new(fleet.clone(), status.clone())) as _),
+            Arc::new(move |fleet: &Fleet| {
+                Arc::new(Coordinator::new(fleet.clone(), status.clone(), tasks.clone())) as _
+            }),
         );
         let fleet = Fleet::start(table, Arc::new(spawner)).await?;
         let args = RouterArgs {

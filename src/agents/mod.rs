@@ -22,3 +22,11 @@ pub mod tasks;
 pub use actor::{AgentActor, Spawner};
 pub use behaviour::Behaviour;
 pub use services::Services;
+
+/// The task-type table of `catalog`: the Rust declarations of the builtin
+/// behaviours, then the specs' `tasks` for everything else (llm, process,
+/// builtin behaviours not written yet). The problems and the types without a
+/// schema are listed apart, so a catalog being completed still runs.
+pub fn task_table(catalog: &crate::config::catalog::Catalog) -> tasks::Assembly {
+    tasks::TaskTable::assemble(catalog.agents.values().map(|spec| spec.as_ref()), &builtin::rust_tasks())
+}

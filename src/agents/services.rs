@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::behaviour::Behaviour;
+use super::tasks::TaskTable;
 use crate::config::Settings;
 use crate::events::EventBus;
 use crate::models::manager::ModelManager;
@@ -28,6 +29,8 @@ pub struct Services {
     pub load: LoadProbe,
     /// HybridRouter.
     pub router: RouterHandle,
+    /// Every task type's schemas and example: the decoding layer.
+    pub tasks: Arc<TaskTable>,
 }
 
 /// Builds a behaviour registered by the composition root for an agent whose

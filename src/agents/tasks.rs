@@ -39,8 +39,8 @@ use serde::de::{self, DeserializeOwned, Deserializer, IntoDeserializer, MapAcces
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::core::{ErrorCode, TaskError};
 use crate::config::spec::{AgentSpec, RuntimeSpec, TaskSpec};
+use crate::core::{ErrorCode, TaskError};
 
 /// The typed check of a Rust task type: decodes an input into the type's
 /// input struct and drops it. Arguments: the task type (for the message),

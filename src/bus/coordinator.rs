@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use super::Bus;
 use super::dispatch::Gauges;
 use crate::agents::behaviour::{Behaviour, unknown_type};
+use crate::agents::tasks::TaskTable;
 use crate::core::{Task, TaskError};
 use crate::supervisor::{Fleet, StartError};
 
@@ -50,20 +51,22 @@ impl BusStatus {
 pub struct Coordinator {
     fleet: Fleet,
     status: Arc<BusStatus>,
+    tasks: Arc<TaskTable>,
     bus: Mutex<Option<Bus>>,
 }
 
 impl Coordinator {
-    /// A coordinator for `fleet` (not bound yet) reporting into `status`.
-    pub fn new(fleet: Fleet, status: Arc<BusStatus>) -> Coordinator {
-        Coordinator { fleet, status, bus: Mutex::new(None) }
+    /// A coordinator for `fleet` (not bound yet) reporting into `status`,
+    /// checking task inputs against `tasks`.
+    pub fn new(fleet: Fleet, status: Arc<BusStatus>, tasks: Arc<TaskTable>) -> Coordinator {
+        Coordinator { fleet, status, tasks, bus: Mutex::new(None) }
     }
 }
 
 #[async_trait]
 impl Behaviour for Coordinator {
     async fn start(&self) -> Result<(), StartError> {
-        let bus = Bus::start(self.fleet.clone())
+        let bus = Bus::start(self.fleet.clone(), self.tasks.clone())
             .await
             .map_err(|e| StartError::Failed { agent: "RequestCoordinator".into(), reason: e.to_string() })?;
         *self.status.bound.write() = Some((bus.ingress.clone(), bus.events.clone(), bus.gauges.clone()));

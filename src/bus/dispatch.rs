@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::envelope::{Reply, Timings, ValidTask};
 use super::reply::{ClientAddr, Replier};
+use crate::agents::tasks::TaskTable;
 use crate::core::{ErrorCode, Event, Schedule, Task, TaskError, TaskOutput};
 use crate::routing::router::{known_models, resolve_model};
 use crate::supervisor::Fleet;
@@ -112,6 +113,7 @@ pub struct Gauges {
 /// The dispatcher state, owned by its loop.
 pub struct Dispatcher {
     fleet: Fleet,
+    tasks: Arc<TaskTable>,
     replier: Replier,
     queues: HashMap<String, AgentQueue>,
     slots: HashMap<Key, Slot>,
@@ -125,9 +127,16 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher answering through `replier`; `tx` must be the sender of
     /// the channel later passed to [`Dispatcher::run`].
-    pub fn new(fleet: Fleet, replier: Replier, tx: mpsc::UnboundedSender<Cmd>, gauges: Arc<Gauges>) -> Dispatcher {
+    pub fn new(
+        fleet: Fleet,
+        tasks: Arc<TaskTable>,
+        replier: Replier,
+        tx: mpsc::UnboundedSender<Cmd>,
+        gauges: Arc<Gauges>,
+    ) -> Dispatcher {
         Dispatcher {
             fleet,
+            tasks,
             replier,
             queues: HashMap::new(),
             slots: HashMap::new(),
@@ -234,6 +243,17 @@ impl Dispatcher {
         }
     }
 
+    /// The decoding layer: a task of a known type must fit its input
+    /// schema (`invalid_field` naming the JSON path), before any agent runs
+    /// or starts. Types without a schema (a direct `agent` without `type`,
+    /// `bus.default_agent`'s unknown types) pass.
+    fn check_input(&self, task: &ValidTask) -> Result<(), TaskError> {
+        match task.task_type.as_deref().and_then(|t| self.tasks.get(t)) {
+            Some(def) => def.decode(&task.input),
+            None => Ok(()),
+        }
+    }
+
     async fn admit(&mut self, client: ClientAddr, mut task: ValidTask, received: Instant) {
         let id = task.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         task.id = Some(id.clone());
@@ -246,7 +266,7 @@ impl Dispatcher {
             Ok(a) => a,
             Err(e) => return self.reject(&client, Some(id), None, e).await,
         };
-        if let Err(e) = self.check_model(&task) {
+        if let Err(e) = self.check_model(&task).and_then(|()| self.check_input(&task)) {
             return self.reject(&client, Some(id), Some(agent), e).await;
         }
         if self.queued_total >= self.fleet.ctx().settings.bus.max_queue {

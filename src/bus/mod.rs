@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use zeromq::{PubSocket, RouterSocket, Socket, SocketEvent};
 
+use crate::agents::tasks::TaskTable;
 use crate::supervisor::Fleet;
 pub use coordinator::BusStatus;
 use dispatch::{Cmd, Dispatcher, Gauges};
@@ -75,7 +76,7 @@ impl Bus {
     ///
     /// # Errors
     /// [`BusError::Bind`] when an endpoint is taken or invalid.
-    pub async fn start(fleet: Fleet) -> Result<Bus, BusError> {
+    pub async fn start(fleet: Fleet, table: Arc<TaskTable>) -> Result<Bus, BusError> {
         let ctx = fleet.ctx().clone();
         let mut router = RouterSocket::new();
         let ingress = bind(&mut router, &ctx.settings.bus.ingress).await?;
@@ -87,7 +88,7 @@ impl Bus {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let gauges = Arc::new(Gauges::default());
         let mut tasks = JoinSet::new();
-        tasks.spawn(Dispatcher::new(fleet, replier.clone(), tx.clone(), gauges.clone()).run(rx));
+        tasks.spawn(Dispatcher::new(fleet, table, replier.clone(), tx.clone(), gauges.clone()).run(rx));
         tasks.spawn(ingress::run(recv_half, replier, ctx.clone(), tx.clone()));
         tasks.spawn(publisher::run(publisher, ctx.events.subscribe(), ctx.clone()));
         tasks.spawn(async move {

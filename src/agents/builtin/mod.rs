@@ -79,6 +79,7 @@ mod tests {
     use super::*;
     use crate::agents::tasks::{Assembly, TaskTable, testing};
     use crate::config::catalog::Catalog;
+    use crate::core::ErrorCode;
 
     /// The table of the real catalog (`agents/`) and the real Rust declarations.
     fn real() -> Assembly {
