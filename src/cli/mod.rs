@@ -3,7 +3,7 @@
 //! This file holds the clap definitions ([`Cli`], [`Command`]), the global
 //! flags (`--config`, `--set`), settings loading and [`execute`], which hands
 //! each command to its own file: `run`, `check`, `agents`, `send`, `events`,
-//! `receipts`, `models` and `bench`.
+//! `receipts`, `models`, `tasks` and `bench`.
 
 mod agents;
 mod bench;
@@ -13,6 +13,7 @@ mod models;
 mod receipts;
 mod run;
 mod send;
+mod tasks;
 
 use std::path::PathBuf;
 
@@ -71,6 +72,19 @@ pub enum Command {
         /// Profile and catalog.
         #[command(flatten)]
         profile: ProfileArgs,
+    },
+    /// List every task type of the catalog: agent, runtime, summary; with
+    /// `--json` also the input and output JSON Schemas and an example input.
+    Tasks {
+        /// Catalog: a folder of agent specs (default: `agents_dir`).
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        /// `[{"type", "agent", "runtime", "summary", "input_schema", "output_schema", "example"}]`.
+        #[arg(long, conflicts_with = "markdown")]
+        json: bool,
+        /// The Markdown reference (`docs/tasks.md`).
+        #[arg(long)]
+        markdown: bool,
     },
     /// List a profile's agents: runtime, dependencies, task types.
     Agents {
@@ -209,6 +223,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             run::run(&cli, profile, http_listen.as_deref(), data_dir.as_deref()).await
         }
         Command::Check { profile } => check::check(&cli, profile),
+        Command::Tasks { catalog, json, markdown } => tasks::tasks(&cli, catalog.as_deref(), *json, *markdown),
         Command::Agents { profile, tree } => agents::agents(&cli, profile, *tree),
         Command::Send { task_type, input, agent, priority, stream, json, timeout, endpoint } => {
             send::send(

@@ -12,6 +12,7 @@
 //! | `GET /agents` | `{"profile", "groups": [{"name", "strategy", "agents": [AGENT]}]}` |
 //! | `GET /agents/{name}` | `AGENT`: `{"name", "group", "state", "runtime", "essential", "restarts", "uptime_seconds", "pid", "reason", "dependencies"}` |
 //! | `POST /agents/{name}/start` / `stop` / `restart` | `200 AGENT` or `4xx/5xx {"error": {"code", "message"}}` |
+//! | `GET /tasks` | every task type: `[{"type", "agent", "runtime", "summary", "input_schema", "output_schema", "example"}]` (as `agentvisor tasks --json`) |
 //! | `POST /v1/chat/completions`, `GET /v1/models` | the OpenAI-compatible gateway ([`gateway`]) |
 //! | `POST /registry/register`, `PUT /registry/heartbeat`, `GET /registry/discover`, `POST /registry/promote`, `DELETE /registry/{id}` | ServiceRegistry ([`registry`]) |
 //! | `POST /agents/{name}/fault` body `{"kind": "panic"\|"error"}` | only with `testing.fault_injection: true` (404 otherwise) |
@@ -56,6 +57,7 @@ pub fn router(app: App) -> Router {
         .route("/agents/{name}/start", post(start))
         .route("/agents/{name}/stop", post(stop))
         .route("/agents/{name}/restart", post(restart))
+        .route("/tasks", get(tasks))
         .route("/v1/chat/completions", post(gateway::chat_completions))
         .route("/v1/models", get(gateway::models))
         .merge(registry::routes());
@@ -91,6 +93,10 @@ async fn ready(State(App { fleet, .. }): State<App>) -> Response {
 }
 
 /// JSON view of one agent record.
+async fn tasks(State(App { services, .. }): State<App>) -> Json<Value> {
+    Json(services.tasks.to_json())
+}
+
 async fn agents(State(App { fleet, .. }): State<App>) -> Json<Value> {
     let ctx = fleet.ctx();
     let records = ctx.snapshot();

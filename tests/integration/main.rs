@@ -4,6 +4,7 @@
 
 mod util;
 
+mod all_types;
 mod backend_openai;
 mod bus;
 mod cancel_process;
