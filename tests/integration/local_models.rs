@@ -79,7 +79,7 @@ async fn answers_streams_and_reports_metadata() {
     // JSON mode with a schema: valid by construction (grammar).
     let schema = r#"{"type":"object","properties":{"label":{"type":"string","enum":["joy","sadness","anger","fear","neutral"]},"intensity":{"type":"number"}},"required":["label","intensity"]}"#;
     let mut r = request(DEFAULT_MODEL_NAME, "I am so happy today! Detect the emotion.", 40);
-    r.params.json_schema = Some(schema.into());
+    r.params.json_schema = Some(serde_json::from_str(schema).unwrap());
     let answer = m.generate(r).await.expect("json answer");
     let v: serde_json::Value = serde_json::from_str(&answer.output.text).expect("valid JSON");
     assert!(v["label"].is_string() && v["intensity"].is_number(), "{v}");
