@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 use crate::core::Event;
 
 /// Events a subscriber may lag behind before it loses the oldest.
-pub const EVENT_BUFFER: usize = 65_536;
+pub(crate) const EVENT_BUFFER: usize = 65_536;
 
 /// One published event, serialised as `{"seq", "ts", "topic", ...data}`.
 #[derive(Debug, Clone, Serialize)]
@@ -63,7 +63,7 @@ impl EventBus {
     }
 
     /// Logs, counts and publishes `event`; returns its seq. Never blocks.
-    pub fn emit(&self, event: Event) -> u64 {
+    pub(crate) fn emit(&self, event: Event) -> u64 {
         let topic = event.topic();
         let data = match serde_json::to_value(&event) {
             Ok(Value::Object(m)) => m,

@@ -34,7 +34,7 @@ use crate::supervisor::Fleet;
 
 /// Most tokens of session history put into a request (estimated), so long
 /// sessions stay within small models' context.
-pub const SESSION_HISTORY_TOKENS: u32 = 2048;
+pub(crate) const SESSION_HISTORY_TOKENS: u32 = 2048;
 
 /// The specialists the arbiter may choose, by agent name and role word.
 const SPECIALISTS: &[(&str, &str)] = &[

@@ -27,6 +27,6 @@ pub use services::Services;
 /// behaviours, then the specs' `tasks` for everything else (llm, process,
 /// builtin behaviours not written yet). The problems and the types without a
 /// schema are listed apart, so a catalog being completed still runs.
-pub fn task_table(catalog: &crate::config::catalog::Catalog) -> tasks::Assembly {
+pub(crate) fn task_table(catalog: &crate::config::catalog::Catalog) -> tasks::Assembly {
     tasks::TaskTable::assemble(catalog.agents.values().map(|spec| spec.as_ref()), &builtin::rust_tasks())
 }

@@ -255,7 +255,7 @@ impl ProcessChild {
     }
 
     /// The watcher saw the exit.
-    pub fn mark_exited(&mut self) {
+    pub(crate) fn mark_exited(&mut self) {
         self.alive.store(false, Ordering::Release);
     }
 

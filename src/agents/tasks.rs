@@ -67,7 +67,7 @@ pub struct RustTask {
 /// schemars, field doc comments becoming descriptions) and example inputs
 /// (at least one, each must decode into `I`; the first is the type's
 /// example).
-pub fn rust_task<I, O>(task_type: &'static str, summary: &'static str, examples: fn() -> Vec<Value>) -> RustTask
+pub(crate) fn rust_task<I, O>(task_type: &'static str, summary: &'static str, examples: fn() -> Vec<Value>) -> RustTask
 where
     I: DeserializeOwned + JsonSchema,
     O: Serialize + JsonSchema,
@@ -406,7 +406,7 @@ impl TaskTable {
     /// [`TaskTable::build`] without failing: the table of every valid
     /// declaration, with the problems and the undeclared types apart (for a
     /// catalog still being completed).
-    pub fn assemble<'a>(
+    pub(crate) fn assemble<'a>(
         specs: impl IntoIterator<Item = &'a AgentSpec>,
         rust: &BTreeMap<&str, Vec<RustTask>>,
     ) -> Assembly {
@@ -503,7 +503,7 @@ impl TaskTable {
     /// `[{"type", "agent", "runtime", "summary", "input_schema",
     /// "output_schema", "example"}]`, sorted by type (what `agentvisor tasks
     /// --json` prints and `GET /tasks` serves).
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         Value::Array(
             self.iter()
                 .map(|d| {
@@ -519,7 +519,7 @@ impl TaskTable {
     /// `docs/tasks.md`: a title, what generates the file, an index table
     /// (type | agent | runtime | summary), then one section per type with
     /// its example and both schemas as JSON blocks.
-    pub fn markdown(&self) -> String {
+    pub(crate) fn markdown(&self) -> String {
         let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
         let cell = |s: &str| s.replace('|', "\\|").replace('\n', " ");
         let mut out = String::from("# Task types\n\n");

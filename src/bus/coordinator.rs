@@ -36,7 +36,7 @@ impl BusStatus {
     }
 
     /// `{"ingress", "events", "queued", "running"}`.
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         match self.bound.read().as_ref() {
             Some((ingress, events, g)) => json!({
                 "ingress": ingress, "events": events,

@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use crate::core::{ErrorCode, TaskError};
 
 /// Longest accepted client task id, characters.
-pub const MAX_ID_CHARS: usize = 256;
+pub(crate) const MAX_ID_CHARS: usize = 256;
 
 pub use crate::core::Prefer;
 
@@ -84,6 +84,10 @@ fn default_priority() -> i64 {
 
 /// A decoded, validated request.
 #[derive(Debug, Clone, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one task per message, moved not copied: a Box would add an allocation per task on the hot path"
+)]
 pub enum Request {
     /// A task to run.
     Task(ValidTask),
@@ -301,7 +305,7 @@ impl Reply {
     }
 
     /// JSON bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_else(|_| b"{\"status\":\"error\"}".to_vec())
     }
 }

@@ -285,7 +285,7 @@ impl Catalog {
     }
 
     /// Agents that depend directly on `name`.
-    pub fn dependents(&self, name: &str) -> Vec<String> {
+    pub(crate) fn dependents(&self, name: &str) -> Vec<String> {
         self.agents.values().filter(|s| s.dependencies.iter().any(|d| d == name)).map(|s| s.name.clone()).collect()
     }
 
@@ -326,7 +326,7 @@ impl Catalog {
     }
 
     /// `names` plus every agent they depend on, transitively.
-    pub fn closure(&self, names: &BTreeSet<String>) -> BTreeSet<String> {
+    pub(crate) fn closure(&self, names: &BTreeSet<String>) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         let mut stack: Vec<String> = names.iter().cloned().collect();
         while let Some(n) = stack.pop() {

@@ -127,7 +127,7 @@ impl Default for TaskSettings {
 
 impl TaskSettings {
     /// `call_timeout_secs` as a duration (at least 1 ms).
-    pub fn call_timeout(&self) -> std::time::Duration {
+    pub(crate) fn call_timeout(&self) -> std::time::Duration {
         std::time::Duration::try_from_secs_f64(self.call_timeout_secs.max(0.001)).unwrap_or(std::time::Duration::MAX)
     }
 }
@@ -613,7 +613,7 @@ impl Settings {
     /// Environment variables derived from these settings for the process
     /// agent `agent` (they override the spec's `env`): the Executor gets its
     /// sandbox limits as `EXECUTOR_*`.
-    pub fn process_env(&self, agent: &str) -> Vec<(String, String)> {
+    pub(crate) fn process_env(&self, agent: &str) -> Vec<(String, String)> {
         match agent {
             "Executor" => {
                 let e = &self.executor;
@@ -631,7 +631,7 @@ impl Settings {
 
     /// `true` when the HTTP server and both bus sockets listen on loopback
     /// (or ipc), so nothing is reachable from another host.
-    pub fn loopback_only(&self) -> bool {
+    pub(crate) fn loopback_only(&self) -> bool {
         let local_tcp = |hostport: &str| {
             let host = hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport);
             let host = host.trim_start_matches('[').trim_end_matches(']');

@@ -154,7 +154,7 @@ pub fn resolve(catalog: &Catalog, profile: &ProfileSpec) -> Result<Plan, Problem
 
 impl Plan {
     /// Agents of the run, grouped by group (for the tree views).
-    pub fn by_group(&self, catalog: &Catalog) -> BTreeMap<String, Vec<String>> {
+    pub(crate) fn by_group(&self, catalog: &Catalog) -> BTreeMap<String, Vec<String>> {
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for a in &self.agents {
             if let Some(s) = catalog.get(a) {
@@ -165,7 +165,7 @@ impl Plan {
     }
 
     /// Number of agents started at boot.
-    pub fn boot_count(&self) -> usize {
+    pub(crate) fn boot_count(&self) -> usize {
         self.waves.iter().map(Vec::len).sum()
     }
 }

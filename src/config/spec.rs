@@ -244,7 +244,7 @@ impl RuntimeSpec {
 
 impl AgentSpec {
     /// The builtin behaviour this agent runs: `runtime.behaviour`, else its name.
-    pub fn behaviour_name(&self) -> &str {
+    pub(crate) fn behaviour_name(&self) -> &str {
         match &self.runtime {
             RuntimeSpec::Builtin { behaviour: Some(b) } => b,
             _ => &self.name,

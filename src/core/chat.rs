@@ -96,6 +96,6 @@ pub struct ChatResponse {
 }
 
 /// Estimated tokens of a conversation (see [`super::estimate_tokens`]).
-pub fn estimate_messages(messages: &[ChatMessage]) -> u32 {
+pub(crate) fn estimate_messages(messages: &[ChatMessage]) -> u32 {
     super::estimate_tokens(messages.iter().map(|m| m.content.chars().count()).sum())
 }

@@ -114,7 +114,7 @@ impl TaskError {
     }
 
     /// The same error carrying the receipt of the failed model call.
-    pub fn with_route(mut self, route: Option<Receipt>) -> TaskError {
+    pub(crate) fn with_route(mut self, route: Option<Receipt>) -> TaskError {
         self.route = route.map(Box::new);
         self
     }

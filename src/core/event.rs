@@ -285,7 +285,7 @@ impl Event {
     }
 
     /// Whether the event reports trouble (logged at `warn`).
-    pub fn is_warning(&self) -> bool {
+    pub(crate) fn is_warning(&self) -> bool {
         match self {
             Event::Agent(t) => matches!(t.state, "failed" | "fatal"),
             Event::GroupEscalated { .. }

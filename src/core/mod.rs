@@ -16,7 +16,7 @@ pub use receipt::Receipt;
 pub use task::{Prefer, Task, TaskOutput, TaskReply};
 
 /// Now as Unix time, seconds (0.0 if the clock is before 1970).
-pub fn unix_time() -> f64 {
+pub(crate) fn unix_time() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
@@ -24,6 +24,6 @@ pub fn unix_time() -> f64 {
 /// rounded up (OpenAI's rule of thumb for English). Used where no tokenizer
 /// is at hand: routing inputs, session history budgets, backends that report
 /// no `usage`.
-pub fn estimate_tokens(chars: usize) -> u32 {
+pub(crate) fn estimate_tokens(chars: usize) -> u32 {
     u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX)
 }

@@ -81,14 +81,14 @@ impl Task {
     }
 
     /// Sends one streamed piece when the client asked for streaming.
-    pub fn emit(&self, delta: impl Into<String>) {
+    pub(crate) fn emit(&self, delta: impl Into<String>) {
         if let Some(tx) = &self.chunks {
             let _ = tx.send(delta.into());
         }
     }
 
     /// The input as text: a JSON string as is, anything else as JSON text.
-    pub fn input_text(&self) -> String {
+    pub(crate) fn input_text(&self) -> String {
         match &self.input {
             Value::String(s) => s.clone(),
             other => other.to_string(),

@@ -105,7 +105,7 @@ fn unix() -> u64 {
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(State(app): State<App>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub(crate) async fn chat_completions(State(app): State<App>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let body: ChatBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return openai_error(StatusCode::BAD_REQUEST, "invalid_field", &format!("request body: {e}")),

@@ -441,7 +441,7 @@ fn sampler(model: &LlamaModel, params: &Sampling) -> Result<LlamaSampler, Engine
 }
 
 /// GGUF metadata read without loading tensors (see [`super::gguf_meta`]).
-pub fn gguf_metadata(path: &Path) -> Option<GgufMeta> {
+pub(crate) fn gguf_metadata(path: &Path) -> Option<GgufMeta> {
     let g = llama_cpp_2::gguf::GgufContext::from_file(path)?;
     // Reading a key with the wrong type aborts inside ggml: check the type first.
     let string = |key: &str| {

@@ -110,7 +110,7 @@ pub struct GenOutput {
 
 impl GenOutput {
     /// A job cancelled before it produced anything.
-    pub fn cancelled_before_start() -> GenOutput {
+    pub(crate) fn cancelled_before_start() -> GenOutput {
         GenOutput {
             text: String::new(),
             tokens_in: 0,

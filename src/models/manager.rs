@@ -333,7 +333,7 @@ impl ModelManager {
 
     /// Evicts least-recently-used idle models until the loaded bytes fit the
     /// budget; the evicted names.
-    pub async fn evict_idle_over_budget(&self) -> Vec<String> {
+    pub(crate) async fn evict_idle_over_budget(&self) -> Vec<String> {
         self.ask(Cmd::EvictIdle).await.unwrap_or_default()
     }
 
@@ -396,7 +396,7 @@ impl ModelManager {
 
     /// Records a memory reading (VRAMOptimizerAgent): sets the budget when
     /// it comes from the percentage, and the device memory metrics.
-    pub fn record_reading(&self, reading: MemoryReading) {
+    pub(crate) fn record_reading(&self, reading: MemoryReading) {
         let s = &self.shared;
         if s.settings.memory_budget_bytes.is_none() {
             let budget = memory::budget_bytes(reading.total_bytes, s.settings.vram_budget_percentage);
@@ -411,12 +411,12 @@ impl ModelManager {
     }
 
     /// The latest memory reading.
-    pub fn reading(&self) -> Option<MemoryReading> {
+    pub(crate) fn reading(&self) -> Option<MemoryReading> {
         self.shared.reading.read().clone()
     }
 
     /// The budget in force, bytes (`None` while unknown).
-    pub fn budget_bytes(&self) -> Option<u64> {
+    pub(crate) fn budget_bytes(&self) -> Option<u64> {
         match self.shared.budget.load(Ordering::Relaxed) {
             u64::MAX => None,
             b => Some(b),

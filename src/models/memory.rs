@@ -127,7 +127,7 @@ impl GpuDevice for nvml_wrapper::Device<'_> {
 /// an error from the per-process list is not fatal (the list is then empty,
 /// logged at debug). `used_bytes` is `total - free`, so memory NVML reports as
 /// reserved by the driver counts as used, as on the host.
-pub fn gpu_reading(device: &impl GpuDevice) -> Result<MemoryReading, ProbeError> {
+pub(crate) fn gpu_reading(device: &impl GpuDevice) -> Result<MemoryReading, ProbeError> {
     let info = device.memory_info()?;
     let name = device.name()?;
     let processes = match device.running_compute_processes() {
@@ -175,11 +175,6 @@ impl NvmlProbe {
         let nvml = Nvml::init()?;
         nvml.device_by_index(device_index)?;
         Ok(NvmlProbe { nvml, device_index })
-    }
-
-    /// The NVML index of the device read.
-    pub fn device_index(&self) -> u32 {
-        self.device_index
     }
 }
 
@@ -284,7 +279,7 @@ fn nvml_reason(err: &NvmlError, device_index: u32) -> String {
 /// and the device exists; otherwise [`HostProbe`], after one info log line
 /// saying why (once per process; later fallbacks log at debug). `gpu: false`
 /// skips NVML entirely. Never panics. Blocking (loads NVML).
-pub fn detect(gpu: bool, device_index: u32) -> Box<dyn MemoryProbe> {
+pub(crate) fn detect(gpu: bool, device_index: u32) -> Box<dyn MemoryProbe> {
     if !gpu {
         log_host_fallback("GPU probing disabled");
         return Box::new(HostProbe::new());
@@ -303,7 +298,7 @@ pub fn detect(gpu: bool, device_index: u32) -> Box<dyn MemoryProbe> {
 
 /// The memory budget: `percentage` (0–100, clamped; NaN counts as 0) of
 /// `total` bytes, rounded down.
-pub fn budget_bytes(total: u64, percentage: f64) -> u64 {
+pub(crate) fn budget_bytes(total: u64, percentage: f64) -> u64 {
     if percentage.is_nan() || percentage <= 0.0 {
         return 0;
     }

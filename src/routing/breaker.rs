@@ -94,7 +94,7 @@ impl CircuitBreaker {
     /// through: once open, it stays open until [`CircuitBreaker::reset`].
     /// For embedded local backends, where a probe would mean loading a model
     /// (DESIGN §5): the model manager calls `reset` when the model is loaded.
-    pub fn with_probe(settings: &BreakerSettings, probe_allowed: bool) -> CircuitBreaker {
+    pub(crate) fn with_probe(settings: &BreakerSettings, probe_allowed: bool) -> CircuitBreaker {
         let cooldown = if settings.cooldown_secs > 0.0 {
             Duration::try_from_secs_f64(settings.cooldown_secs).unwrap_or(Duration::MAX)
         } else {
@@ -133,14 +133,14 @@ impl CircuitBreaker {
     }
 
     /// The call succeeded: the breaker closes and the failure count restarts.
-    pub fn on_success(&mut self) {
+    pub(crate) fn on_success(&mut self) {
         self.inner = Inner::Closed { consecutive_failures: 0 };
     }
 
     /// The call failed at `now`. Closed: counts, and opens at the threshold.
     /// Half-open (the probe failed): opens again with a fresh cooldown. Open
     /// (a call let through before it opened): no change.
-    pub fn on_failure(&mut self, now: Instant) {
+    pub(crate) fn on_failure(&mut self, now: Instant) {
         match self.inner {
             Inner::Closed { consecutive_failures } => {
                 let failures = consecutive_failures.saturating_add(1);
@@ -158,7 +158,7 @@ impl CircuitBreaker {
     /// The call ended without an outcome (cancelled: client gone, deadline).
     /// A half-open probe is given back, so the next `allow` may probe again;
     /// otherwise nothing changes (a cancellation is not a failure).
-    pub fn on_abandoned(&mut self) {
+    pub(crate) fn on_abandoned(&mut self) {
         if let Inner::HalfOpen { probe_started } = self.inner {
             self.inner = Inner::Open { until: Some(probe_started) };
         }
@@ -183,7 +183,8 @@ impl CircuitBreaker {
     }
 
     /// Consecutive failures counted while closed (0 when open or half-open).
-    pub fn consecutive_failures(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn consecutive_failures(&self) -> u32 {
         match self.inner {
             Inner::Closed { consecutive_failures } => consecutive_failures,
             _ => 0,

@@ -51,18 +51,18 @@ use crate::config::{BackendSettings, Prefer, RoutingSettings, Tier};
 
 /// Fallback: the cloud side could not serve, local answers
 /// (`failover.cloud_unreachable: fallback_to_local`, the earlier system's name).
-pub const FALLBACK_TO_LOCAL: &str = "fallback_to_local";
+pub(crate) const FALLBACK_TO_LOCAL: &str = "fallback_to_local";
 /// Fallback: the local side could not serve (no live L1 backend), cloud answers.
-pub const FALLBACK_TO_CLOUD: &str = "fallback_to_cloud";
+pub(crate) const FALLBACK_TO_CLOUD: &str = "fallback_to_cloud";
 /// Fallback: local model memory is exhausted, the tiny model answers
 /// (`failover.vram_exhausted: degrade_to_tiny`, the earlier system's name).
-pub const DEGRADE_TO_TINY: &str = "degrade_to_tiny";
+pub(crate) const DEGRADE_TO_TINY: &str = "degrade_to_tiny";
 /// Fallback: local load above `tiers.high_load_percent`, fast cloud answers.
-pub const HIGH_LOAD_TO_L2: &str = "high_load_to_l2";
+pub(crate) const HIGH_LOAD_TO_L2: &str = "high_load_to_l2";
 /// Fallback: a large context wanted L3 but no L3 backend is live.
-pub const LARGE_CONTEXT_TO_L2: &str = "large_context_to_l2";
+pub(crate) const LARGE_CONTEXT_TO_L2: &str = "large_context_to_l2";
 /// Fallback: a cloud task wanted L2 but only L3 backends are live.
-pub const L2_UNAVAILABLE_TO_L3: &str = "l2_unavailable_to_l3";
+pub(crate) const L2_UNAVAILABLE_TO_L3: &str = "l2_unavailable_to_l3";
 
 /// Everything one routing decision looks at, besides the breakers.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -440,7 +440,8 @@ impl Policy {
     }
 
     /// The enabled backends of `tier`, in chain order (breakers not consulted).
-    pub fn tier_backends(&self, tier: Tier) -> impl Iterator<Item = &str> {
+    #[cfg(test)]
+    pub(crate) fn tier_backends(&self, tier: Tier) -> impl Iterator<Item = &str> {
         self.chains[tier_index(tier)].iter().map(|&i| self.names[i].as_str())
     }
 

@@ -60,7 +60,7 @@ impl Default for LoadProbe {
 
 impl LoadProbe {
     /// Records the CPU load, percent.
-    pub fn set_percent(&self, percent: f64) {
+    pub(crate) fn set_percent(&self, percent: f64) {
         self.0.store((percent.clamp(0.0, 100.0) * 100.0) as u64, Ordering::Relaxed);
     }
 
@@ -586,7 +586,7 @@ impl RouterHandle {
 /// Which backend and model a requested `model` names: a backend's name, a
 /// backend's configured model, or a GGUF file under `models_dir` (served by
 /// the first enabled embedded backend). `None`: unknown.
-pub fn resolve_model(
+pub(crate) fn resolve_model(
     backends: &BTreeMap<String, BackendSettings>,
     models_dir: &std::path::Path,
     model: &str,
@@ -604,7 +604,7 @@ pub fn resolve_model(
 
 /// The models a task's `model` may name (for the `invalid_field` message):
 /// enabled backends and their configured models.
-pub fn known_models(backends: &BTreeMap<String, BackendSettings>) -> Vec<String> {
+pub(crate) fn known_models(backends: &BTreeMap<String, BackendSettings>) -> Vec<String> {
     let mut known: Vec<String> =
         backends.iter().filter(|(_, b)| b.enabled).flat_map(|(n, b)| [n.clone(), b.model.clone()]).collect();
     known.sort();

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 
 /// Schema of this concern, applied once as a versioned migration (3).
-pub const MIGRATION: &str = "CREATE TABLE memories (
+pub(crate) const MIGRATION: &str = "CREATE TABLE memories (
         id TEXT PRIMARY KEY,
         ts REAL NOT NULL,
         kind TEXT NOT NULL,
@@ -61,7 +61,7 @@ pub const MIGRATION: &str = "CREATE TABLE memories (
 
 /// Most search terms a query keeps (the rest are ignored), bounding the
 /// cost of one search.
-pub const MAX_TERMS: usize = 32;
+pub(crate) const MAX_TERMS: usize = 32;
 
 /// Column weights of `bm25()`: a match in the title counts twice a match in
 /// the text; a match in the source half.
@@ -150,7 +150,7 @@ pub fn insert_memory(conn: &Connection, m: &Memory) -> Result<(), StoreError> {
 ///
 /// # Errors
 /// [`StoreError::Sqlite`].
-pub fn get_memory(conn: &Connection, id: &str, now: f64) -> Result<Option<Memory>, StoreError> {
+pub(crate) fn get_memory(conn: &Connection, id: &str, now: f64) -> Result<Option<Memory>, StoreError> {
     let sql =
         format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE id = ?1 AND (expires_at IS NULL OR expires_at > ?2)");
     Ok(conn.prepare_cached(&sql)?.query_row(params![id, now], memory_of).optional()?)
@@ -161,7 +161,7 @@ pub fn get_memory(conn: &Connection, id: &str, now: f64) -> Result<Option<Memory
 ///
 /// # Errors
 /// [`StoreError::Sqlite`].
-pub fn delete_memory(conn: &Connection, id: &str, now: f64) -> Result<bool, StoreError> {
+pub(crate) fn delete_memory(conn: &Connection, id: &str, now: f64) -> Result<bool, StoreError> {
     let expires_at: Option<Option<f64>> = conn
         .prepare_cached("DELETE FROM memories WHERE id = ?1 RETURNING expires_at")?
         .query_row(params![id], |r| r.get(0))
@@ -173,7 +173,7 @@ pub fn delete_memory(conn: &Connection, id: &str, now: f64) -> Result<bool, Stor
 ///
 /// # Errors
 /// [`StoreError::Sqlite`].
-pub fn delete_expired(conn: &Connection, now: f64) -> Result<usize, StoreError> {
+pub(crate) fn delete_expired(conn: &Connection, now: f64) -> Result<usize, StoreError> {
     Ok(conn.prepare_cached("DELETE FROM memories WHERE expires_at IS NOT NULL AND expires_at <= ?1")?.execute([now])?)
 }
 
@@ -196,7 +196,7 @@ fn like_escape(term: &str) -> String {
 ///
 /// # Errors
 /// [`StoreError::Sqlite`].
-pub fn search_memories(conn: &Connection, q: &MemoryQuery, now: f64) -> Result<Vec<Memory>, StoreError> {
+pub(crate) fn search_memories(conn: &Connection, q: &MemoryQuery, now: f64) -> Result<Vec<Memory>, StoreError> {
     let mut sql = format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE (expires_at IS NULL OR expires_at > ?1)");
     let mut args: Vec<rusqlite::types::Value> = vec![now.into()];
     for term in q.query.split_whitespace().take(MAX_TERMS) {
@@ -233,7 +233,7 @@ pub fn kb_add(conn: &Connection, title: &str, text: &str, source: &str, ts: f64)
 ///
 /// # Errors
 /// [`StoreError::Sqlite`].
-pub fn kb_delete(conn: &Connection, id: i64) -> Result<bool, StoreError> {
+pub(crate) fn kb_delete(conn: &Connection, id: i64) -> Result<bool, StoreError> {
     Ok(conn.prepare_cached("DELETE FROM kb_docs WHERE id = ?1")?.execute([id])? > 0)
 }
 

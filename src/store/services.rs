@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use super::StoreError;
 
 /// Schema of this concern, applied once as a versioned migration (4).
-pub const MIGRATION: &str = "CREATE TABLE services (
+pub(crate) const MIGRATION: &str = "CREATE TABLE services (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         type TEXT NOT NULL CHECK (type IN ('model', 'tool', 'agent')),
@@ -85,7 +85,7 @@ macro_rules! wire_enum {
     ($t:ident { $($v:ident = $s:literal),+ $(,)? }) => {
         impl $t {
             /// Every value, in wire order.
-            pub const ALL: &'static [$t] = &[$($t::$v),+];
+            pub(crate) const ALL: &'static [$t] = &[$($t::$v),+];
 
             /// The lowercase wire and column value.
             pub fn as_str(self) -> &'static str {
@@ -198,7 +198,7 @@ impl Filter {
     }
 
     /// [`Filter::matches`] for a row.
-    pub fn matches_service(&self, s: &Service) -> bool {
+    pub(crate) fn matches_service(&self, s: &Service) -> bool {
         self.matches(s.kind, s.role, s.status, &s.name, &s.caps)
     }
 }
@@ -217,11 +217,11 @@ pub struct Sweep {
 
 /// Heartbeats missed before the monitor marks a service `down` (the earlier
 /// system's rule).
-pub const MISSED_BEATS_DOWN: f64 = 2.0;
+pub(crate) const MISSED_BEATS_DOWN: f64 = 2.0;
 
 /// Default `ttl_s` in heartbeat intervals: deregistered after 3 missed beats
 /// (the earlier system's rule).
-pub const MISSED_BEATS_TTL: f64 = 3.0;
+pub(crate) const MISSED_BEATS_TTL: f64 = 3.0;
 
 const COLUMNS: &str = "id, name, type, role, url, caps, labels, ctx_limit, cost_hint_usd_per_1k, heartbeat_interval_s,
     ttl_s, status, last_heartbeat_ts, registered_at, p95_ms, queue_depth, load";
@@ -269,7 +269,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Service> {
 ///
 /// # Errors
 /// [`StoreError::Sqlite`].
-pub fn upsert(conn: &Connection, s: &Service) -> Result<bool, StoreError> {
+pub(crate) fn upsert(conn: &Connection, s: &Service) -> Result<bool, StoreError> {
     let existed = get(conn, &s.id)?.is_some();
     conn.execute(
         &format!(
@@ -353,7 +353,7 @@ pub fn heartbeat(conn: &Connection, id: &str, beat: &Beat, now: f64) -> Result<O
 ///
 /// # Errors
 /// [`StoreError::Sqlite`].
-pub fn set_role(conn: &Connection, id: &str, role: Role) -> Result<Option<(Role, Service)>, StoreError> {
+pub(crate) fn set_role(conn: &Connection, id: &str, role: Role) -> Result<Option<(Role, Service)>, StoreError> {
     let Some(before) = get(conn, id)? else { return Ok(None) };
     conn.execute("UPDATE services SET role = ?2 WHERE id = ?1", params![id, role.as_str()])?;
     Ok(get(conn, id)?.map(|after| (before.role, after)))
@@ -379,7 +379,7 @@ pub fn delete(conn: &Connection, id: &str) -> Result<Option<Service>, StoreError
 ///
 /// # Errors
 /// [`StoreError::Sqlite`].
-pub fn sweep(conn: &Connection, now: f64, since: f64) -> Result<Sweep, StoreError> {
+pub(crate) fn sweep(conn: &Connection, now: f64, since: f64) -> Result<Sweep, StoreError> {
     let mut out = Sweep::default();
     for s in list(conn, &Filter::default())? {
         let silent = now - s.last_heartbeat_ts.max(since);

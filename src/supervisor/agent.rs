@@ -70,7 +70,7 @@ impl StartError {
     }
 
     /// As a task error.
-    pub fn to_task_error(&self) -> TaskError {
+    pub(crate) fn to_task_error(&self) -> TaskError {
         TaskError::new(self.code(), self.to_string())
     }
 }
@@ -86,6 +86,10 @@ pub enum Fault {
 }
 
 /// Messages of an agent actor (`agents::actor::AgentActor` implements them).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one task per message, moved not copied: a Box would add an allocation per task on the hot path"
+)]
 pub enum AgentMsg {
     /// Answer one task.
     Task(Task, RpcReplyPort<TaskReply>),

@@ -122,7 +122,7 @@ impl Fleet {
     }
 
     /// The root supervisor, for infrastructure actors linked under it.
-    pub fn root_cell(&self) -> ActorCell {
+    pub(crate) fn root_cell(&self) -> ActorCell {
         self.inner.root.get_cell()
     }
 
@@ -195,7 +195,7 @@ impl Fleet {
     ///
     /// # Errors
     /// The agent's [`StartError`].
-    pub async fn start_agent(
+    pub(crate) async fn start_agent(
         &self,
         agent: &str,
         deadline: Option<Instant>,

@@ -95,7 +95,7 @@ impl LazyLoader {
     }
 
     /// Cancels every start in progress (shutdown).
-    pub fn abort_all(&self) {
+    pub(crate) fn abort_all(&self) {
         for (_, (_, handle)) in self.flights.lock().drain() {
             handle.abort();
         }

@@ -37,7 +37,7 @@ pub enum Decision {
 impl RestartTracker {
     /// Records a failure at `now` and decides (OTP: more than `max_restarts`
     /// restarts within `within_secs` → give up).
-    pub fn on_failure(&mut self, now: Instant, spec: &RestartSpec, defaults: &SupervisorSettings) -> Decision {
+    pub(crate) fn on_failure(&mut self, now: Instant, spec: &RestartSpec, defaults: &SupervisorSettings) -> Decision {
         let max = spec.max_restarts.unwrap_or(defaults.max_restarts) as usize;
         let within = spec.within_secs.unwrap_or(defaults.within_secs).max(0.0);
         let window = Duration::from_secs_f64(within);

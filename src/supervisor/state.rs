@@ -36,7 +36,7 @@ pub enum AgentState {
 
 impl AgentState {
     /// Every state, for metrics.
-    pub const ALL: [AgentState; 9] = [
+    pub(crate) const ALL: [AgentState; 9] = [
         AgentState::Dormant,
         AgentState::Starting,
         AgentState::Running,
@@ -118,7 +118,7 @@ impl AgentRecord {
     /// The JSON of `GET /agents/{name}` and `system.status`: `{"name",
     /// "group", "state", "runtime", "essential", "restarts",
     /// "uptime_seconds", "pid", "reason", "dependencies"}`.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "name": self.name, "group": self.group, "state": self.state.as_str(), "runtime": self.runtime.as_str(),
             "essential": self.essential, "restarts": self.restarts,

@@ -87,7 +87,7 @@ impl AgentTable {
     /// the optional fields (`reason`, `start_ms`, ...); its `topic`, when
     /// set, replaces the state's own (`agent.restarted`). A `reason` is kept
     /// on the record.
-    pub fn transition(&self, agent: &str, state: AgentState, details: Transition) {
+    pub(crate) fn transition(&self, agent: &str, state: AgentState, details: Transition) {
         let group = {
             let mut records = self.records.write();
             let Some(rec) = records.get_mut(agent) else {
@@ -124,7 +124,7 @@ impl AgentTable {
     }
 
     /// Records a restart (counter on the record and in metrics).
-    pub fn count_restart(&self, agent: &str) {
+    pub(crate) fn count_restart(&self, agent: &str) {
         if let Some(rec) = self.records.write().get_mut(agent) {
             rec.restarts += 1;
         }
@@ -132,7 +132,7 @@ impl AgentTable {
     }
 
     /// Sets the child pid of a process agent.
-    pub fn set_pid(&self, agent: &str, pid: Option<u32>) {
+    pub(crate) fn set_pid(&self, agent: &str, pid: Option<u32>) {
         if let Some(rec) = self.records.write().get_mut(agent) {
             rec.pid = pid;
         }
@@ -154,28 +154,28 @@ impl AgentTable {
     }
 
     /// `true` once shutdown began: no more starts or restarts.
-    pub fn shutting_down(&self) -> bool {
+    pub(crate) fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }
 
     /// Marks the start of shutdown.
-    pub fn begin_shutdown(&self) {
+    pub(crate) fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
     }
 
     /// The registered actor name of `agent` (or of a supervisor).
-    pub fn actor_name(&self, agent: &str) -> String {
+    pub(crate) fn actor_name(&self, agent: &str) -> String {
         format!("{}{agent}", self.settings.testing.actor_name_prefix)
     }
 
     /// The running actor of `agent`, looked up by name (never cached: a
     /// restart gives a new actor).
-    pub fn agent_ref(&self, agent: &str) -> Option<ractor::ActorRef<AgentMsg>> {
+    pub(crate) fn agent_ref(&self, agent: &str) -> Option<ractor::ActorRef<AgentMsg>> {
         ractor::registry::where_is(self.actor_name(agent)).map(Into::into)
     }
 
     /// Sets the scrape-time gauges (agents per state, up per agent).
-    pub fn update_gauges(&self) {
+    pub(crate) fn update_gauges(&self) {
         let records = self.records.read();
         for s in AgentState::ALL {
             let n = records.values().filter(|r| r.state == s).count();
@@ -190,7 +190,7 @@ impl AgentTable {
 
 impl Transition {
     /// Details with only a reason.
-    pub fn because(reason: impl Into<String>) -> Transition {
+    pub(crate) fn because(reason: impl Into<String>) -> Transition {
         Transition { reason: Some(reason.into()), ..Default::default() }
     }
 }
