@@ -49,6 +49,7 @@ pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
         (memory::ORCHESTRATOR, memory::orchestrator_tasks()),
         (memory::CLIENT, memory::client_tasks()),
         (memory::KNOWLEDGE_BASE, memory::knowledge_base_tasks()),
+        (service_registry::AGENT, service_registry::tasks()),
     ])
 }
 
