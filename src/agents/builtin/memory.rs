@@ -52,9 +52,9 @@
 //! blank query is `invalid_field`, one without any word finds nothing.
 //!
 //! The input and output types below are the declarations of
-//! [`orchestrator_tasks`], [`client_tasks`] and [`knowledge_base_tasks`]:
-//! their doc comments become the schema descriptions of `docs/tasks.md`.
-//! [`NonBlank`] and [`Whole`] are shared with the service registry.
+//! `orchestrator_tasks`, `client_tasks` and `knowledge_base_tasks`: their
+//! doc comments become the schema descriptions of `docs/tasks.md`.
+//! `NonBlank` and `Whole` are shared with the service registry.
 //!
 //! Failures: bad input is `invalid_field` naming its JSON path; a store
 //! failure is `internal` with SQLite's message. The sweeper logs its

@@ -10,7 +10,7 @@
 //! operations are HTTP routes of the ObservabilityHub server
 //! (`http::registry`). Both paths call [`Op::run`] with the input as JSON: it
 //! decodes the input into the operation's input type (the types below, the
-//! declarations of [`tasks`]), runs the operation and encodes its typed
+//! declarations of `tasks`), runs the operation and encodes its typed
 //! answer.
 //!
 //! | type | input | output |
