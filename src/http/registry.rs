@@ -30,7 +30,7 @@ use crate::supervisor::AgentState;
 fn status_of(e: &RegistryError) -> StatusCode {
     match e {
         RegistryError::NoService(_) => StatusCode::NOT_FOUND,
-        RegistryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        RegistryError::Store(_) | RegistryError::Output(_) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     }
 }

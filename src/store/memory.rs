@@ -19,6 +19,7 @@
 //! testable without waiting.
 
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
@@ -68,7 +69,7 @@ pub(crate) const MAX_TERMS: usize = 32;
 const BM25_WEIGHTS: &str = "2.0, 1.0, 0.5";
 
 /// One memory, as stored and as `memory.get` answers it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Memory {
     /// Uuid (v4), chosen at store time.
     pub id: String,
@@ -82,7 +83,7 @@ pub struct Memory {
     pub tags: Vec<String>,
     /// The conversation session it belongs to, if any.
     pub session: Option<String>,
-    /// When it expires, Unix seconds; `None`: never.
+    /// When it expires, Unix seconds; `null` (`None`): never.
     pub expires_at: Option<f64>,
 }
 
@@ -101,7 +102,7 @@ pub struct MemoryQuery {
 }
 
 /// One knowledge-base search hit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct KbHit {
     /// The document id (`kb.add`'s answer).
     pub id: i64,

@@ -14,6 +14,7 @@
 //! the fleet's own agents, which are not rows of this table.
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -41,7 +42,7 @@ pub(crate) const MIGRATION: &str = "CREATE TABLE services (
     );";
 
 /// What a service is (the earlier system's `type` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ServiceType {
     /// A model server (an OpenAI-compatible endpoint, an embedder, ...).
@@ -54,7 +55,7 @@ pub enum ServiceType {
 
 /// Deployment role (the earlier system's `role` column); `registry.promote`
 /// changes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Serves real traffic.
@@ -68,7 +69,7 @@ pub enum Role {
 }
 
 /// Health of a service (the earlier system's `status` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Heartbeating and healthy.
@@ -119,7 +120,7 @@ wire_enum!(Role { Production = "production", Staging = "staging", Canary = "cana
 wire_enum!(Status { Ok = "ok", Degraded = "degraded", Down = "down" });
 
 /// One row of the `services` table; serialised as the registry's JSON row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Service {
     /// Unique id (the client's, or a generated UUID).
     pub id: String,

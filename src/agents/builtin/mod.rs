@@ -44,7 +44,13 @@ use crate::supervisor::Fleet;
 /// its spec sets `runtime.behaviour`): the builtin half of the task-type
 /// table ([`crate::agents::tasks::TaskTable::build`]).
 pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
-    BTreeMap::from([("UnifiedUtilsAgent", utils::tasks())])
+    BTreeMap::from([
+        ("UnifiedUtilsAgent", utils::tasks()),
+        (memory::ORCHESTRATOR, memory::orchestrator_tasks()),
+        (memory::CLIENT, memory::client_tasks()),
+        (memory::KNOWLEDGE_BASE, memory::knowledge_base_tasks()),
+        (service_registry::AGENT, service_registry::tasks()),
+    ])
 }
 
 /// The builtin behaviour named `name`, when it is built; each behaviour is
