@@ -35,7 +35,7 @@ pub mod utils;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub(crate) use super::behaviour::{Answer, Behaviour, agent_arg, bad_input, name_arg, unknown_type};
+pub(crate) use super::behaviour::{AgentInput, Answer, Behaviour, bad_input, name_arg, unknown_type};
 use super::services::Services;
 use super::tasks::RustTask;
 use crate::supervisor::Fleet;
@@ -44,7 +44,11 @@ use crate::supervisor::Fleet;
 /// its spec sets `runtime.behaviour`): the builtin half of the task-type
 /// table ([`crate::agents::tasks::TaskTable::build`]).
 pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
-    BTreeMap::from([("UnifiedUtilsAgent", utils::tasks())])
+    BTreeMap::from([
+        ("UnifiedUtilsAgent", utils::tasks()),
+        ("UnifiedSystemAgent", system::tasks()),
+        ("LazyLoader", lazy_loader::tasks()),
+    ])
 }
 
 /// The builtin behaviour named `name`, when it is built; each behaviour is
