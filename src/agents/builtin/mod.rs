@@ -48,6 +48,7 @@ pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
         ("UnifiedUtilsAgent", utils::tasks()),
         ("UnifiedSystemAgent", system::tasks()),
         ("LazyLoader", lazy_loader::tasks()),
+        ("SystemDigitalTwin", digital_twin::tasks()),
     ])
 }
 
