@@ -1,7 +1,7 @@
 //! The behaviour of a builtin or llm agent: what the agent actor runs for
 //! each task, and the small helpers every behaviour uses to read a task:
 //! the errors, and the input pieces several behaviours share ([`Name`],
-//! [`AgentInput`]).
+//! [`Text`], [`AgentInput`]).
 
 use std::borrow::Cow;
 
@@ -63,7 +63,7 @@ pub(crate) fn name_arg(task: &Task, key: &str) -> Result<String, TaskError> {
 }
 
 /// White space as JSON Schema patterns see it (ECMA-262 `\s`: Unicode `Zs`,
-/// tab, line ends, BOM), so that [`Name`] refuses what its
+/// tab, line ends, BOM), so that [`Name`] and [`Text`] refuse what their
 /// schema's `\S` refuses (Rust's `char::is_whitespace` differs on U+0085
 /// and U+FEFF).
 fn is_pattern_space(c: char) -> bool {
@@ -112,6 +112,35 @@ impl JsonSchema for Name {
     }
 }
 
+/// Text given in a task input that must say something (a prompt, a text to
+/// speak): a character other than white space; kept as given.
+///
+/// Schema: `{"type": "string", "minLength": 1, "pattern": "\\S"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Text(pub String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.chars().all(is_pattern_space) {
+            return Err(de::Error::custom("the text must have a character other than white space"));
+        }
+        Ok(Text(text))
+    }
+}
+
+impl JsonSchema for Text {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Text".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "string", "minLength": 1, "pattern": "\\S"})
+    }
+}
+
 /// The agent a task acts on.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -134,20 +163,24 @@ mod tests {
 
     use super::*;
 
-    /// Names are refused exactly when their schema refuses them, on the
-    /// white space where Rust and JSON Schema patterns differ too.
+    /// Names and texts are refused exactly when their schema refuses them,
+    /// on the white space where Rust and JSON Schema patterns differ too.
     #[test]
     fn blank_is_what_the_schema_pattern_says() {
         let name =
             jsonschema::draft202012::new(&Name::json_schema(&mut SchemaGenerator::default()).to_value()).unwrap();
+        let text =
+            jsonschema::draft202012::new(&Text::json_schema(&mut SchemaGenerator::default()).to_value()).unwrap();
         for s in ["", " ", "\t\n", "\u{a0}", "\u{feff}", "\u{3000} ", "\u{85}", "x", " x ", "\u{feff}x\u{2028}"] {
             let input = json!(s);
             let as_name = serde_json::from_value::<Name>(input.clone());
             assert_eq!(name.is_valid(&input), as_name.is_ok(), "{s:?}");
+            assert_eq!(text.is_valid(&input), serde_json::from_value::<Text>(input.clone()).is_ok(), "{s:?}");
             if let Ok(Name(n)) = as_name {
                 assert!(!n.is_empty() && !n.starts_with(is_pattern_space) && !n.ends_with(is_pattern_space), "{s:?}");
             }
         }
         assert_eq!(serde_json::from_value::<Name>(json!(" Chitchat\n")).unwrap(), Name("Chitchat".into()));
+        assert_eq!(serde_json::from_value::<Text>(json!(" hi ")).unwrap(), Text(" hi ".into()));
     }
 }

@@ -35,7 +35,7 @@ pub mod utils;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub(crate) use super::behaviour::{AgentInput, Answer, Behaviour, Name, bad_input, name_arg, unknown_type};
+pub(crate) use super::behaviour::{AgentInput, Answer, Behaviour, Name, Text, bad_input, name_arg, unknown_type};
 use super::services::Services;
 use super::tasks::RustTask;
 use crate::supervisor::Fleet;
@@ -50,6 +50,7 @@ pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
         ("LazyLoader", lazy_loader::tasks()),
         ("SystemDigitalTwin", digital_twin::tasks()),
         ("SessionMemoryAgent", session_memory::tasks()),
+        ("StreamingTTSAgent", streaming_tts::tasks()),
     ])
 }
 
