@@ -52,16 +52,6 @@ pub(crate) fn unknown_type(agent: &str, task: &Task) -> TaskError {
     TaskError::new(ErrorCode::UnknownTaskType, format!("{agent} does not handle task type {}", task.task_type))
 }
 
-/// The name a task input gives: a non-empty string, or `{KEY: NAME}`.
-pub(crate) fn name_arg(task: &Task, key: &str) -> Result<String, TaskError> {
-    let found = match &task.input {
-        serde_json::Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        serde_json::Value::Object(m) => m.get(key).and_then(|a| a.as_str()).map(str::to_string),
-        _ => None,
-    };
-    found.ok_or_else(|| bad_input(task, format!("expected a name (string) or {{\"{key}\": NAME}}")))
-}
-
 /// White space as JSON Schema patterns see it (ECMA-262 `\s`: Unicode `Zs`,
 /// tab, line ends, BOM), so that [`Name`] and [`Text`] refuse what their
 /// schema's `\S` refuses (Rust's `char::is_whitespace` differs on U+0085

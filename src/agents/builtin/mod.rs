@@ -35,7 +35,7 @@ pub mod utils;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub(crate) use super::behaviour::{AgentInput, Answer, Behaviour, Name, Text, bad_input, name_arg, unknown_type};
+pub(crate) use super::behaviour::{AgentInput, Answer, Behaviour, Name, Text, bad_input, unknown_type};
 use super::services::Services;
 use super::tasks::RustTask;
 use crate::supervisor::Fleet;
@@ -51,6 +51,9 @@ pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
         ("SystemDigitalTwin", digital_twin::tasks()),
         ("SessionMemoryAgent", session_memory::tasks()),
         ("StreamingTTSAgent", streaming_tts::tasks()),
+        ("ModelManagerSuite", models::suite_tasks()),
+        ("VRAMOptimizerAgent", models::vram_tasks()),
+        ("TinyLlamaServiceEnhanced", models::tiny_tasks()),
     ])
 }
 
