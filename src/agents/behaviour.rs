@@ -1,9 +1,17 @@
 //! The behaviour of a builtin or llm agent: what the agent actor runs for
-//! each task, and the small helpers every behaviour uses to read a task.
+//! each task, and the small helpers every behaviour uses to read a task:
+//! the errors, and the input pieces several behaviours share ([`Name`],
+//! [`Text`], [`AgentInput`]).
+
+use std::borrow::Cow;
 
 use async_trait::async_trait;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
 use serde_json::Value;
 
+use super::tasks::Shorthand;
 use crate::core::{ErrorCode, Task, TaskError, TaskReply};
 use crate::supervisor::StartError;
 
@@ -34,27 +42,130 @@ pub trait Behaviour: Send + Sync + 'static {
     async fn stop(&self) {}
 }
 
-/// `invalid_field` error for a task input.
-pub(crate) fn bad_input(task: &Task, why: impl std::fmt::Display) -> TaskError {
-    TaskError::new(ErrorCode::InvalidField, format!("input of {}: {why}", task.task_type))
-}
-
 /// `unknown_task_type` error for a type this behaviour does not handle.
 pub(crate) fn unknown_type(agent: &str, task: &Task) -> TaskError {
     TaskError::new(ErrorCode::UnknownTaskType, format!("{agent} does not handle task type {}", task.task_type))
 }
 
-/// The agent name a task input names: a string, or `{"agent": NAME}`.
-pub(crate) fn agent_arg(task: &Task) -> Result<String, TaskError> {
-    name_arg(task, "agent")
+/// White space as JSON Schema patterns see it (ECMA-262 `\s`: Unicode `Zs`,
+/// tab, line ends, BOM), so that [`Name`] and [`Text`] refuse what their
+/// schema's `\S` refuses (Rust's `char::is_whitespace` differs on U+0085
+/// and U+FEFF).
+fn is_pattern_space(c: char) -> bool {
+    matches!(
+        c,
+        '\t'..='\r'
+            | ' '
+            | '\u{a0}'
+            | '\u{1680}'
+            | '\u{2000}'..='\u{200a}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202f}'
+            | '\u{205f}'
+            | '\u{3000}'
+            | '\u{feff}'
+    )
 }
 
-/// The name a task input gives: a non-empty string, or `{KEY: NAME}`.
-pub(crate) fn name_arg(task: &Task, key: &str) -> Result<String, TaskError> {
-    let found = match &task.input {
-        serde_json::Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        serde_json::Value::Object(m) => m.get(key).and_then(|a| a.as_str()).map(str::to_string),
-        _ => None,
-    };
-    found.ok_or_else(|| bad_input(task, format!("expected a name (string) or {{\"{key}\": NAME}}")))
+/// A name given in a task input (an agent, a model, a session): text with a
+/// character other than white space; the white space around it is dropped.
+///
+/// Schema: `{"type": "string", "minLength": 1, "pattern": "\\S"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Name(pub String);
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.trim_matches(is_pattern_space) {
+            "" => Err(de::Error::custom("a name must have a character other than white space")),
+            name => Ok(Name(name.to_string())),
+        }
+    }
+}
+
+impl JsonSchema for Name {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Name".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "string", "minLength": 1, "pattern": "\\S"})
+    }
+}
+
+/// Text given in a task input that must say something (a prompt, a text to
+/// speak): a character other than white space; kept as given.
+///
+/// Schema: `{"type": "string", "minLength": 1, "pattern": "\\S"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Text(pub String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.chars().all(is_pattern_space) {
+            return Err(de::Error::custom("the text must have a character other than white space"));
+        }
+        Ok(Text(text))
+    }
+}
+
+impl JsonSchema for Text {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Text".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "string", "minLength": 1, "pattern": "\\S"})
+    }
+}
+
+/// The agent a task acts on.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgentInput {
+    /// The agent's name, as in the catalog (e.g. `ChitchatAgent`).
+    pub agent: Name,
+}
+
+impl Shorthand for AgentInput {
+    type Short = Name;
+    const SHORT_DESCRIPTION: &'static str = "The agent's name alone.";
+    fn expand(agent: Name) -> AgentInput {
+        AgentInput { agent }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Names and texts are refused exactly when their schema refuses them,
+    /// on the white space where Rust and JSON Schema patterns differ too.
+    #[test]
+    fn blank_is_what_the_schema_pattern_says() {
+        let name =
+            jsonschema::draft202012::new(&Name::json_schema(&mut SchemaGenerator::default()).to_value()).unwrap();
+        let text =
+            jsonschema::draft202012::new(&Text::json_schema(&mut SchemaGenerator::default()).to_value()).unwrap();
+        for s in ["", " ", "\t\n", "\u{a0}", "\u{feff}", "\u{3000} ", "\u{85}", "x", " x ", "\u{feff}x\u{2028}"] {
+            let input = json!(s);
+            let as_name = serde_json::from_value::<Name>(input.clone());
+            assert_eq!(name.is_valid(&input), as_name.is_ok(), "{s:?}");
+            assert_eq!(text.is_valid(&input), serde_json::from_value::<Text>(input.clone()).is_ok(), "{s:?}");
+            if let Ok(Name(n)) = as_name {
+                assert!(!n.is_empty() && !n.starts_with(is_pattern_space) && !n.ends_with(is_pattern_space), "{s:?}");
+            }
+        }
+        assert_eq!(serde_json::from_value::<Name>(json!(" Chitchat\n")).unwrap(), Name("Chitchat".into()));
+        assert_eq!(serde_json::from_value::<Text>(json!(" hi ")).unwrap(), Text(" hi ".into()));
+    }
 }

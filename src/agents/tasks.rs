@@ -138,6 +138,14 @@ fn check_decode<I: DeserializeOwned>(task_type: &str, input: &Value) -> Result<(
 /// top level"), e.g. "input of utils.hash at /algorithm: unknown variant
 /// `md4`, expected `sha256`".
 pub fn decode<I: DeserializeOwned>(task_type: &str, input: &Value) -> Result<I, TaskError> {
+    // JSON Schema's `integer` accepts 5.0; serde's integer types do not.
+    let whole;
+    let input = if has_whole_floats(input) {
+        whole = whole_floats_as_integers(input);
+        &whole
+    } else {
+        input
+    };
     serde_path_to_error::deserialize(input).map_err(|e| {
         let mut pointer = String::new();
         for segment in e.path() {
@@ -152,6 +160,42 @@ pub fn decode<I: DeserializeOwned>(task_type: &str, input: &Value) -> Result<I, 
         }
         invalid_input(task_type, &pointer, e.inner())
     })
+}
+
+/// A float with no fraction that fits an integer (`5.0`).
+fn whole_float(n: &serde_json::Number) -> Option<Value> {
+    let f = n.as_f64().filter(|_| n.is_f64())?;
+    if f.fract() != 0.0 || !f.is_finite() {
+        return None;
+    }
+    if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+        Some(Value::from(f as u64))
+    } else if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+        Some(Value::from(f as i64))
+    } else {
+        None
+    }
+}
+
+fn has_whole_floats(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => whole_float(n).is_some(),
+        Value::Array(a) => a.iter().any(has_whole_floats),
+        Value::Object(m) => m.values().any(has_whole_floats),
+        _ => false,
+    }
+}
+
+/// `input` with every whole float (`5.0`) written as the integer it is, so
+/// that what the schema calls an integer also decodes as one; floats with a
+/// fraction and every other value unchanged.
+fn whole_floats_as_integers(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => whole_float(n).unwrap_or_else(|| v.clone()),
+        Value::Array(a) => Value::Array(a.iter().map(whole_floats_as_integers).collect()),
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), whole_floats_as_integers(v))).collect()),
+        other => other.clone(),
+    }
 }
 
 /// A typed task output as the reply's JSON.
@@ -842,6 +886,15 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_floats_decode_as_integers() {
+        let v: Vec<u32> = decode("t", &serde_json::json!([5.0, 7])).unwrap();
+        assert_eq!(v, [5, 7]);
+        assert!(decode::<u32>("t", &serde_json::json!(5.5)).is_err());
+        let f: f64 = decode("t", &serde_json::json!(2.0)).unwrap();
+        assert_eq!(f, 2.0);
+    }
     use crate::config::spec::ProcessProtocol;
 
     fn agent(name: &str, runtime: RuntimeSpec, handles: &[&str]) -> AgentSpec {

@@ -290,6 +290,11 @@ impl GroupState {
             Some(AgentState::Fatal) if !reset => {
                 let _ = reply.send(Err(StartError::Fatal { agent }));
             }
+            // Reported once, no start loop: only an operator restart (`reset`) tries again.
+            Some(AgentState::Unavailable) if !reset => {
+                let reason = self.ctx.record(&agent).and_then(|r| r.reason).unwrap_or_default();
+                let _ = reply.send(Err(StartError::Unavailable { agent, reason }));
+            }
             Some(AgentState::Stopping) => {
                 let reason = "the agent is stopping".to_string();
                 let _ = reply.send(Err(StartError::Failed { agent, reason }));

@@ -20,7 +20,7 @@
 //!
 //! | type | input | output |
 //! | --- | --- | --- |
-//! | `vram.status` | ignored | `{"reading": {"source": "gpu"\|"host", "device", "total_bytes", "used_bytes", "free_bytes", "processes": [{"pid", "used_bytes"}]}, "budget_bytes", "budget_percentage", "models_bytes"}` |
+//! | `vram.status` | ignored | `{"reading": {"source": "gpu"\|"host", "device", "total_bytes", "used_bytes", "free_bytes", "processes": [{"pid", "used_bytes"}]}, "budget_bytes", "budget_percentage", "fixed_budget", "models_bytes"}` |
 //! | `vram.evict_idle` | ignored | `{"evicted": [NAME...]}`: idle models evicted until the loaded ones fit the budget |
 //!
 //! **TinyLlamaServiceEnhanced** — the smallest local model (`models.tiny_model`,
@@ -31,20 +31,94 @@
 //! | --- | --- | --- |
 //! | `tiny_generation` | `"PROMPT"` or `{"prompt", "max_tokens"?, "temperature"?}` | `{"text", "model", "tokens_in", "tokens_out", "finish_reason"}`; streams text chunks when asked |
 //! | `tiny.status` | ignored | `{"model", "state"}` (`null` model: no GGUF file) |
+//!
+//! The records the manager makes (a file of `models.list`, a loaded model of
+//! `models.status`, a memory reading) stay JSON values here; the objects
+//! around them are typed. The input and output types below are the
+//! declarations of [`suite_tasks`], [`vram_tasks`] and [`tiny_tasks`]: their
+//! doc comments become the schema descriptions of `docs/tasks.md`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Answer, Behaviour, bad_input, name_arg, unknown_type};
+use super::{Answer, Behaviour, Name, Text, unknown_type};
 use crate::agents::services::Services;
+use crate::agents::tasks::{Ignored, OrShort, RustTask, Shorthand, decode, encode, rust_task};
 use crate::core::{ChatMessage, ErrorCode, GenParams, Task, TaskError};
 use crate::models::local::Finish;
 use crate::models::manager::{LocalError, LocalRequest, ModelManager};
+use crate::models::memory::MemoryReading;
 use crate::supervisor::{Fleet, StartError};
+
+/// A model name for the examples (the default model file's).
+const EXAMPLE_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
+
+/// The task types of ModelManagerSuite.
+pub(crate) fn suite_tasks() -> Vec<RustTask> {
+    let model = || vec![json!(EXAMPLE_MODEL), json!({"model": EXAMPLE_MODEL})];
+    vec![
+        rust_task::<Ignored, ListOutput>(
+            "models.list",
+            "Every GGUF model file of models_dir with its metadata and state",
+            || vec![Value::Null],
+        ),
+        rust_task::<OrShort<ModelInput>, ModelMemory>(
+            "models.load",
+            "Loads a local model now and waits until it is loaded",
+            model,
+        ),
+        rust_task::<OrShort<ModelInput>, ModelMemory>(
+            "models.unload",
+            "Unloads an idle local model (busy while it serves or is owed requests)",
+            model,
+        ),
+        rust_task::<Ignored, ManagerStatus>(
+            "models.status",
+            "The loaded models, the memory budget and the local request queue",
+            || vec![Value::Null],
+        ),
+    ]
+}
+
+/// The task types of VRAMOptimizerAgent.
+pub(crate) fn vram_tasks() -> Vec<RustTask> {
+    vec![
+        rust_task::<Ignored, VramStatus>(
+            "vram.status",
+            "The latest memory reading (GPU or host), the budget and the memory the models take",
+            || vec![Value::Null],
+        ),
+        rust_task::<Ignored, EvictOutput>(
+            "vram.evict_idle",
+            "Evicts idle models, least recently used first, until the loaded ones fit the budget",
+            || vec![Value::Null],
+        ),
+    ]
+}
+
+/// The task types of TinyLlamaServiceEnhanced.
+pub(crate) fn tiny_tasks() -> Vec<RustTask> {
+    vec![
+        rust_task::<OrShort<GenerationInput>, GenerationOutput>(
+            "tiny_generation",
+            "Answers a prompt with the smallest local model (may load over the budget); streams text chunks",
+            || {
+                vec![
+                    json!("Say hello in French."),
+                    json!({"prompt": "Name three colours.", "max_tokens": 32, "temperature": 0.2}),
+                ]
+            },
+        ),
+        rust_task::<Ignored, TinyStatus>("tiny.status", "The tiny model and its state", || vec![Value::Null]),
+    ]
+}
 
 /// The behaviour of `name`, when it is one of these agents.
 pub fn behaviour(name: &str, services: &Services, _fleet: &Fleet) -> Option<Arc<dyn Behaviour>> {
@@ -89,14 +163,25 @@ impl Behaviour for ModelManagerSuite {
 
     async fn handle(&self, task: Task) -> Answer {
         let m = &self.models;
-        match task.task_type.as_str() {
+        let t = task.task_type.as_str();
+        match t {
             "models.list" => {
-                let list = m.list().await.map_err(|e| TaskError::new(ErrorCode::AgentError, e.to_string()))?;
-                Ok(json!({"models": list}))
+                let Ignored = decode(t, &task.input)?;
+                let models = m.list().await.map_err(|e| TaskError::new(ErrorCode::AgentError, e.to_string()))?;
+                encode(t, ListOutput { models })
             }
-            "models.load" => m.load(&name_arg(&task, "model")?).await.map_err(task_error),
-            "models.unload" => m.unload(&name_arg(&task, "model")?).await.map_err(task_error),
-            "models.status" => Ok(m.status().await),
+            "models.load" => {
+                let OrShort(ModelInput { model: Name(model) }) = decode(t, &task.input)?;
+                encode(t, ModelMemory(m.load(&model).await.map_err(task_error)?))
+            }
+            "models.unload" => {
+                let OrShort(ModelInput { model: Name(model) }) = decode(t, &task.input)?;
+                encode(t, ModelMemory(m.unload(&model).await.map_err(task_error)?))
+            }
+            "models.status" => {
+                let Ignored = decode(t, &task.input)?;
+                encode(t, ManagerStatus(m.status().await))
+            }
             _ => Err(unknown_type("ModelManagerSuite", &task)),
         }
     }
@@ -168,18 +253,26 @@ impl Behaviour for VramOptimizer {
 
     async fn handle(&self, task: Task) -> Answer {
         let m = &self.models;
-        match task.task_type.as_str() {
+        let t = task.task_type.as_str();
+        match t {
             "vram.status" => {
+                let Ignored = decode(t, &task.input)?;
                 let status = m.status().await;
-                Ok(json!({
-                    "reading": m.reading(),
-                    "budget_bytes": m.budget_bytes(),
-                    "budget_percentage": m.settings().vram_budget_percentage,
-                    "fixed_budget": m.settings().memory_budget_bytes.is_some(),
-                    "models_bytes": status["used_bytes"],
-                }))
+                encode(
+                    t,
+                    VramStatus {
+                        reading: m.reading(),
+                        budget_bytes: m.budget_bytes(),
+                        budget_percentage: m.settings().vram_budget_percentage,
+                        fixed_budget: m.settings().memory_budget_bytes.is_some(),
+                        models_bytes: status["used_bytes"].as_u64(),
+                    },
+                )
             }
-            "vram.evict_idle" => Ok(json!({"evicted": m.evict_idle_over_budget().await})),
+            "vram.evict_idle" => {
+                let Ignored = decode(t, &task.input)?;
+                encode(t, EvictOutput { evicted: m.evict_idle_over_budget().await })
+            }
             _ => Err(unknown_type("VRAMOptimizerAgent", &task)),
         }
     }
@@ -200,30 +293,26 @@ pub struct TinyLlama {
 impl Behaviour for TinyLlama {
     async fn handle(&self, task: Task) -> Answer {
         let m = &self.models;
-        match task.task_type.as_str() {
+        let t = task.task_type.as_str();
+        match t {
             "tiny.status" => {
+                let Ignored = decode(t, &task.input)?;
                 let model = m.tiny_model().await;
                 let list = m.list().await.unwrap_or_default();
-                let state = list.iter().find(|e| Some(e["name"].as_str().unwrap_or("")) == model.as_deref());
-                Ok(json!({"model": model, "state": state.map(|e| e["state"].clone())}))
+                let state = list
+                    .iter()
+                    .find(|e| Some(e["name"].as_str().unwrap_or("")) == model.as_deref())
+                    .and_then(|e| e["state"].as_str().map(str::to_string));
+                encode(t, TinyStatus { model, state })
             }
             "tiny_generation" => {
+                let OrShort(GenerationInput { prompt: Text(prompt), max_tokens, temperature }) =
+                    decode(t, &task.input)?;
                 let Some(model) = m.tiny_model().await else {
                     return Err(TaskError::new(
                         ErrorCode::AgentUnavailable,
                         "no GGUF model in models_dir (run `agentvisor models fetch`)",
                     ));
-                };
-                let (prompt, max_tokens, temperature) = match &task.input {
-                    Value::Object(o) => (
-                        o.get("prompt").and_then(Value::as_str).map(str::to_string),
-                        o.get("max_tokens").and_then(Value::as_u64).map(|n| n.min(u64::from(u32::MAX)) as u32),
-                        o.get("temperature").and_then(Value::as_f64).map(|t| t as f32),
-                    ),
-                    _ => (Some(task.input_text()), None, None),
-                };
-                let Some(prompt) = prompt.filter(|p| !p.trim().is_empty()) else {
-                    return Err(bad_input(&task, "expected a prompt or {\"prompt\": TEXT}"));
                 };
                 let request = LocalRequest {
                     model,
@@ -238,13 +327,319 @@ impl Behaviour for TinyLlama {
                 if answer.output.finish == Finish::Cancelled {
                     return Err(TaskError::new(ErrorCode::Cancelled, "cancelled"));
                 }
-                Ok(json!({
-                    "text": answer.output.text, "model": answer.model,
-                    "tokens_in": answer.output.tokens_in, "tokens_out": answer.output.tokens_out,
-                    "finish_reason": answer.output.finish.as_str(),
-                }))
+                encode(
+                    t,
+                    GenerationOutput {
+                        text: answer.output.text,
+                        model: answer.model,
+                        tokens_in: answer.output.tokens_in,
+                        tokens_out: answer.output.tokens_out,
+                        finish_reason: answer.output.finish.as_str(),
+                    },
+                )
             }
             _ => Err(unknown_type("TinyLlamaServiceEnhanced", &task)),
         }
+    }
+}
+
+/// The model files.
+#[derive(Serialize, JsonSchema)]
+struct ListOutput {
+    /// Every `.gguf` file directly under `models_dir`, by name: `{"name"
+    /// (the file name without `.gguf`), "path", "size_bytes",
+    /// "architecture", "context_length", "parameters",
+    /// "kv_bytes_per_token" (GGUF metadata, `null` when unreadable),
+    /// "estimated_bytes" (memory once loaded), "state" (`loaded`,
+    /// `loading` or `available`), "loaded_bytes"? (when loaded)}`.
+    models: Vec<Value>,
+}
+
+/// The model a task acts on.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ModelInput {
+    /// The model's name: its file name under `models_dir` without `.gguf`.
+    model: Name,
+}
+
+impl Shorthand for ModelInput {
+    type Short = Name;
+    const SHORT_DESCRIPTION: &'static str = "The model's name alone.";
+    fn expand(model: Name) -> ModelInput {
+        ModelInput { model }
+    }
+}
+
+/// A model's memory after `models.load` or `models.unload`, as the manager
+/// made it (schema: [`ModelMemoryShape`]).
+#[derive(Serialize)]
+#[serde(transparent)]
+struct ModelMemory(Value);
+
+impl JsonSchema for ModelMemory {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "ModelMemory".into()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        ModelMemoryShape::json_schema(generator)
+    }
+}
+
+/// The model and the memory it takes (or took).
+#[derive(Serialize, JsonSchema)]
+#[allow(dead_code, reason = "the schema of the manager's answer, never built")]
+struct ModelMemoryShape {
+    /// The model's name.
+    model: String,
+    /// `loaded` (models.load) or `unloaded` (models.unload).
+    state: String,
+    /// Memory the model takes, or took before the unload, bytes.
+    bytes: u64,
+}
+
+/// The manager's status, as it made it (schema: [`ManagerStatusShape`]).
+#[derive(Serialize)]
+#[serde(transparent)]
+struct ManagerStatus(Value);
+
+impl JsonSchema for ManagerStatus {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "ManagerStatus".into()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        ManagerStatusShape::json_schema(generator)
+    }
+}
+
+/// The loaded models, the budget and the local request queue.
+#[derive(Serialize, JsonSchema)]
+#[allow(dead_code, reason = "the schema of the manager's status, never built")]
+struct ManagerStatusShape {
+    /// The memory budget in force, bytes; `null` until the first memory
+    /// reading.
+    budget_bytes: Option<u64>,
+    /// Memory the loaded (and loading) models take, bytes.
+    used_bytes: u64,
+    /// Local requests waiting in the queue.
+    queue_depth: usize,
+    /// Local requests being served now.
+    running: usize,
+    /// Requests one model serves at once (`models.parallel`).
+    parallel: usize,
+    /// The model locked hot (never evicted), if any.
+    hot: Option<String>,
+    /// The loaded and loading models: `{"model", "state" (`loaded` or
+    /// `loading`), "bytes", "busy" (requests being served), "queued",
+    /// "idle_seconds", "loaded_seconds", "info" (engine details, `null`
+    /// while loading)}`.
+    loaded: Vec<Value>,
+}
+
+/// Memory readings and the budget.
+#[derive(Serialize, JsonSchema)]
+struct VramStatus {
+    /// The latest reading, `null` before the first: `{"source" (`gpu` or
+    /// `host`), "device" (the GPU's name or `host`), "total_bytes",
+    /// "used_bytes", "free_bytes", "processes": [{"pid", "used_bytes"}]}`.
+    #[schemars(with = "Option<Value>")]
+    reading: Option<MemoryReading>,
+    /// The budget in force, bytes; `null` until the first reading.
+    budget_bytes: Option<u64>,
+    /// The budget as a share of the device's memory, percent
+    /// (`models.vram_budget_percentage`; unused when `fixed_budget`).
+    budget_percentage: f64,
+    /// `true` when `models.memory_budget_bytes` sets the budget.
+    fixed_budget: bool,
+    /// Memory the loaded models take, bytes.
+    models_bytes: Option<u64>,
+}
+
+/// The models evicted.
+#[derive(Serialize, JsonSchema)]
+struct EvictOutput {
+    /// Names of the models evicted, in order (empty when the loaded ones fit
+    /// the budget or none is idle).
+    evicted: Vec<String>,
+}
+
+/// The tiny model.
+#[derive(Serialize, JsonSchema)]
+struct TinyStatus {
+    /// The tiny model's name (`models.tiny_model`, else the smallest file);
+    /// `null` when there is no GGUF file.
+    model: Option<String>,
+    /// Its state: `loaded`, `loading` or `available`; `null` when its file is
+    /// not found.
+    state: Option<String>,
+}
+
+/// A prompt for the tiny model.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct GenerationInput {
+    /// The prompt, sent as one user message; it must have a character other
+    /// than white space.
+    prompt: Text,
+    /// Most tokens to generate, 0–4294967295 (default: the engine's).
+    #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
+    max_tokens: Option<u32>,
+    /// Sampling temperature; absent or 0: greedy decoding.
+    #[serde(default)]
+    temperature: Option<f32>,
+}
+
+impl Shorthand for GenerationInput {
+    type Short = Text;
+    const SHORT_DESCRIPTION: &'static str = "The prompt alone, with the engine's defaults.";
+    fn expand(prompt: Text) -> GenerationInput {
+        GenerationInput { prompt, max_tokens: None, temperature: None }
+    }
+}
+
+/// The tiny model's answer.
+#[derive(Serialize, JsonSchema)]
+struct GenerationOutput {
+    /// The generated text.
+    text: String,
+    /// The model that answered.
+    model: String,
+    /// Prompt tokens.
+    tokens_in: u32,
+    /// Generated tokens.
+    tokens_out: u32,
+    /// Why the generation ended: `stop` (the model ended it) or `length`
+    /// (`max_tokens` reached).
+    finish_reason: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::tasks::TaskTable;
+    use crate::config::ModelSettings;
+    use crate::events::EventBus;
+    use crate::telemetry::metrics::Metrics;
+
+    fn manager(dir: &std::path::Path) -> Arc<ModelManager> {
+        let metrics = Metrics::new();
+        let events = EventBus::new(metrics.events.clone());
+        Arc::new(ModelManager::new(ModelSettings::default(), dir.to_path_buf(), events, metrics))
+    }
+
+    fn table() -> TaskTable {
+        let specs: Vec<crate::config::spec::AgentSpec> = [
+            "{name: ModelManagerSuite, group: g, runtime: {kind: builtin}, \
+             handles: [models.list, models.load, models.unload, models.status]}",
+            "{name: VRAMOptimizerAgent, group: g, runtime: {kind: builtin}, handles: [vram.status, vram.evict_idle]}",
+            "{name: TinyLlamaServiceEnhanced, group: g, runtime: {kind: builtin}, handles: [tiny_generation, tiny.status]}",
+        ]
+        .iter()
+        .map(|yaml| serde_norway::from_str(yaml).unwrap())
+        .collect();
+        let rust = std::collections::BTreeMap::from([
+            ("ModelManagerSuite", suite_tasks()),
+            ("VRAMOptimizerAgent", vram_tasks()),
+            ("TinyLlamaServiceEnhanced", tiny_tasks()),
+        ]);
+        TaskTable::build(&specs, &rust).unwrap_or_else(|p| panic!("{p:#?}"))
+    }
+
+    /// Every example, run through the handler on an empty `models_dir`,
+    /// answers what the output schema says, or the error a missing model
+    /// gets.
+    #[tokio::test]
+    async fn examples_answer_what_the_output_schemas_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = manager(dir.path());
+        let agents: [(&str, Arc<dyn Behaviour>); 3] = [
+            ("ModelManagerSuite", Arc::new(ModelManagerSuite { models: models.clone() })),
+            ("VRAMOptimizerAgent", Arc::new(VramOptimizer { models: models.clone(), poller: Mutex::new(None) })),
+            ("TinyLlamaServiceEnhanced", Arc::new(TinyLlama { models: models.clone() })),
+        ];
+        let table = table();
+        assert_eq!(table.len(), 8);
+        for def in table.iter() {
+            let agent = &agents.iter().find(|(name, _)| *name == def.agent).unwrap().1;
+            for example in def.input_schema["examples"].as_array().unwrap() {
+                let answer = agent.handle(Task::new("t", def.task_type.clone(), example.clone())).await;
+                match (def.task_type.as_str(), answer) {
+                    (_, Ok(output)) => {
+                        def.check_output(&output).unwrap_or_else(|e| panic!("{example} -> {output}: {e}"));
+                    }
+                    ("models.load" | "models.unload", Err(e)) => assert_eq!(e.code, ErrorCode::InvalidField, "{e}"),
+                    ("tiny_generation", Err(e)) => assert_eq!(e.code, ErrorCode::AgentUnavailable, "{e}"),
+                    (t, Err(e)) => panic!("{t} {example}: {e}"),
+                }
+            }
+        }
+        let status = agents[0].1.handle(Task::new("t", "models.status", Value::Null)).await.unwrap();
+        assert_eq!(status["loaded"], json!([]));
+        let list = agents[0].1.handle(Task::new("t", "models.list", Value::Null)).await.unwrap();
+        assert_eq!(list, json!({"models": []}));
+        let tiny = agents[2].1.handle(Task::new("t", "tiny.status", Value::Null)).await.unwrap();
+        assert_eq!(tiny, json!({"model": null, "state": null}));
+    }
+
+    /// A manager status with a loaded model and a memory reading are what
+    /// the schemas say (no model can load in a unit test).
+    #[test]
+    fn manager_records_are_what_the_output_schemas_say() {
+        let table = table();
+        let status = json!({
+            "budget_bytes": 8_000_000_000u64, "used_bytes": 120_000_000, "queue_depth": 1, "running": 1,
+            "parallel": 2, "hot": "tiny",
+            "loaded": [{"model": "tiny", "state": "loaded", "bytes": 120_000_000, "busy": 1, "queued": 1,
+                        "idle_seconds": 0.5, "loaded_seconds": 12.0, "info": {"n_params": 135_000_000}}],
+        });
+        let output = encode("models.status", ManagerStatus(status)).unwrap();
+        table.get("models.status").unwrap().check_output(&output).unwrap_or_else(|e| panic!("{output}: {e}"));
+        let loaded =
+            encode("models.load", ModelMemory(json!({"model": "tiny", "state": "loaded", "bytes": 1}))).unwrap();
+        table.get("models.load").unwrap().check_output(&loaded).unwrap();
+        let reading = MemoryReading {
+            source: crate::models::memory::MemorySource::Gpu,
+            device: "RTX".into(),
+            total_bytes: 8,
+            used_bytes: 2,
+            free_bytes: 6,
+            processes: vec![],
+        };
+        let vram = VramStatus {
+            reading: Some(reading),
+            budget_bytes: Some(6),
+            budget_percentage: 80.0,
+            fixed_budget: false,
+            models_bytes: Some(0),
+        };
+        let output = encode("vram.status", vram).unwrap();
+        assert_eq!(output["reading"]["source"], "gpu");
+        table.get("vram.status").unwrap().check_output(&output).unwrap_or_else(|e| panic!("{output}: {e}"));
+    }
+
+    #[test]
+    fn wrong_inputs_name_their_path() {
+        let table = table();
+        let message = |t: &str, input: Value| table.decode(t, &input).unwrap_err().message;
+        assert!(message("models.load", json!(" ")).starts_with("input of models.load at the top level: "));
+        assert!(message("models.unload", json!({"model": 5})).starts_with("input of models.unload at /model: "));
+        assert!(
+            message("tiny_generation", json!({"prompt": "hi", "max_tokens": -1}))
+                .starts_with("input of tiny_generation at /max_tokens: ")
+        );
+        assert!(message("tiny_generation", json!({"max_tokens": 5})).contains("missing field `prompt`"));
+        assert!(message("tiny_generation", json!(5)).starts_with("input of tiny_generation at the top level: "));
+        assert!(table.decode("tiny_generation", &json!({"prompt": " hi ", "temperature": 0.7})).is_ok());
+        let too_many = json!({"prompt": "hi", "max_tokens": u64::from(u32::MAX) + 1});
+        assert!(message("tiny_generation", too_many).starts_with("input of tiny_generation at /max_tokens: "));
+        let schema = &table.get("tiny_generation").unwrap().input_schema;
+        assert_eq!(schema["anyOf"][1]["properties"]["max_tokens"]["maximum"], json!(u32::MAX));
     }
 }
