@@ -104,6 +104,13 @@ impl JsonSchema for Name {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Text(pub String);
 
+impl Text {
+    /// The text without the white space around it.
+    pub(crate) fn trimmed(&self) -> String {
+        self.0.trim_matches(is_pattern_space).to_string()
+    }
+}
+
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;

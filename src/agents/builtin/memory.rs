@@ -54,7 +54,7 @@
 //! The input and output types below are the declarations of
 //! `orchestrator_tasks`, `client_tasks` and `knowledge_base_tasks`: their
 //! doc comments become the schema descriptions of `docs/tasks.md`.
-//! `NonBlank` and `Whole` are shared with the service registry.
+//! `Text` and `Whole` are shared with the service registry.
 //!
 //! Failures: bad input is `invalid_field` naming its JSON path; a store
 //! failure is `internal` with SQLite's message. The sweeper logs its
@@ -73,7 +73,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use super::{Answer, Behaviour, unknown_type};
+use super::{Answer, Behaviour, Text, unknown_type};
 use crate::agents::services::Services;
 use crate::agents::tasks::{OrShort, RustTask, Shorthand, decode, encode, rust_task};
 use crate::core::{ErrorCode, Task, TaskError};
@@ -185,39 +185,6 @@ fn store_error(e: StoreError) -> TaskError {
     TaskError::new(ErrorCode::Internal, format!("memory store: {e}"))
 }
 
-/// Text that is not blank (at least one character that is not whitespace),
-/// as given.
-pub(crate) struct NonBlank(pub String);
-
-impl NonBlank {
-    /// The text without its surrounding whitespace.
-    pub(crate) fn trimmed(&self) -> String {
-        self.0.trim().to_string()
-    }
-}
-
-impl<'de> Deserialize<'de> for NonBlank {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        if text.trim().is_empty() {
-            return Err(de::Error::invalid_value(Unexpected::Str(&text), &"a string that is not blank"));
-        }
-        Ok(NonBlank(text))
-    }
-}
-
-impl JsonSchema for NonBlank {
-    fn inline_schema() -> bool {
-        true
-    }
-    fn schema_name() -> Cow<'static, str> {
-        "NonBlank".into()
-    }
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({"type": "string", "minLength": 1, "pattern": "\\S"})
-    }
-}
-
 /// A whole number from `MIN` to `MAX`: a JSON integer, or a number without
 /// fraction (`3.0`, which JSON Schema's `integer` accepts too).
 pub(crate) struct Whole<const MIN: i64, const MAX: i64>(pub i64);
@@ -279,9 +246,9 @@ fn limit_or_default(limit: Option<Limit>) -> u32 {
 #[serde(deny_unknown_fields)]
 struct StoreInput {
     /// The text to remember, as given.
-    text: NonBlank,
+    text: Text,
     /// Free-form category (`fact`, `preference`, ...), trimmed.
-    kind: NonBlank,
+    kind: Text,
     /// Free-form labels (default none).
     tags: Option<Vec<String>>,
     /// The conversation session it belongs to, if any.
@@ -346,13 +313,13 @@ struct StoreOutput {
 #[serde(deny_unknown_fields)]
 struct IdInput {
     /// The memory's id (`memory.store`'s answer), trimmed.
-    id: NonBlank,
+    id: Text,
 }
 
 impl Shorthand for IdInput {
-    type Short = NonBlank;
+    type Short = Text;
     const SHORT_DESCRIPTION: &'static str = "The id alone.";
-    fn expand(id: NonBlank) -> IdInput {
+    fn expand(id: Text) -> IdInput {
         IdInput { id }
     }
 }
@@ -372,7 +339,7 @@ struct DeleteOutput {
 struct SearchInput {
     /// Whitespace-separated terms; a memory matches when its text contains
     /// every term (case-insensitive for ASCII letters).
-    query: NonBlank,
+    query: Text,
     /// Most results, 1–100 (default 10).
     limit: Option<Limit>,
     /// Only memories of this kind.
@@ -382,9 +349,9 @@ struct SearchInput {
 }
 
 impl Shorthand for SearchInput {
-    type Short = NonBlank;
+    type Short = Text;
     const SHORT_DESCRIPTION: &'static str = "The query alone: at most 10 results, of any kind and session.";
-    fn expand(query: NonBlank) -> SearchInput {
+    fn expand(query: Text) -> SearchInput {
         SearchInput { query, limit: None, kind: None, session: None }
     }
 }
@@ -544,9 +511,9 @@ impl Behaviour for MemoryClient {
 #[serde(deny_unknown_fields)]
 struct KbAddInput {
     /// Its title (weighs twice the text in searches).
-    title: NonBlank,
+    title: Text,
     /// Its text.
-    text: NonBlank,
+    text: Text,
     /// Where it comes from: a URL, a file, a person (default empty).
     source: Option<String>,
 }
@@ -564,15 +531,15 @@ struct KbAddOutput {
 struct KbSearchInput {
     /// Words to look for, any text: never FTS5 syntax; a document matches
     /// when it holds any of the words.
-    query: NonBlank,
+    query: Text,
     /// Most results, 1–100 (default 10).
     limit: Option<Limit>,
 }
 
 impl Shorthand for KbSearchInput {
-    type Short = NonBlank;
+    type Short = Text;
     const SHORT_DESCRIPTION: &'static str = "The query alone: at most 10 results.";
-    fn expand(query: NonBlank) -> KbSearchInput {
+    fn expand(query: Text) -> KbSearchInput {
         KbSearchInput { query, limit: None }
     }
 }
@@ -616,7 +583,7 @@ impl Behaviour for KnowledgeBase {
         let t = task.task_type.as_str();
         match t {
             "kb.add" => {
-                let KbAddInput { title: NonBlank(title), text: NonBlank(text), source } = decode(t, &task.input)?;
+                let KbAddInput { title: Text(title), text: Text(text), source } = decode(t, &task.input)?;
                 let source = source.unwrap_or_default();
                 let ts = now_secs();
                 let id =
@@ -624,7 +591,7 @@ impl Behaviour for KnowledgeBase {
                 encode(t, KbAddOutput { id })
             }
             "kb.search" => {
-                let OrShort(KbSearchInput { query: NonBlank(query), limit }) = decode(t, &task.input)?;
+                let OrShort(KbSearchInput { query: Text(query), limit }) = decode(t, &task.input)?;
                 let limit = limit_or_default(limit);
                 let results = store.call(move |conn| db::kb_search(conn, &query, limit)).await.map_err(store_error)?;
                 encode(t, KbSearchOutput { results })
@@ -696,8 +663,8 @@ mod tests {
         let declared = table(ORCHESTRATOR, &handles, orchestrator_tasks());
         // The memory the examples of memory.get name.
         let mut m = StoreInput {
-            text: NonBlank("Ada prefers green tea".into()),
-            kind: NonBlank("preference".into()),
+            text: Text("Ada prefers green tea".into()),
+            kind: Text("preference".into()),
             tags: None,
             session: None,
             ttl_seconds: None,

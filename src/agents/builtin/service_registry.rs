@@ -91,7 +91,8 @@ use serde::de::{self, DeserializeOwned, Deserializer, SeqAccess, Unexpected, Vis
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::memory::{NonBlank, Whole};
+use super::Text;
+use super::memory::Whole;
 use super::{Answer, Behaviour, unknown_type};
 use crate::agents::services::Services;
 use crate::agents::tasks::{OrShort, RustTask, Shorthand, decode, encode, rust_task};
@@ -424,8 +425,8 @@ impl<'de> Deserialize<'de> for Caps {
                 }
             }
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Vec<String>, A::Error> {
-                let all = Vec::<NonBlank>::deserialize(SeqAccessDeserializer::new(seq))?;
-                Ok(all.iter().map(NonBlank::trimmed).collect())
+                let all = Vec::<Text>::deserialize(SeqAccessDeserializer::new(seq))?;
+                Ok(all.iter().map(Text::trimmed).collect())
             }
         }
 
@@ -441,9 +442,9 @@ impl JsonSchema for Caps {
         "Caps".into()
     }
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
-        let mut one = generator.subschema_for::<NonBlank>();
+        let mut one = generator.subschema_for::<Text>();
         one.insert("description".into(), "One capability.".into());
-        json_schema!({"anyOf": [one, {"type": "array", "items": generator.subschema_for::<NonBlank>()}]})
+        json_schema!({"anyOf": [one, {"type": "array", "items": generator.subschema_for::<Text>()}]})
     }
 }
 
@@ -454,9 +455,9 @@ impl JsonSchema for Caps {
 struct RegisterInput {
     /// Its id (default: a new UUID); ids starting with `agent:` are
     /// reserved for the fleet's agents.
-    id: Option<NonBlank>,
+    id: Option<Text>,
     /// Its name, e.g. `llama-3.1-8b`; several services may share one.
-    name: NonBlank,
+    name: Text,
     /// What it is.
     #[serde(rename = "type")]
     kind: ServiceType,
@@ -464,7 +465,7 @@ struct RegisterInput {
     /// promoted).
     role: Option<Role>,
     /// Where it answers.
-    url: Option<NonBlank>,
+    url: Option<Text>,
     /// Its capabilities (`infer`, `classify`, `embed`, ...; default none).
     caps: Option<Caps>,
     /// Free-form labels (default `{}`).
@@ -499,7 +500,7 @@ impl From<Service> for ServiceRow {
 }
 
 /// The service id `id`, trimmed, refusing the fleet's agents.
-fn service_id(id: &NonBlank) -> Result<String, RegistryError> {
+fn service_id(id: &Text) -> Result<String, RegistryError> {
     let id = id.trimmed();
     if id.starts_with(MANAGED_PREFIX) {
         return Err(RegistryError::Managed(id));
@@ -594,7 +595,7 @@ async fn register(ctx: &Registry, input: RegisterInput) -> Result<ServiceRow, Re
 #[serde(deny_unknown_fields)]
 struct HeartbeatInput {
     /// The service's id (`registry.register`'s answer).
-    id: NonBlank,
+    id: Text,
     /// Its health (default `ok`; only the monitor sets `down`).
     status: Option<BeatStatus>,
     /// Its 95th percentile latency, milliseconds.
@@ -671,7 +672,7 @@ struct DiscoverInput {
     /// Only services in this status.
     status: Option<Status>,
     /// Only services of this name (trimmed).
-    name: Option<NonBlank>,
+    name: Option<Text>,
     /// Only the fleet's own agents (`true`) or only registered services
     /// (`false`); default both.
     managed: Option<bool>,
@@ -857,7 +858,7 @@ async fn discover(ctx: &Registry, input: DiscoverInput) -> Result<DiscoverOutput
 #[serde(deny_unknown_fields)]
 struct PromoteInput {
     /// The service's id.
-    id: NonBlank,
+    id: Text,
     /// Its new deployment role.
     role: Role,
 }
@@ -888,13 +889,13 @@ async fn promote(ctx: &Registry, PromoteInput { id, role }: PromoteInput) -> Res
 #[serde(deny_unknown_fields)]
 struct DeregisterInput {
     /// The service's id.
-    id: NonBlank,
+    id: Text,
 }
 
 impl Shorthand for DeregisterInput {
-    type Short = NonBlank;
+    type Short = Text;
     const SHORT_DESCRIPTION: &'static str = "The id alone.";
-    fn expand(id: NonBlank) -> DeregisterInput {
+    fn expand(id: Text) -> DeregisterInput {
         DeregisterInput { id }
     }
 }
@@ -912,7 +913,7 @@ struct DeregisterOutput {
 ///
 /// # Errors
 /// [`RegistryError::Managed`]; [`RegistryError::Store`].
-async fn deregister(ctx: &Registry, id: NonBlank) -> Result<DeregisterOutput, RegistryError> {
+async fn deregister(ctx: &Registry, id: Text) -> Result<DeregisterOutput, RegistryError> {
     let id = service_id(&id)?;
     let key = id.clone();
     let removed = ctx.store.call(move |conn| services::delete(conn, &key)).await?;
