@@ -1019,7 +1019,7 @@ mod tests {
         let e = input_error::<RegisterInput>(Op::Register, json!({"name": "x", "type": "model", "colour": "red"}));
         assert!(e.starts_with("input of registry.register at /colour: unknown field `colour`"), "{e}");
         let e = input_error::<RegisterInput>(Op::Register, json!({"name": " ", "type": "model"}));
-        assert!(e.starts_with("input of registry.register at /name: invalid value"), "{e}");
+        assert!(e.starts_with("input of registry.register at /name: the text must have a character"), "{e}");
         let e = input_error::<RegisterInput>(Op::Register, json!({"name": "x", "type": "tool", "caps": ["a", ""]}));
         assert!(e.starts_with("input of registry.register at /caps/1: "), "{e}");
         let e = input_error::<RegisterInput>(Op::Register, json!({"name": "x", "type": "tool", "ctx_limit": -1}));
