@@ -113,6 +113,7 @@ async fn agents(State(App { fleet, .. }): State<App>) -> Json<Value> {
     Json(json!({"profile": ctx.plan.name, "groups": groups}))
 }
 
+/// `{"error": {"code", "message"}}` with `status`.
 fn error(status: StatusCode, e: TaskError) -> Response {
     (status, Json(json!({"error": e}))).into_response()
 }

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use serde_json::{Map, Value, json};
 
-use super::App;
+use super::{App, error};
 use crate::agents::builtin::service_registry::{AGENT, Op, Registry, RegistryError};
 use crate::config::spec::RuntimeSpec;
 use crate::core::{ErrorCode, TaskError};
@@ -47,10 +47,6 @@ pub fn routes() -> axum::Router<App> {
         .route("/registry/{id}", delete(http_delete))
 }
 
-fn http_error(status: StatusCode, e: TaskError) -> Response {
-    (status, Json(json!({"error": e}))).into_response()
-}
-
 /// Runs `op` for an HTTP request, while ServiceRegistry runs.
 async fn http(app: &App, op: Op, input: Result<Value, JsonRejection>) -> Response {
     let ctx = app.fleet.ctx();
@@ -61,7 +57,7 @@ async fn http(app: &App, op: Op, input: Result<Value, JsonRejection>) -> Respons
         .filter_map(|a| ctx.catalog.get(a))
         .find(|s| matches!(&s.runtime, RuntimeSpec::Builtin { .. }) && s.behaviour_name() == AGENT);
     let Some(agent) = agent else {
-        return http_error(
+        return error(
             StatusCode::NOT_FOUND,
             TaskError::new(ErrorCode::UnknownAgent, format!("no {AGENT} in this run")),
         );
@@ -71,23 +67,20 @@ async fn http(app: &App, op: Op, input: Result<Value, JsonRejection>) -> Respons
         state => {
             let state = state.map_or("absent", AgentState::as_str);
             let e = TaskError::new(ErrorCode::AgentNotRunning, format!("{} is {state}", agent.name));
-            return http_error(StatusCode::SERVICE_UNAVAILABLE, e);
+            return error(StatusCode::SERVICE_UNAVAILABLE, e);
         }
     }
     let input = match input {
         Ok(v) => v,
         Err(rejection) => {
-            return http_error(
-                StatusCode::BAD_REQUEST,
-                TaskError::new(ErrorCode::MalformedJson, rejection.body_text()),
-            );
+            return error(StatusCode::BAD_REQUEST, TaskError::new(ErrorCode::MalformedJson, rejection.body_text()));
         }
     };
     let registry =
         Registry { store: app.services.store.clone(), events: app.services.events.clone(), table: ctx.clone() };
     match op.run(&registry, &input).await {
         Ok(v) => Json(v).into_response(),
-        Err(e) => http_error(status_of(&e), e.to_task_error()),
+        Err(e) => error(status_of(&e), e.to_task_error()),
     }
 }
 

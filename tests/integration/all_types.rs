@@ -10,10 +10,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use agentvisor::config::{BackendKind, BackendSettings, Tier};
+use agentvisor::config::Tier;
 use serde_json::{Value, json};
 
-use crate::fake_openai::{Behaviour, FakeOpenAi};
+use crate::fake_openai::{Behaviour, FakeOpenAi, backend_settings};
 use crate::util;
 
 /// Builtin agents without a behaviour yet, each answering `not_implemented`
@@ -63,34 +63,13 @@ const LOCAL_MODEL_TYPES: &[&str] = &["models.load", "tiny_generation"];
 /// (stopping or restarting it): sent last, one at a time.
 const DISRUPTIVE: &[&str] = &["system.stop", "system.restart"];
 
-fn backend(base_url: String) -> BackendSettings {
-    BackendSettings {
-        kind: BackendKind::Openai,
-        tier: Tier::L1,
-        enabled: true,
-        base_url: Some(base_url),
-        api_key_env: None,
-        model: "fake-local".into(),
-        connect_timeout_secs: 1.0,
-        first_token_timeout_secs: 5.0,
-        total_timeout_secs: 10.0,
-        max_retries: 0,
-        retry_initial_secs: 0.05,
-        retry_max_secs: 0.2,
-        price_per_1k_input_usd: 0.0,
-        price_per_1k_output_usd: 0.0,
-        models_ttl_secs: 60.0,
-        context_tokens: 8192,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_task_type_answers_and_only_pending_agents_say_not_implemented() {
     let fake = FakeOpenAi::start().await;
     fake.set_default(Behaviour::Answer("{\"answer\": \"fine\"}".into()));
     let dir = tempfile::tempdir().unwrap();
     let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |s| {
-        s.backends = [("local".to_string(), backend(fake.base_url()))].into();
+        s.backends = [("local".to_string(), backend_settings(Tier::L1, "fake-local", fake.base_url()))].into();
         s.routing.rules.clear(); // every call goes to the local (fake) backend
     })
     .await;

@@ -397,3 +397,30 @@ pub fn split(text: &str, n: usize) -> Vec<String> {
     let size = chars.len().div_ceil(n.max(1));
     chars.chunks(size).map(|c| c.iter().collect()).collect()
 }
+
+/// Settings of an OpenAI-compatible backend on `base_url` serving `model`
+/// at `tier`: short timeouts, no retries, free.
+pub fn backend_settings(
+    tier: agentvisor::config::Tier,
+    model: &str,
+    base_url: String,
+) -> agentvisor::config::BackendSettings {
+    agentvisor::config::BackendSettings {
+        kind: agentvisor::config::BackendKind::Openai,
+        tier,
+        enabled: true,
+        base_url: Some(base_url),
+        api_key_env: None,
+        model: model.into(),
+        connect_timeout_secs: 1.0,
+        first_token_timeout_secs: 5.0,
+        total_timeout_secs: 10.0,
+        max_retries: 0,
+        retry_initial_secs: 0.05,
+        retry_max_secs: 0.2,
+        price_per_1k_input_usd: 0.0,
+        price_per_1k_output_usd: 0.0,
+        models_ttl_secs: 60.0,
+        context_tokens: 8192,
+    }
+}

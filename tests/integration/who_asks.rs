@@ -5,33 +5,12 @@
 
 use std::time::Duration;
 
-use agentvisor::config::{BackendKind, BackendSettings, Tier};
+use agentvisor::config::Tier;
 use agentvisor::store::receipts;
 use serde_json::{Value, json};
 
-use crate::fake_openai::{Behaviour, FakeOpenAi};
+use crate::fake_openai::{Behaviour, FakeOpenAi, backend_settings};
 use crate::util;
-
-fn backend(tier: Tier, model: &str, base_url: String) -> BackendSettings {
-    BackendSettings {
-        kind: BackendKind::Openai,
-        tier,
-        enabled: true,
-        base_url: Some(base_url),
-        api_key_env: None,
-        model: model.into(),
-        connect_timeout_secs: 1.0,
-        first_token_timeout_secs: 2.0,
-        total_timeout_secs: 5.0,
-        max_retries: 0,
-        retry_initial_secs: 0.05,
-        retry_max_secs: 0.2,
-        price_per_1k_input_usd: 0.0,
-        price_per_1k_output_usd: 0.0,
-        models_ttl_secs: 60.0,
-        context_tokens: 8192,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_and_model_reach_the_receipt_over_the_bus_and_v1() {
@@ -40,8 +19,8 @@ async fn user_and_model_reach_the_receipt_over_the_bus_and_v1() {
     let dir = tempfile::tempdir().unwrap();
     let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |s| {
         s.backends = [
-            ("local".to_string(), backend(Tier::L1, "fake-local", fake.base_url())),
-            ("cloud_fast".to_string(), backend(Tier::L2, "fake-cloud", fake.base_url())),
+            ("local".to_string(), backend_settings(Tier::L1, "fake-local", fake.base_url())),
+            ("cloud_fast".to_string(), backend_settings(Tier::L2, "fake-cloud", fake.base_url())),
         ]
         .into();
         s.routing.tiers.high_load_percent = 101.0; // a busy test machine must not push light tasks to L2
