@@ -133,14 +133,14 @@ impl CircuitBreaker {
     }
 
     /// The call succeeded: the breaker closes and the failure count restarts.
-    pub(crate) fn on_success(&mut self) {
+    pub fn on_success(&mut self) {
         self.inner = Inner::Closed { consecutive_failures: 0 };
     }
 
     /// The call failed at `now`. Closed: counts, and opens at the threshold.
     /// Half-open (the probe failed): opens again with a fresh cooldown. Open
     /// (a call let through before it opened): no change.
-    pub(crate) fn on_failure(&mut self, now: Instant) {
+    pub fn on_failure(&mut self, now: Instant) {
         match self.inner {
             Inner::Closed { consecutive_failures } => {
                 let failures = consecutive_failures.saturating_add(1);
@@ -158,7 +158,7 @@ impl CircuitBreaker {
     /// The call ended without an outcome (cancelled: client gone, deadline).
     /// A half-open probe is given back, so the next `allow` may probe again;
     /// otherwise nothing changes (a cancellation is not a failure).
-    pub(crate) fn on_abandoned(&mut self) {
+    pub fn on_abandoned(&mut self) {
         if let Inner::HalfOpen { probe_started } = self.inner {
             self.inner = Inner::Open { until: Some(probe_started) };
         }
