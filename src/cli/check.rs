@@ -8,13 +8,26 @@
 use super::{Cli, ProfileArgs};
 use crate::config::catalog::Catalog;
 use crate::config::profile::Plan;
-use crate::daemon;
+use crate::{agents, daemon};
 
 /// Checks `profile`; exit code 0 when it resolves, 1 on any problem.
 pub(super) fn check(cli: &Cli, profile: &ProfileArgs) -> anyhow::Result<i32> {
     let settings = cli.settings(&[])?;
     match daemon::load_plan(&settings, profile.catalog.as_deref(), &profile.profile) {
         Ok((catalog, plan)) => {
+            // Task schemas: an invalid declaration is a problem; a handled type
+            // without one takes any input (a warning).
+            let tasks = agents::task_table(&catalog);
+            for t in &tasks.undeclared {
+                println!("warning: {t}: no task schema (neither in Rust nor under tasks:); it takes any input");
+            }
+            if !tasks.problems.is_empty() {
+                println!("error: {} task schema problems:", tasks.problems.len());
+                for p in &tasks.problems {
+                    println!("  [task_schema] {p}");
+                }
+                return Ok(1);
+            }
             print_check(&catalog, &plan);
             Ok(0)
         }

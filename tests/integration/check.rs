@@ -56,6 +56,32 @@ fn a_broken_catalog_reports_every_problem_and_exits_1() {
 }
 
 #[test]
+fn task_schema_problems_fail_check_and_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = [
+        "name: Shouter",
+        "group: g1",
+        "required: true",
+        "handles: [shout, whisper]",
+        "tasks:",
+        "  shout:",
+        "    summary: shout a text",
+        "    input_schema: {type: string, minLength: 1}",
+        "    output_schema: {type: string}",
+        "    examples: [42]",
+        "runtime: {kind: process, command: []}",
+    ]
+    .join("\n");
+    let agents = write_catalog(dir.path(), &[&spec]);
+    let (code, out) = check(&["--profile", "all", "--catalog", agents.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("[task_schema]") && out.contains("shout"), "the bad example is named:\n{out}");
+    assert!(out.contains("warning: whisper (Shouter): no task schema"), "the undeclared type is named:\n{out}");
+    let out = Command::new(bin()).args(["tasks", "--catalog", agents.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn unknown_profile_and_agents_command() {
     let (code, out) = check(&["--profile", "nope"]);
     assert_eq!(code, 1);
