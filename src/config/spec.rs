@@ -209,7 +209,7 @@ pub enum ProcessProtocol {
 }
 
 /// The kind of runtime, without its settings (for tables and metrics labels).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RuntimeKind {
     /// Rust code in this crate.

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::config::spec::RuntimeKind;
 
 /// Lifecycle state of one agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentState {
     /// On-demand, not started.

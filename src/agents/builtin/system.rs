@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 
 use super::{AgentInput, Answer, Behaviour, unknown_type};
 use crate::agents::tasks::{Ignored, OrShort, RustTask, decode, encode, rust_task};
+use crate::config::spec::RuntimeKind;
 use crate::core::{ErrorCode, Task, TaskError};
 use crate::supervisor::state::AgentState;
 use crate::supervisor::{Fleet, StartError};
@@ -144,9 +145,9 @@ struct AgentShape {
     /// Its group.
     group: String,
     /// Its lifecycle state.
-    state: StateShape,
+    state: AgentState,
     /// Its runtime kind.
-    runtime: RuntimeShape,
+    runtime: RuntimeKind,
     /// `true` for an essential agent (`required: true`).
     essential: bool,
     /// Restarts by the supervisor since the daemon started.
@@ -161,38 +162,11 @@ struct AgentShape {
     dependencies: Vec<String>,
 }
 
-/// An agent's lifecycle state.
-#[derive(Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-#[allow(dead_code, reason = "schema only")]
-enum StateShape {
-    Dormant,
-    Starting,
-    Running,
-    Stopping,
-    Stopped,
-    Failed,
-    Backoff,
-    Fatal,
-    Unavailable,
-}
-
-/// An agent's runtime kind.
-#[derive(Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-#[allow(dead_code, reason = "schema only")]
-enum RuntimeShape {
-    Builtin,
-    Llm,
-    Process,
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::config::spec::RuntimeKind;
     use crate::supervisor::state::AgentRecord;
 
     fn table() -> crate::agents::tasks::TaskTable {
