@@ -25,12 +25,14 @@ use serde_json::{Value, json};
 
 use super::builtin::Behaviour;
 use super::services::Services;
+use crate::config::Settings;
+use crate::config::catalog::Catalog;
 use crate::config::spec::{AgentSpec, RuntimeSpec};
 use crate::core::{
     ChatMessage, ErrorCode, GenParams, Receipt, Task, TaskError, TaskOutput, TaskReply, estimate_tokens,
 };
 use crate::routing::router::{ModelCall, RouterHandle, resolve_model};
-use crate::supervisor::Fleet;
+use crate::supervisor::{Fleet, Peers};
 
 /// Most tokens of session history put into a request (estimated), so long
 /// sessions stay within small models' context.
@@ -47,8 +49,12 @@ const SPECIALISTS: &[(&str, &str)] = &[
 /// An `llm` agent's behaviour.
 pub struct LlmAgent {
     spec: Arc<AgentSpec>,
-    /// The other agents (session memory, the specialists) and the catalog.
-    fleet: Fleet,
+    /// The other agents: session memory, the specialists.
+    peers: Arc<dyn Peers>,
+    /// The catalog (a specialist's task type).
+    catalog: Arc<Catalog>,
+    /// Backends and `models_dir` (a task's `model`).
+    settings: Arc<Settings>,
     router: RouterHandle,
     /// A model call's limit when the task has no deadline (`tasks.call_timeout_secs`).
     call_timeout: Duration,
@@ -68,7 +74,9 @@ impl LlmAgent {
         };
         Ok(Some(LlmAgent {
             spec,
-            fleet: fleet.clone(),
+            peers: Arc::new(fleet.clone()),
+            catalog: fleet.ctx().catalog.clone(),
+            settings: services.settings.clone(),
             router: services.router.clone(),
             call_timeout: services.settings.tasks.call_timeout(),
             schema,
@@ -103,7 +111,7 @@ impl LlmAgent {
         let timeout = task.deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(self.call_timeout);
         let (backend, model) = match &task.model {
             Some(m) => {
-                let settings = &self.fleet.ctx().settings;
+                let settings = &self.settings;
                 let (backend, model) = resolve_model(&settings.backends, &settings.models_dir, m).ok_or_else(|| {
                     TaskError::new(ErrorCode::InvalidField, format!("field model: {m:?} is not served here"))
                 })?;
@@ -159,11 +167,11 @@ impl LlmAgent {
     /// The session's recent turns (newest that fit the token budget), oldest first.
     async fn history(&self, task: &Task) -> Vec<ChatMessage> {
         let Some(session) = &task.session else { return Vec::new() };
-        if self.fleet.ctx().state("SessionMemoryAgent").is_none() {
+        if self.peers.state("SessionMemoryAgent").is_none() {
             return Vec::new();
         }
         let q = Task::new(format!("{}-history", task.id), "session.history", json!({"session": session, "limit": 200}));
-        let turns = match self.fleet.call("SessionMemoryAgent", q).await {
+        let turns = match self.peers.call("SessionMemoryAgent", q).await {
             Ok(v) => v.output.get("turns").and_then(Value::as_array).cloned().unwrap_or_default(),
             Err(e) => {
                 tracing::warn!(agent = %self.spec.name, task_id = %task.id, error = %e, "no session history");
@@ -192,7 +200,7 @@ impl LlmAgent {
     /// Appends the user's input and the answer to the session.
     async fn remember(&self, task: &Task, answer: &Value) {
         let Some(session) = &task.session else { return };
-        if self.fleet.ctx().state("SessionMemoryAgent").is_none() {
+        if self.peers.state("SessionMemoryAgent").is_none() {
             return;
         }
         let text = match answer {
@@ -204,7 +212,7 @@ impl LlmAgent {
             {"role": "assistant", "content": text, "agent": self.spec.name},
         ]});
         let append = Task::new(format!("{}-remember", task.id), "session.append", turns);
-        if let Err(e) = self.fleet.call("SessionMemoryAgent", append).await {
+        if let Err(e) = self.peers.call("SessionMemoryAgent", append).await {
             tracing::warn!(agent = %self.spec.name, task_id = %task.id, error = %e, "turn not stored in the session");
         }
     }
@@ -236,7 +244,6 @@ impl LlmAgent {
     }
 
     async fn arbitrate(&self, task: &Task, route: &mut Option<Receipt>) -> Result<Value, TaskError> {
-        let fleet = &self.fleet;
         let raw = self.ask(task, self.messages(task, &[]), true, false, route).await?;
         let (specialist, reason) = match choice(&raw) {
             Some(c) => c,
@@ -252,7 +259,7 @@ impl LlmAgent {
                 );
                 repair.deadline = task.deadline;
                 repair.cancel = task.cancel.clone();
-                let repaired = fleet.call("NLUAgent", repair).await?.output;
+                let repaired = self.peers.call("NLUAgent", repair).await?.output;
                 choice(&repaired.get("entities").cloned().unwrap_or(repaired.clone()).to_string()).ok_or_else(|| {
                     TaskError::new(
                         ErrorCode::InvalidOutput,
@@ -262,11 +269,11 @@ impl LlmAgent {
             }
         };
         tracing::info!(task_id = %task.id, specialist, reason, "arbiter chose");
-        let spec = fleet.ctx().catalog.get(specialist);
+        let spec = self.catalog.get(specialist);
         let task_type = spec.and_then(|s| s.handles.first().cloned()).unwrap_or_else(|| task.task_type.clone());
         let mut forward = task.clone();
         forward.task_type = task_type;
-        let answer = match fleet.call(specialist, forward).await {
+        let answer = match self.peers.call(specialist, forward).await {
             Ok(out) => {
                 *route = out.route.or(route.take());
                 out.output

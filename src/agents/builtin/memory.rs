@@ -79,9 +79,9 @@ use crate::agents::tasks::{OrShort, RustTask, Shorthand, decode, encode, rust_ta
 use crate::core::{ErrorCode, Task, TaskError};
 use crate::store::memory::{self as db, KbHit, Memory, MemoryQuery};
 use crate::store::{Store, StoreError};
-use crate::supervisor::Fleet;
 use crate::supervisor::StartError;
 use crate::supervisor::state::AgentState;
+use crate::supervisor::{Fleet, Peers};
 
 /// The authority's agent name.
 pub const ORCHESTRATOR: &str = "MemoryOrchestratorService";
@@ -171,7 +171,9 @@ pub fn behaviour(name: &str, services: &Services, fleet: &Fleet) -> Option<Arc<d
     let store = services.store.clone();
     match name {
         ORCHESTRATOR => Some(Arc::new(MemoryOrchestrator { store, sweeper: Mutex::new(None) })),
-        CLIENT => Some(Arc::new(MemoryClient { fleet: fleet.clone() })),
+        CLIENT => {
+            Some(Arc::new(MemoryClient { peers: Arc::new(fleet.clone()), profile: fleet.ctx().plan.name.clone() }))
+        }
         KNOWLEDGE_BASE => Some(Arc::new(KnowledgeBase { store })),
         _ => None,
     }
@@ -456,9 +458,11 @@ impl Drop for MemoryOrchestrator {
 
 /// The MemoryClient behaviour: forwards to MemoryOrchestratorService.
 pub struct MemoryClient {
-    /// The fleet: the orchestrator's state (an operator's stop must show)
-    /// and the call to it.
-    fleet: Fleet,
+    /// The other agents: the orchestrator's state (an operator's stop must
+    /// show) and the call to it.
+    peers: Arc<dyn Peers>,
+    /// The profile's name, for the error when the orchestrator is not in it.
+    profile: String,
 }
 
 /// Checks that `task`'s input decodes into `I` (the input type of the
@@ -482,7 +486,7 @@ impl Behaviour for MemoryClient {
         };
         // Checked here because `Fleet::call` would start a stopped agent on
         // demand; an operator's stop must be visible to the callers instead.
-        match self.fleet.ctx().state(ORCHESTRATOR) {
+        match self.peers.state(ORCHESTRATOR) {
             Some(AgentState::Running) => {}
             Some(state) => {
                 return Err(TaskError::new(
@@ -493,16 +497,13 @@ impl Behaviour for MemoryClient {
             None => {
                 return Err(TaskError::new(
                     ErrorCode::AgentUnavailable,
-                    format!(
-                        "{ORCHESTRATOR} is not in profile {}; {CLIENT} keeps no local copy",
-                        self.fleet.ctx().plan.name
-                    ),
+                    format!("{ORCHESTRATOR} is not in profile {}; {CLIENT} keeps no local copy", self.profile),
                 ));
             }
         }
         let mut task = task;
         task.task_type = forwarded.to_string();
-        self.fleet.call(ORCHESTRATOR, task).await.map(|out| out.output)
+        self.peers.call(ORCHESTRATOR, task).await.map(|out| out.output)
     }
 }
 
