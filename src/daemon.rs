@@ -1,9 +1,11 @@
 //! The daemon and the composition root (DESIGN §15): [`System::start`]
 //! builds every shared service (store, events, metrics, model manager,
-//! load probe, HybridRouter, the agent table), registers the behaviours that
-//! live above the agent layer (RequestCoordinator's bus), and starts the
-//! supervision tree; [`run`] binds the HTTP server, boots, waits for the
-//! stop signal and stops in order.
+//! load probe, the agent table), registers the behaviours that live above
+//! the agent layer (RequestCoordinator), starts the supervision tree, binds
+//! the task bus, and starts the infrastructure supervisor (HybridRouter,
+//! ModelScheduler, BusDispatcher); [`run`] binds the HTTP server, boots,
+//! waits for the stop signal (or a fatal infrastructure failure) and stops
+//! in order: drain, agents, infrastructure, sockets.
 //!
 //! `main` calls [`run`] with a future that resolves on SIGINT/SIGTERM; tests
 //! pass their own, or start a [`System`] directly.
@@ -15,33 +17,40 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ractor::{Actor, ActorRef};
+use ractor::Actor;
 
 use crate::agents::tasks::Assembly;
 use crate::agents::{self, Services, Spawner};
-use crate::bus::BusStatus;
 use crate::bus::coordinator::Coordinator;
+use crate::bus::gate::{Admission, Gate};
+use crate::bus::{Bus, BusStatus};
 use crate::config::Settings;
 use crate::config::catalog::{Catalog, Problems};
 use crate::config::profile::{self, Plan};
 use crate::events::EventBus;
 use crate::http;
 use crate::models::manager::ModelManager;
+use crate::core::Event;
 use crate::routing::router::{HybridRouter, LoadProbe, ROUTER_NAME, RouterArgs, RouterHandle, RouterMsg};
 use crate::store::Store;
+use crate::supervisor::infra::{Component, Infra};
 use crate::supervisor::{AgentTable, Fleet};
 use crate::telemetry::metrics::Metrics;
 
 /// One assembled daemon: the fleet, the services its agents share, the
-/// bus status, and HybridRouter. Derefs to its [`Fleet`].
+/// task bus, the admission gate and the infrastructure supervisor. Derefs
+/// to its [`Fleet`].
 pub struct System {
     /// The supervision tree.
     pub fleet: Fleet,
     /// What the agents share.
     pub services: Arc<Services>,
-    /// The task bus's endpoints and queue numbers (RequestCoordinator).
+    /// The task bus (bound when the profile includes RequestCoordinator).
     pub bus: Arc<BusStatus>,
-    router: ActorRef<RouterMsg>,
+    /// The admission gate (closed by [`System::shutdown`]).
+    pub gate: Arc<Gate>,
+    /// HybridRouter, ModelScheduler, BusDispatcher and their supervisor.
+    pub infra: Infra,
 }
 
 impl Deref for System {
@@ -53,12 +62,14 @@ impl Deref for System {
 }
 
 impl System {
-    /// Builds the services, spawns HybridRouter and the supervisors. Agents
-    /// stay `dormant` until [`Fleet::boot`].
+    /// Builds the services, starts the supervisors, binds the bus and
+    /// starts the infrastructure. Agents stay `dormant` until [`Fleet::boot`].
     ///
     /// # Errors
-    /// The store cannot be opened, or an actor name is taken (another
-    /// daemon runs in this process with the same `testing.actor_name_prefix`).
+    /// The store cannot be opened, a bus endpoint cannot be bound, an
+    /// infrastructure component cannot start, or an actor name is taken
+    /// (another daemon runs in this process with the same
+    /// `testing.actor_name_prefix`).
     pub async fn start(settings: Settings, catalog: Catalog, plan: Plan) -> anyhow::Result<System> {
         let settings = Arc::new(settings);
         let metrics = Metrics::new();
@@ -79,6 +90,7 @@ impl System {
             tracing::warn!(types = ?undeclared, "task types without a schema take any input");
         }
         let tasks = Arc::new(tasks);
+        let with_bus = plan.agents.contains("RequestCoordinator");
         let table = Arc::new(AgentTable::new(
             settings.clone(),
             Arc::new(catalog),
@@ -86,7 +98,7 @@ impl System {
             events.clone(),
             metrics.clone(),
         ));
-        let router_name = table.actor_name(ROUTER_NAME);
+        let router = RouterHandle::new(table.actor_name(ROUTER_NAME));
         let services = Arc::new(Services {
             settings: settings.clone(),
             store: store.clone(),
@@ -94,7 +106,7 @@ impl System {
             events: events.clone(),
             metrics: metrics.clone(),
             load: load.clone(),
-            router: RouterHandle::new(router_name.clone()),
+            router: router.clone(),
             tasks: tasks.clone(),
         });
         let bus = Arc::new(BusStatus::default());
@@ -102,42 +114,102 @@ impl System {
         let status = bus.clone();
         spawner.register(
             "RequestCoordinator",
-            Arc::new(move |fleet: &Fleet| {
-                Arc::new(Coordinator::new(fleet.clone(), status.clone(), tasks.clone())) as _
-            }),
+            Arc::new(move |_: &Fleet| Arc::new(Coordinator::new(status.clone())) as _),
         );
-        let fleet = Fleet::start(table, Arc::new(spawner)).await?;
+        let fleet = Fleet::start(table.clone(), Arc::new(spawner)).await?;
+        let gate = Arc::new(Gate::default());
+
         let args = RouterArgs {
             routing: settings.routing.clone(),
             backends: settings.backends.clone(),
             models_dir: settings.models_dir.clone(),
-            models,
+            models: models.clone(),
             load,
             store,
             events,
             metrics,
         };
-        let (router, _) = Actor::spawn_linked(Some(router_name.clone()), HybridRouter, args, fleet.root_cell())
-            .await
-            .with_context(|| format!("cannot start {router_name}"))?;
-        Ok(System { fleet, services, bus, router })
+        let router_name = table.actor_name(ROUTER_NAME);
+        let mut components = vec![
+            Component::actor(
+                ROUTER_NAME,
+                Arc::new(move |supervisor| {
+                    let (name, args) = (router_name.clone(), args.clone());
+                    Box::pin(async move {
+                        let (r, _) = Actor::spawn_linked(Some(name), HybridRouter, args, supervisor)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Ok(r.get_cell())
+                    })
+                }),
+                Arc::new(move |fault| router.actor().is_some_and(|r| r.cast(RouterMsg::Fault(fault)).is_ok())),
+            ),
+            Component::task_loop(
+                "ModelScheduler",
+                table.actor_name("ModelScheduler"),
+                {
+                    let models = models.clone();
+                    Arc::new(move || models.start_scheduler())
+                },
+                Arc::new(move |fault| models.inject_fault(fault)),
+            ),
+        ];
+        if with_bus {
+            let b = Arc::new(Bus::bind(fleet.clone(), tasks, gate.clone()).await?);
+            let faults = b.clone();
+            components.push(Component::task_loop(
+                "BusDispatcher",
+                table.actor_name("BusDispatcher"),
+                b.dispatcher(),
+                Arc::new(move |fault| faults.inject_fault(fault)),
+            ));
+            bus.set(b);
+        }
+        let infra = Infra::start(table, components).await?;
+        Ok(System { fleet, services, bus, gate, infra })
     }
 
     /// The HTTP routes over this system.
     pub fn http_app(&self) -> http::App {
-        http::App { fleet: self.fleet.clone(), services: self.services.clone(), bus: self.bus.clone() }
+        http::App {
+            fleet: self.fleet.clone(),
+            services: self.services.clone(),
+            bus: self.bus.clone(),
+            gate: self.gate.clone(),
+            infra: self.infra.clone(),
+        }
     }
 
-    /// The bound bus endpoints (ROUTER, PUB), while RequestCoordinator runs.
+    /// The bound bus endpoints (ROUTER, PUB).
     pub fn bus_endpoints(&self) -> Option<(String, String)> {
         self.bus.endpoints()
     }
 
-    /// Stops every agent in reverse dependency order within `deadline`,
-    /// then HybridRouter.
+    /// Stops in order: closes the admission gate and drains the bus
+    /// (accepted tasks get `supervisor.drain_timeout_secs` to finish, the
+    /// rest are answered `shutting_down`), stops every agent in reverse
+    /// dependency order within `deadline`, then the infrastructure and the
+    /// bus sockets.
     pub async fn shutdown(&self, deadline: Duration) {
+        self.gate.close(Admission::Draining);
+        let ctx = self.fleet.ctx();
+        let drain = Duration::from_secs_f64(ctx.settings.supervisor.drain_timeout_secs.max(0.0));
+        if let Some(bus) = self.bus.bus() {
+            let t0 = std::time::Instant::now();
+            let in_flight = bus.shared().ledger.len();
+            ctx.events.emit(Event::FleetDraining { in_flight, deadline_secs: drain.as_secs_f64() });
+            let d = bus.drain(drain).await;
+            ctx.events.emit(Event::FleetDrained {
+                finished: d.finished,
+                abandoned: d.abandoned,
+                drain_ms: t0.elapsed().as_secs_f64() * 1e3,
+            });
+        }
         self.fleet.shutdown(deadline).await;
-        let _ = self.router.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
+        self.infra.stop().await;
+        if let Some(bus) = self.bus.bus() {
+            bus.stop().await;
+        }
     }
 }
 
@@ -153,13 +225,15 @@ pub fn load_plan(settings: &Settings, catalog: Option<&Path>, profile_name: &str
     Ok((catalog, plan))
 }
 
-/// Runs the fleet of `plan` until `shutdown` resolves, then stops every
-/// agent in reverse dependency order within `supervisor.shutdown_deadline_secs`.
+/// Runs the fleet of `plan` until `shutdown` resolves, then drains and
+/// stops every agent in reverse dependency order within
+/// `supervisor.shutdown_deadline_secs` (see [`System::shutdown`]).
 /// Prints `http: listening on ADDR` and a boot summary on stdout.
 ///
 /// # Errors
-/// The HTTP address cannot be bound, the data dir cannot be created, or
-/// the supervisors cannot start.
+/// The HTTP address cannot be bound, the data dir cannot be created, the
+/// supervisors cannot start, or an infrastructure component exceeded its
+/// restart intensity (after an orderly stop: the exit is non-zero).
 pub async fn run(
     settings: Settings,
     catalog: Catalog,
@@ -202,8 +276,11 @@ pub async fn run(
         println!("  failed: {agent}: {error}");
     }
 
-    shutdown.await;
-    tracing::info!("stopping: agents in reverse dependency order");
+    let fatal = tokio::select! {
+        () = shutdown => None,
+        why = fleet.infra.fatal() => Some(why),
+    };
+    tracing::info!("stopping: drain, then agents in reverse dependency order");
     fleet.shutdown(deadline).await;
     let _ = stop_http.send(());
     match tokio::time::timeout(Duration::from_secs(5), server).await {
@@ -212,5 +289,8 @@ pub async fn run(
         _ => {}
     }
     println!("stopped");
-    Ok(())
+    match fatal {
+        Some(why) => Err(anyhow::anyhow!("infrastructure failed: {why}")),
+        None => Ok(()),
+    }
 }

@@ -82,7 +82,7 @@ impl ChatBackend for EmbeddedBackend {
             let kind = match &e {
                 LocalError::MemoryExhausted { .. } => BackendErrorKind::ResourceExhausted,
                 LocalError::QueueFull(_) => BackendErrorKind::RateLimited,
-                LocalError::ShuttingDown => BackendErrorKind::Unreachable,
+                LocalError::ShuttingDown | LocalError::Restarting => BackendErrorKind::Unreachable,
                 LocalError::UnknownModel { .. }
                 | LocalError::Busy(_)
                 | LocalError::Engine(

@@ -1,33 +1,35 @@
-//! Admission and dispatch: the bounded admission queue (one priority queue
-//! per agent: priority 9 first, FIFO within a priority), agent resolution,
-//! on-demand starts, per-agent concurrency limits, deadlines, cancellation,
-//! and the reply for every accepted message.
+//! Admission and dispatch: the admission gate, the bounded admission
+//! queue (one priority queue per agent: priority 9 first, FIFO within a
+//! priority), agent resolution, on-demand starts, per-agent concurrency
+//! limits, deadlines, cancellation, and the reply for every accepted message.
 //!
-//! One tokio task owns all queues ([`Dispatcher::run`]); each dispatched
-//! task runs in its own tokio task and reports back with `Cmd::Done`.
+//! One loop ([`run`], the BusDispatcher infrastructure component) owns the
+//! queues; each dispatched task runs in its own tokio task and reports back
+//! with `Cmd::Done`. What must survive the loop lives in [`Shared`]: the
+//! command channel (commands wait there while the loop restarts), the
+//! [`Ledger`] of accepted tasks (a restarted loop rebuilds its queues from
+//! it; running tasks are not the loop's children and finish on their own),
+//! and the replier.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::envelope::{Reply, Timings, ValidTask};
+use super::gate::Gate;
+use super::ledger::{Entry, Key, Ledger, Stage, Started};
 use super::reply::{ClientAddr, Replier};
 use crate::agents::tasks::TaskTable;
-use crate::core::{ErrorCode, Event, Schedule, Task, TaskError, TaskOutput};
+use crate::core::{ErrorCode, Event, Fault, Schedule, Task, TaskError, TaskOutput};
 use crate::routing::router::{known_models, resolve_model};
 use crate::supervisor::Fleet;
 use crate::supervisor::state::AgentState;
-
-/// A task id as seen by one client: (client identity, task id).
-type Key = (Bytes, String);
 
 /// Commands to the dispatcher loop.
 #[expect(
@@ -62,17 +64,56 @@ pub enum Cmd {
         /// Its key.
         key: Key,
     },
+    /// Fail on purpose (fault injection; sent only with `testing.fault_injection: true`).
+    Fault(Fault),
 }
 
+/// What outlives the dispatcher loop (see the module docs).
+pub struct Shared {
+    pub(crate) fleet: Fleet,
+    pub(crate) tasks: Arc<TaskTable>,
+    pub(crate) replier: Replier,
+    pub(crate) gate: Arc<Gate>,
+    /// Accepted, unanswered tasks.
+    pub ledger: Ledger,
+    pub(crate) tx: mpsc::UnboundedSender<Cmd>,
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Cmd>>,
+}
+
+impl Shared {
+    /// The state of a bus answering through `replier`.
+    pub(crate) fn new(fleet: Fleet, tasks: Arc<TaskTable>, replier: Replier, gate: Arc<Gate>) -> Shared {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Shared { fleet, tasks, replier, gate, ledger: Ledger::default(), tx, rx: tokio::sync::Mutex::new(rx) }
+    }
+
+    /// Answers a task with `e` when this caller takes its ledger entry
+    /// (or it never had one: rejections): counted, `task.failed`, sent.
+    pub(crate) async fn answer_error(
+        &self,
+        client: &ClientAddr,
+        id: String,
+        agent: Option<String>,
+        e: TaskError,
+        timings: Option<Timings>,
+    ) {
+        let ctx = self.fleet.ctx();
+        ctx.metrics.bad_requests.with_label_values(&[e.code.as_str()]).inc();
+        ctx.events.emit(Event::TaskFailed {
+            id: id.clone(),
+            agent: agent.clone(),
+            code: e.code.as_str(),
+            cancelled: e.code == ErrorCode::Cancelled,
+        });
+        self.replier.send(client, Reply::error(Some(id), agent, e, timings).to_bytes()).await;
+    }
+}
+
+/// A queue position: the task itself waits in the ledger.
 struct Queued {
     priority: u8,
     seq: u64,
     key: Key,
-    client: ClientAddr,
-    task: ValidTask,
-    agent: String,
-    received: Instant,
-    deadline: Option<Instant>,
 }
 
 impl PartialEq for Queued {
@@ -96,81 +137,69 @@ impl Ord for Queued {
 #[derive(Default)]
 struct AgentQueue {
     heap: BinaryHeap<Queued>,
-    running: usize,
+    running: HashSet<Key>,
     limit: usize,
 }
 
-enum Slot {
-    Queued,
-    Running(CancellationToken),
+/// The dispatcher loop: takes the command channel, rebuilds its queues from
+/// the ledger, then serves commands and sweeps expired deadlines of queued
+/// tasks every 50 ms. Runs until aborted.
+pub async fn run(shared: Arc<Shared>) {
+    let mut rx = shared.rx.lock().await;
+    let mut d = Dispatcher { shared: shared.clone(), queues: HashMap::new(), seq: 0 };
+    d.rebuild().await;
+    let mut sweep = tokio::time::interval(Duration::from_millis(50));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let metrics = shared.fleet.ctx().metrics.clone();
+    loop {
+        let queued = shared.ledger.counts().0;
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(cmd) => d.command(cmd).await,
+                None => return,
+            },
+            _ = sweep.tick(), if queued > 0 => d.sweep_deadlines().await,
+        }
+        metrics.queue_depth.set(shared.ledger.counts().0 as i64);
+    }
 }
 
-/// Live numbers for `coordinator.status`.
-#[derive(Default)]
-pub struct Gauges {
-    /// Tasks waiting in the admission queue.
-    pub queued: AtomicUsize,
-    /// Tasks being worked on.
-    pub running: AtomicUsize,
-}
-
-/// The dispatcher state, owned by its loop.
-pub struct Dispatcher {
-    fleet: Fleet,
-    tasks: Arc<TaskTable>,
-    replier: Replier,
+struct Dispatcher {
+    shared: Arc<Shared>,
     queues: HashMap<String, AgentQueue>,
-    slots: HashMap<Key, Slot>,
-    queued_total: usize,
     seq: u64,
-    tx: mpsc::UnboundedSender<Cmd>,
-    running: JoinSet<()>,
-    gauges: Arc<Gauges>,
 }
 
 impl Dispatcher {
-    /// A dispatcher answering through `replier`; `tx` must be the sender of
-    /// the channel later passed to [`Dispatcher::run`].
-    pub fn new(
-        fleet: Fleet,
-        tasks: Arc<TaskTable>,
-        replier: Replier,
-        tx: mpsc::UnboundedSender<Cmd>,
-        gauges: Arc<Gauges>,
-    ) -> Dispatcher {
-        Dispatcher {
-            fleet,
-            tasks,
-            replier,
-            queues: HashMap::new(),
-            slots: HashMap::new(),
-            queued_total: 0,
-            seq: 0,
-            tx,
-            running: JoinSet::new(),
-            gauges,
+    /// Queues and running sets from the ledger (empty at first start; after
+    /// a restart, what the previous loop left).
+    async fn rebuild(&mut self) {
+        let outline = self.shared.ledger.outline();
+        if !outline.is_empty() {
+            tracing::info!(tasks = outline.len(), "dispatcher restarted: queues rebuilt from the ledger");
+        }
+        for (key, agent, priority, seq, running) in outline {
+            self.seq = self.seq.max(seq);
+            let q = self.queue(&agent);
+            if running {
+                q.running.insert(key);
+            } else {
+                q.heap.push(Queued { priority, seq, key });
+            }
+        }
+        let agents: Vec<String> = self.queues.keys().cloned().collect();
+        for agent in agents {
+            self.pump(&agent).await;
         }
     }
 
-    /// The loop: commands in, dispatches out; sweeps expired deadlines of
-    /// queued tasks every 50 ms. Ends when every sender is gone.
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
-        let mut sweep = tokio::time::interval(Duration::from_millis(50));
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.command(cmd).await,
-                    None => break,
-                },
-                _ = sweep.tick(), if self.queued_total > 0 => self.sweep_deadlines().await,
-            }
-            while self.running.try_join_next().is_some() {}
-            self.gauges.queued.store(self.queued_total, AtomicOrdering::Relaxed);
-            self.gauges.running.store(self.slots.len().saturating_sub(self.queued_total), AtomicOrdering::Relaxed);
-            self.fleet.ctx().metrics.queue_depth.set(self.queued_total as i64);
+    fn queue(&mut self, agent: &str) -> &mut AgentQueue {
+        if !self.queues.contains_key(agent) {
+            let ctx = self.shared.fleet.ctx();
+            let limit = ctx.catalog.get(agent).map(|s| s.max_concurrency as usize).unwrap_or(16).max(1);
+            self.queues.insert(agent.to_string(), AgentQueue { limit, ..Default::default() });
         }
-        self.running.abort_all();
+        self.queues.get_mut(agent).expect("inserted above")
     }
 
     async fn command(&mut self, cmd: Cmd) {
@@ -178,29 +207,28 @@ impl Dispatcher {
             Cmd::Admit { client, task, received } => self.admit(client, task, received).await,
             Cmd::Cancel { client, id, target } => self.cancel(client, id, target).await,
             Cmd::ClientGone(identity) => {
-                let gone: Vec<Key> = self.slots.keys().filter(|k| k.0 == identity).cloned().collect();
-                for key in gone {
-                    if let Some(Slot::Running(token)) = self.slots.get(&key) {
-                        token.cancel();
-                    } else {
-                        self.drop_queued(&key);
+                for key in self.shared.ledger.keys_of(&identity) {
+                    match self.shared.ledger.token(&key) {
+                        Some(token) => token.cancel(),
+                        // Queued: no reply to a gone client; its heap entry is skipped.
+                        None => drop(self.shared.ledger.take(&key)),
                     }
                 }
             }
             Cmd::Done { agent, key } => {
-                self.slots.remove(&key);
                 if let Some(q) = self.queues.get_mut(&agent) {
-                    q.running = q.running.saturating_sub(1);
+                    q.running.remove(&key);
                 }
                 self.pump(&agent).await;
             }
+            Cmd::Fault(fault) => panic!("fault injection ({fault:?}): the bus dispatcher fails"),
         }
     }
 
     /// Resolves the agent: `agent`, else `type` through the catalog's
     /// `handles`, else `bus.default_agent`.
     fn resolve(&self, task: &ValidTask) -> Result<String, TaskError> {
-        let ctx = self.fleet.ctx();
+        let ctx = self.shared.fleet.ctx();
         let in_plan = |a: &str| ctx.plan.agents.contains(a);
         if let Some(agent) = &task.agent {
             return if in_plan(agent) {
@@ -234,7 +262,7 @@ impl Dispatcher {
     /// A task's `model` must name something a backend serves.
     fn check_model(&self, task: &ValidTask) -> Result<(), TaskError> {
         let Some(model) = &task.model else { return Ok(()) };
-        let settings = &self.fleet.ctx().settings;
+        let settings = &self.shared.fleet.ctx().settings;
         match resolve_model(&settings.backends, &settings.models_dir, model) {
             Some(_) => Ok(()),
             None => Err(TaskError::new(
@@ -252,7 +280,7 @@ impl Dispatcher {
     /// or starts. Types without a schema (a direct `agent` without `type`,
     /// `bus.default_agent`'s unknown types) pass.
     fn check_input(&self, task: &ValidTask) -> Result<(), TaskError> {
-        match task.task_type.as_deref().and_then(|t| self.tasks.get(t)) {
+        match task.task_type.as_deref().and_then(|t| self.shared.tasks.get(t)) {
             Some(def) => def.decode(&task.input),
             None => Ok(()),
         }
@@ -261,8 +289,11 @@ impl Dispatcher {
     async fn admit(&mut self, client: ClientAddr, mut task: ValidTask, received: Instant) {
         let id = task.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         task.id = Some(id.clone());
+        if let Err(e) = self.shared.gate.check() {
+            return self.reject(&client, Some(id), None, e).await;
+        }
         let key = (client.identity.clone(), id.clone());
-        if self.slots.contains_key(&key) {
+        if self.shared.ledger.contains(&key) {
             let e = TaskError::new(ErrorCode::InvalidField, format!("field id: task {id} is already in flight"));
             return self.reject(&client, Some(id), None, e).await;
         }
@@ -273,37 +304,28 @@ impl Dispatcher {
         if let Err(e) = self.check_model(&task).and_then(|()| self.check_input(&task)) {
             return self.reject(&client, Some(id), Some(agent), e).await;
         }
-        if self.queued_total >= self.fleet.ctx().settings.bus.max_queue {
+        let queued = self.shared.ledger.counts().0;
+        let ctx = self.shared.fleet.ctx().clone();
+        if queued >= ctx.settings.bus.max_queue {
             let e = TaskError::new(
                 ErrorCode::Busy,
-                format!("admission queue full ({} tasks, bus.max_queue); retry later", self.queued_total),
+                format!("admission queue full ({queued} tasks, bus.max_queue); retry later"),
             );
             return self.reject(&client, Some(id), Some(agent), e).await;
         }
-        let ctx = self.fleet.ctx();
         ctx.events.emit(Event::TaskAccepted {
             id: id.clone(),
             agent: agent.clone(),
             task_type: task.task_type.clone(),
             priority: task.priority,
         });
-        let limit = ctx.catalog.get(&agent).map(|s| s.max_concurrency as usize).unwrap_or(16).max(1);
         self.seq += 1;
+        let (priority, seq) = (task.priority, self.seq);
         let deadline = task.deadline_ms.map(|ms| received + Duration::from_millis(ms));
-        let q = self.queues.entry(agent.clone()).or_default();
-        q.limit = limit;
-        q.heap.push(Queued {
-            priority: task.priority,
-            seq: self.seq,
-            key: key.clone(),
-            client,
-            task,
-            agent: agent.clone(),
-            received,
-            deadline,
-        });
-        self.queued_total += 1;
-        self.slots.insert(key, Slot::Queued);
+        let entry =
+            Entry { client, agent: agent.clone(), priority, seq, received, deadline, stage: Stage::Queued(Box::new(task)) };
+        self.shared.ledger.admit(key.clone(), entry);
+        self.queue(&agent).heap.push(Queued { priority, seq, key });
         self.pump(&agent).await;
     }
 
@@ -311,78 +333,45 @@ impl Dispatcher {
     async fn pump(&mut self, agent: &str) {
         loop {
             let Some(q) = self.queues.get_mut(agent) else { return };
-            if q.running >= q.limit {
+            if q.running.len() >= q.limit {
                 return;
             }
             let Some(item) = q.heap.pop() else { return };
-            self.queued_total -= 1;
-            if !matches!(self.slots.get(&item.key), Some(Slot::Queued)) {
-                continue; // cancelled while queued; already answered
-            }
-            if item.deadline.is_some_and(|d| d <= Instant::now()) {
-                self.expire(item).await;
-                continue;
-            }
-            q.running += 1;
             let token = CancellationToken::new();
-            self.slots.insert(item.key.clone(), Slot::Running(token.clone()));
-            let (fleet, replier, tx) = (self.fleet.clone(), self.replier.clone(), self.tx.clone());
-            self.running.spawn(execute(fleet, replier, tx, item, token));
+            // Answered meanwhile (cancelled, expired, drained): skip.
+            let Some(started) = self.shared.ledger.start(&item.key, token.clone()) else { continue };
+            q.running.insert(item.key.clone());
+            tokio::spawn(execute(self.shared.clone(), item.key, agent.to_string(), started, token));
         }
-    }
-
-    async fn expire(&mut self, item: Queued) {
-        self.slots.remove(&item.key);
-        let waited = item.received.elapsed().as_secs_f64() * 1e3;
-        let e = TaskError::new(
-            ErrorCode::DeadlineExceeded,
-            format!("deadline_ms = {} passed after {waited:.1} ms in the queue", item.task.deadline_ms.unwrap_or(0)),
-        );
-        let timings = Timings { queue: waited, total: waited, ..Default::default() };
-        self.finish_error(&item.client, item.key.1.clone(), Some(item.agent), e, Some(timings)).await;
     }
 
     async fn sweep_deadlines(&mut self) {
         let now = Instant::now();
-        let mut expired = Vec::new();
-        for q in self.queues.values_mut() {
-            if q.heap.iter().any(|i| i.deadline.is_some_and(|d| d <= now)) {
-                let (gone, keep): (Vec<Queued>, Vec<Queued>) =
-                    q.heap.drain().partition(|i| i.deadline.is_some_and(|d| d <= now));
-                q.heap = keep.into_iter().collect();
-                expired.extend(gone);
-            }
+        for key in self.shared.ledger.expired(now) {
+            let Some(entry) = self.shared.ledger.take(&key) else { continue };
+            let waited = entry.received.elapsed().as_secs_f64() * 1e3;
+            let due = entry.deadline.map(|d| d.saturating_duration_since(entry.received).as_millis()).unwrap_or(0);
+            let e = TaskError::new(
+                ErrorCode::DeadlineExceeded,
+                format!("deadline_ms = {due} passed after {waited:.1} ms in the queue"),
+            );
+            let timings = Timings { queue: waited, total: waited, ..Default::default() };
+            self.shared.answer_error(&entry.client, key.1, Some(entry.agent), e, Some(timings)).await;
         }
-        for item in expired {
-            self.queued_total -= 1;
-            if matches!(self.slots.get(&item.key), Some(Slot::Queued)) {
-                self.expire(item).await;
-            }
-        }
-    }
-
-    fn drop_queued(&mut self, key: &Key) {
-        // The heap entry is skipped when popped (its slot is gone).
-        self.slots.remove(key);
     }
 
     async fn cancel(&mut self, client: ClientAddr, id: Option<String>, target: String) {
         let key = (client.identity.clone(), target.clone());
-        let ack = match self.slots.get(&key) {
-            Some(Slot::Running(token)) => {
-                token.cancel();
-                Ok(())
-            }
-            Some(Slot::Queued) => {
-                self.drop_queued(&key);
-                let e = TaskError::new(ErrorCode::Cancelled, format!("task {target} was cancelled while queued"));
-                self.finish_error(&client, target.clone(), None, e, None).await;
-                Ok(())
-            }
-            None => Err(TaskError::new(
-                ErrorCode::InvalidField,
-                format!("field cancel: no task {target} in flight from this client"),
-            )),
+        let ledger = &self.shared.ledger;
+        let ack = if let Some(token) = ledger.token(&key) {
+            token.cancel();
+            Ok(())
+        } else if let Some(entry) = ledger.take(&key) {
+            let e = TaskError::new(ErrorCode::Cancelled, format!("task {target} was cancelled while queued"));
+            self.shared.answer_error(&client, target.clone(), Some(entry.agent), e, None).await;
+            Ok(())
+        } else {
+            Err(TaskError::new(ErrorCode::InvalidField, format!("field cancel: no task {target} in flight from this client")))
         };
         let reply = match ack {
             Ok(()) => Reply {
@@ -396,46 +385,22 @@ impl Dispatcher {
             },
             Err(e) => Reply::error(id, None, e, None),
         };
-        self.replier.send(&client, reply.to_bytes()).await;
+        self.shared.replier.send(&client, reply.to_bytes()).await;
     }
 
     async fn reject(&mut self, client: &ClientAddr, id: Option<String>, agent: Option<String>, e: TaskError) {
-        let ctx = self.fleet.ctx();
+        let ctx = self.shared.fleet.ctx();
         ctx.metrics.bad_requests.with_label_values(&[e.code.as_str()]).inc();
         tracing::info!(task_id = ?id, code = e.code.as_str(), error = %e.message, "task rejected");
-        self.replier.send(client, Reply::error(id, agent, e, None).to_bytes()).await;
-    }
-
-    async fn finish_error(
-        &mut self,
-        client: &ClientAddr,
-        id: String,
-        agent: Option<String>,
-        e: TaskError,
-        timings: Option<Timings>,
-    ) {
-        let ctx = self.fleet.ctx();
-        ctx.metrics.bad_requests.with_label_values(&[e.code.as_str()]).inc();
-        ctx.events.emit(Event::TaskFailed {
-            id: id.clone(),
-            agent: agent.clone(),
-            code: e.code.as_str(),
-            cancelled: false,
-        });
-        self.replier.send(client, Reply::error(Some(id), agent, e, timings).to_bytes()).await;
+        self.shared.replier.send(client, Reply::error(id, agent, e, None).to_bytes()).await;
     }
 }
 
 /// Runs one dispatched task: on-demand start, the agent's work (with
 /// streaming, cancellation and the deadline), the reply.
-async fn execute(
-    fleet: Fleet,
-    replier: Replier,
-    tx: mpsc::UnboundedSender<Cmd>,
-    item: Queued,
-    token: CancellationToken,
-) {
-    let Queued { key, client, task, agent, received, deadline, .. } = item;
+async fn execute(shared: Arc<Shared>, key: Key, agent: String, started: Started, token: CancellationToken) {
+    let Started { task, client, received, deadline } = started;
+    let (fleet, replier) = (&shared.fleet, &shared.replier);
     let ctx = fleet.ctx().clone();
     let id = key.1.clone();
     let mut timings = Timings { queue: received.elapsed().as_secs_f64() * 1e3, ..Default::default() };
@@ -506,6 +471,12 @@ async fn execute(
     }
     .await;
     timings.total = received.elapsed().as_secs_f64() * 1e3;
+    let done = Cmd::Done { agent: agent.clone(), key: key.clone() };
+    if shared.ledger.take(&key).is_none() {
+        // Answered already (the drain's deadline): exactly one reply.
+        let _ = shared.tx.send(done);
+        return;
+    }
     let route = match &result {
         Ok(out) => out.route.as_ref(),
         Err(e) => e.route.as_deref(),
@@ -532,7 +503,7 @@ async fn execute(
         }
     };
     replier.send(&client, reply.to_bytes()).await;
-    let _ = tx.send(Cmd::Done { agent, key });
+    let _ = shared.tx.send(done);
 }
 
 fn deadline_error(task: &ValidTask) -> TaskError {

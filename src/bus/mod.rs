@@ -2,34 +2,47 @@
 //! and DEALER clients), a PUB socket for events.
 //!
 //! Data flow: [`ingress`] (frames → [`envelope`] decode) → [`dispatch`]
-//! (admission queue by priority, agent resolution, on-demand start, the
-//! agent's work, the reply) → back through [`reply::Replier`];
-//! [`publisher`] forwards the event stream. [`client`] is the other end,
-//! used by the CLI (`send`, `events`, `bench`).
+//! (the admission [`gate`], the admission queue by priority, agent
+//! resolution, on-demand start, the agent's work, the reply) → back through
+//! [`reply::Replier`]; [`publisher`] forwards the event stream. [`client`]
+//! is the other end, used by the CLI (`send`, `events`, `bench`).
 //!
-//! The sockets belong to the RequestCoordinator agent ([`coordinator`],
-//! registered by the composition root: the agent layer knows nothing of
-//! ZeroMQ): they are bound in its start hook and closed when it stops, so a
-//! crash of the coordinator rebinds them on restart.
+//! Lifetime: the bus is infrastructure of the daemon, bound by the
+//! composition root when the profile includes RequestCoordinator and kept
+//! until the daemon stops — a restart of RequestCoordinator (the agent that
+//! reports on it, [`coordinator`]) leaves the sockets bound and every pending
+//! reply routable. The dispatcher loop is supervised (BusDispatcher): the
+//! [`ledger`] of accepted tasks and the command channel outlive it, so a
+//! restarted loop picks up where the failed one stopped. On shutdown the
+//! daemon closes the gate and [`Bus::drain`]s: accepted tasks finish within
+//! `supervisor.drain_timeout_secs`, the rest are answered `shutting_down`.
+//! Every accepted task gets exactly one reply.
 
 pub mod client;
 pub mod coordinator;
 pub mod dispatch;
 pub mod envelope;
+pub mod gate;
 pub mod ingress;
+pub mod ledger;
 pub mod publisher;
 pub mod reply;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinSet;
+use parking_lot::Mutex;
+use tokio::task::{JoinHandle, JoinSet};
 use zeromq::{PubSocket, RouterSocket, Socket, SocketEvent};
 
 use crate::agents::tasks::TaskTable;
+use crate::core::{ErrorCode, Fault, TaskError};
 use crate::supervisor::Fleet;
 pub use coordinator::BusStatus;
-use dispatch::{Cmd, Dispatcher, Gauges};
+use dispatch::{Cmd, Shared};
+use envelope::Timings;
+use gate::Gate;
+use ledger::Stage;
 
 /// Errors of the bus.
 #[derive(Debug, thiserror::Error)]
@@ -44,20 +57,28 @@ pub enum BusError {
     },
 }
 
-/// The running bus: its tasks and bound endpoints.
+/// The bound bus: its sockets' tasks, the state the dispatcher loop
+/// shares, and the bound endpoints.
 pub struct Bus {
-    tasks: JoinSet<()>,
+    shared: Arc<Shared>,
+    io: Mutex<JoinSet<()>>,
     /// The ROUTER endpoint as bound (port resolved).
     pub ingress: String,
     /// The PUB endpoint as bound.
     pub events: String,
-    /// Queue numbers.
-    pub gauges: Arc<Gauges>,
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Tasks that finished during the drain.
+    pub finished: usize,
+    /// Tasks answered `shutting_down` at its deadline.
+    pub abandoned: usize,
 }
 
 async fn bind<S: Socket>(socket: &mut S, endpoint: &str) -> Result<String, BusError> {
-    // Right after a restart the previous socket's listener may still be
-    // closing: retry briefly.
+    // A previous daemon's listener may still be closing: retry briefly.
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         match socket.bind(endpoint).await {
@@ -72,11 +93,13 @@ async fn bind<S: Socket>(socket: &mut S, endpoint: &str) -> Result<String, BusEr
 
 impl Bus {
     /// Binds `bus.ingress` and `bus.events` and starts the ingress,
-    /// dispatcher and publisher tasks.
+    /// publisher and disconnect-monitor tasks. The dispatcher loop is
+    /// started by its supervisor ([`Bus::dispatcher`]); until then commands
+    /// wait in its channel.
     ///
     /// # Errors
     /// [`BusError::Bind`] when an endpoint is taken or invalid.
-    pub async fn start(fleet: Fleet, table: Arc<TaskTable>) -> Result<Bus, BusError> {
+    pub async fn bind(fleet: Fleet, table: Arc<TaskTable>, gate: Arc<Gate>) -> Result<Bus, BusError> {
         let ctx = fleet.ctx().clone();
         let mut router = RouterSocket::new();
         let ingress = bind(&mut router, &ctx.settings.bus.ingress).await?;
@@ -85,13 +108,12 @@ impl Bus {
         let mut monitor = router.monitor();
         let (send_half, recv_half) = router.split();
         let replier = reply::Replier::new(send_half, ctx.clone());
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let gauges = Arc::new(Gauges::default());
-        let mut tasks = JoinSet::new();
-        tasks.spawn(Dispatcher::new(fleet, table, replier.clone(), tx.clone(), gauges.clone()).run(rx));
-        tasks.spawn(ingress::run(recv_half, replier, ctx.clone(), tx.clone()));
-        tasks.spawn(publisher::run(publisher, ctx.events.subscribe(), ctx.clone()));
-        tasks.spawn(async move {
+        let shared = Arc::new(Shared::new(fleet, table, replier.clone(), gate));
+        let mut io = JoinSet::new();
+        io.spawn(ingress::run(recv_half, replier, ctx.clone(), shared.tx.clone()));
+        io.spawn(publisher::run(publisher, ctx.events.subscribe(), ctx.clone()));
+        let tx = shared.tx.clone();
+        io.spawn(async move {
             use futures::StreamExt;
             while let Some(event) = monitor.next().await {
                 if let SocketEvent::Disconnected(peer) = event
@@ -102,12 +124,58 @@ impl Bus {
             }
         });
         tracing::info!(ingress, events, "task bus bound");
-        Ok(Bus { tasks, ingress, events, gauges })
+        Ok(Bus { shared, io: Mutex::new(io), ingress, events })
     }
 
-    /// Stops every task; dropping the sockets unbinds the endpoints.
-    pub async fn stop(mut self) {
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
+    /// Starts a dispatcher loop over this bus (the BusDispatcher
+    /// component's start).
+    pub fn dispatcher(&self) -> Arc<dyn Fn() -> JoinHandle<()> + Send + Sync> {
+        let shared = self.shared.clone();
+        Arc::new(move || tokio::spawn(dispatch::run(shared.clone())))
+    }
+
+    /// Makes the dispatcher loop fail (fault injection; the daemon calls it
+    /// only with `testing.fault_injection: true`).
+    pub fn inject_fault(&self, fault: Fault) -> bool {
+        self.shared.tx.send(Cmd::Fault(fault)).is_ok()
+    }
+
+    /// The state `coordinator.status` and `/health` report.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The drain (the admission gate must be closed first): waits up to
+    /// `deadline` for every accepted task to be answered, then answers the
+    /// rest `shutting_down` (cancelling their work).
+    pub async fn drain(&self, deadline: Duration) -> Drained {
+        let ledger = &self.shared.ledger;
+        let before = ledger.len();
+        let until = Instant::now() + deadline;
+        while !ledger.is_empty() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let rest = ledger.take_all();
+        let abandoned = rest.len();
+        for (key, entry) in rest {
+            if let Stage::Running(token) = &entry.stage {
+                token.cancel();
+            }
+            let waited = entry.received.elapsed().as_secs_f64() * 1e3;
+            let e = TaskError::new(
+                ErrorCode::ShuttingDown,
+                format!("the daemon is shutting down: the task did not finish within the drain ({:.1} s)", deadline.as_secs_f64()),
+            );
+            let timings = Timings { total: waited, ..Default::default() };
+            self.shared.answer_error(&entry.client, key.1, Some(entry.agent), e, Some(timings)).await;
+        }
+        Drained { finished: before.saturating_sub(abandoned), abandoned }
+    }
+
+    /// Stops the socket tasks; dropping the sockets unbinds the endpoints.
+    pub async fn stop(&self) {
+        let mut io = std::mem::take(&mut *self.io.lock());
+        io.abort_all();
+        while io.join_next().await.is_some() {}
     }
 }

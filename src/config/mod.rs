@@ -215,6 +215,9 @@ pub struct SupervisorSettings {
     pub shutdown_timeout_secs: f64,
     /// Seconds the whole daemon has to stop on SIGINT/SIGTERM.
     pub shutdown_deadline_secs: f64,
+    /// Seconds accepted tasks get to finish on SIGINT/SIGTERM before the
+    /// rest are answered `shutting_down` (the drain, before the agents stop).
+    pub drain_timeout_secs: f64,
 }
 
 impl Default for SupervisorSettings {
@@ -228,6 +231,7 @@ impl Default for SupervisorSettings {
             reset_after_secs: 30.0,
             shutdown_timeout_secs: 5.0,
             shutdown_deadline_secs: 30.0,
+            drain_timeout_secs: 10.0,
         }
     }
 }

@@ -79,6 +79,46 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// `infra.failed`: an infrastructure component (HybridRouter,
+    /// ModelScheduler, BusDispatcher) failed; its supervisor restarts it.
+    InfraFailed {
+        /// The component.
+        component: String,
+        /// Why.
+        reason: String,
+    },
+    /// `infra.restarted`: an infrastructure component runs again.
+    InfraRestarted {
+        /// The component.
+        component: String,
+        /// Restarts of it so far.
+        restarts: u32,
+    },
+    /// `infra.fatal`: an infrastructure component exceeded its restart
+    /// intensity; the daemon stops with a non-zero exit.
+    InfraFatal {
+        /// The component.
+        component: String,
+        /// Why.
+        reason: String,
+    },
+    /// `fleet.draining`: shutdown began; the bus admits no more tasks and
+    /// waits for the accepted ones.
+    FleetDraining {
+        /// Tasks accepted and not answered yet.
+        in_flight: usize,
+        /// The drain deadline, seconds.
+        deadline_secs: f64,
+    },
+    /// `fleet.drained`: the drain ended.
+    FleetDrained {
+        /// Tasks that finished during the drain.
+        finished: usize,
+        /// Tasks answered `shutting_down` at the drain deadline.
+        abandoned: usize,
+        /// Drain time, milliseconds.
+        drain_ms: f64,
+    },
     /// `fleet.booted`: the boot set is up.
     FleetBooted {
         /// Profile name.
@@ -263,6 +303,11 @@ impl Event {
             Event::DependencyFatal { .. } => "agent.dependency_fatal",
             Event::GroupEscalated { .. } => "group.escalated",
             Event::GroupFailed { .. } => "group.failed",
+            Event::InfraFailed { .. } => "infra.failed",
+            Event::InfraRestarted { .. } => "infra.restarted",
+            Event::InfraFatal { .. } => "infra.fatal",
+            Event::FleetDraining { .. } => "fleet.draining",
+            Event::FleetDrained { .. } => "fleet.drained",
             Event::FleetBooted { .. } => "fleet.booted",
             Event::FleetStopped { .. } => "fleet.stopped",
             Event::LazyStarted { .. } => "lazy.started",
@@ -290,6 +335,8 @@ impl Event {
             Event::Agent(t) => matches!(t.state, "failed" | "fatal"),
             Event::GroupEscalated { .. }
             | Event::GroupFailed { .. }
+            | Event::InfraFailed { .. }
+            | Event::InfraFatal { .. }
             | Event::LazyFailed { .. }
             | Event::ModelLoadFailed { .. }
             | Event::HeartbeatMissed { .. }

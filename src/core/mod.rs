@@ -13,7 +13,7 @@ pub use chat::{ChatMessage, ChatRequest, ChatResponse, GenParams, Schedule};
 pub use error::{ErrorCode, TaskError};
 pub use event::Event;
 pub use receipt::Receipt;
-pub use task::{Prefer, Task, TaskOutput, TaskReply};
+pub use task::{Fault, Prefer, Task, TaskOutput, TaskReply};
 
 /// Now as Unix time, seconds (0.0 if the clock is before 1970).
 pub(crate) fn unix_time() -> f64 {

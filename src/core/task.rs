@@ -115,3 +115,16 @@ impl From<Value> for TaskOutput {
 /// What an agent answers: its output (with the route), or an error (which
 /// may carry the route of a failed model call).
 pub type TaskReply = Result<TaskOutput, TaskError>;
+
+/// A fault to inject (crash tests; the daemon honours it only with
+/// `testing.fault_injection: true`): into an agent or an infrastructure
+/// component (HybridRouter, ModelScheduler, BusDispatcher).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// Panic inside the message handler.
+    Panic,
+    /// Return an error from the message handler.
+    Error,
+}
+

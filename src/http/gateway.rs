@@ -86,7 +86,7 @@ fn openai_error(status: StatusCode, code: &str, message: &str) -> Response {
 
 fn task_error(e: &TaskError) -> Response {
     let status = match e.code {
-        ErrorCode::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::NoBackend | ErrorCode::ShuttingDown | ErrorCode::AgentNotRunning => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::BackendError => StatusCode::BAD_GATEWAY,
         ErrorCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::InvalidField => StatusCode::BAD_REQUEST,
@@ -106,6 +106,9 @@ fn unix() -> u64 {
 
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat_completions(State(app): State<App>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Err(e) = app.gate.check() {
+        return task_error(&e);
+    }
     let body: ChatBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return openai_error(StatusCode::BAD_REQUEST, "invalid_field", &format!("request body: {e}")),

@@ -7,7 +7,7 @@
 //! | route | answer |
 //! | --- | --- |
 //! | `GET /metrics` | Prometheus text exposition (format 0.0.4) |
-//! | `GET /health` | `200 {"status": "ok", "uptime_seconds", "bus": {"ingress", "events"}}` while the daemon runs |
+//! | `GET /health` | `200 {"status": "ok"\|"draining", "uptime_seconds", "admission": "open"\|"draining", "bus": {"ingress", "events", "queued", "running"}, "infrastructure": {"HybridRouter"\|"ModelScheduler"\|"BusDispatcher": {"state", "restarts"}}}` while the daemon runs |
 //! | `GET /ready` | `200` when every essential agent is `running` or `unavailable`; else `503`; body `{"ready", "waiting": [{"agent", "state"}], "unavailable": [{"agent", "reason"}]}` |
 //! | `GET /agents` | `{"profile", "groups": [{"name", "strategy", "agents": [AGENT]}]}` |
 //! | `GET /agents/{name}` | `AGENT`: `{"name", "group", "state", "runtime", "essential", "restarts", "uptime_seconds", "pid", "reason", "dependencies"}` |
@@ -15,7 +15,7 @@
 //! | `GET /tasks` | every task type: `[{"type", "agent", "runtime", "summary", "input_schema", "output_schema", "example"}]` (as `agentvisor tasks --json`) |
 //! | `POST /v1/chat/completions`, `GET /v1/models` | the OpenAI-compatible gateway ([`gateway`]) |
 //! | `POST /registry/register`, `PUT /registry/heartbeat`, `GET /registry/discover`, `POST /registry/promote`, `DELETE /registry/{id}` | ServiceRegistry ([`registry`]) |
-//! | `POST /agents/{name}/fault` body `{"kind": "panic"\|"error"}` | only with `testing.fault_injection: true` (404 otherwise) |
+//! | `POST /agents/{name}/fault` body `{"kind": "panic"\|"error"}` | an agent, or an infrastructure component (`HybridRouter`, `ModelScheduler`, `BusDispatcher`); only with `testing.fault_injection: true` (404 otherwise) |
 
 pub mod gateway;
 pub mod registry;
@@ -31,6 +31,8 @@ use serde_json::{Value, json};
 
 use crate::agents::services::Services;
 use crate::bus::BusStatus;
+use crate::bus::gate::{Admission, Gate};
+use crate::supervisor::Infra;
 use crate::core::{ErrorCode, TaskError};
 use crate::supervisor::state::AgentState;
 use crate::supervisor::{Fault, Fleet, StartError};
@@ -44,6 +46,10 @@ pub struct App {
     pub services: Arc<Services>,
     /// The task bus's bound endpoints and queue numbers.
     pub bus: Arc<BusStatus>,
+    /// The admission gate (the `/v1` gateway asks it).
+    pub gate: Arc<Gate>,
+    /// The infrastructure components (states, fault injection).
+    pub infra: Infra,
 }
 
 /// The router over `app`.
@@ -72,9 +78,20 @@ async fn metrics(State(App { fleet, .. }): State<App>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], fleet.ctx().metrics.render()).into_response()
 }
 
-async fn health(State(App { fleet, bus, .. }): State<App>) -> Json<Value> {
-    let bus = bus.endpoints().map(|(ingress, events)| json!({"ingress": ingress, "events": events}));
-    Json(json!({"status": "ok", "uptime_seconds": fleet.ctx().started.elapsed().as_secs_f64(), "bus": bus}))
+async fn health(State(App { fleet, bus, gate, infra, .. }): State<App>) -> Json<Value> {
+    let admission = gate.admission();
+    let status = if admission == Admission::Open { "ok" } else { "draining" };
+    let bus = bus.bus().is_some().then(|| {
+        let mut b = bus.to_json();
+        if let Some(o) = b.as_object_mut() {
+            o.remove("admission");
+        }
+        b
+    });
+    Json(json!({
+        "status": status, "uptime_seconds": fleet.ctx().started.elapsed().as_secs_f64(),
+        "admission": admission.as_str(), "bus": bus, "infrastructure": infra.status(),
+    }))
 }
 
 async fn ready(State(App { fleet, .. }): State<App>) -> Response {
@@ -166,11 +183,13 @@ struct FaultBody {
 }
 
 async fn fault(
-    State(App { fleet, .. }): State<App>,
+    State(App { fleet, infra, .. }): State<App>,
     Path(name): Path<String>,
     Json(body): Json<FaultBody>,
 ) -> Response {
-    match fleet.inject_fault(&name, body.kind) {
+    let injected =
+        if infra.has(&name) { infra.inject_fault(&name, body.kind) } else { fleet.inject_fault(&name, body.kind) };
+    match injected {
         Ok(()) => Json(json!({"injected": body.kind, "agent": name})).into_response(),
         Err(e) if e.code == ErrorCode::AgentNotRunning => error(StatusCode::CONFLICT, e),
         Err(e) => error(StatusCode::BAD_REQUEST, e),

@@ -49,7 +49,7 @@ use super::ModelFile;
 use super::local::{EngineError, GenOutput, LoadOptions, Sampling};
 use super::memory::{self, MemoryProbe, MemoryReading};
 use crate::config::ModelSettings;
-use crate::core::{ChatMessage, Event, GenParams, Schedule};
+use crate::core::{ChatMessage, Event, Fault, GenParams, Schedule};
 use crate::events::EventBus;
 use crate::telemetry::metrics::Metrics;
 
@@ -156,6 +156,9 @@ pub enum LocalError {
     /// The manager stopped.
     #[error("the model manager is shutting down")]
     ShuttingDown,
+    /// The scheduler failed and is restarting (its queue was lost); retry.
+    #[error("the model scheduler is restarting; retry")]
+    Restarting,
 }
 
 impl LocalError {
@@ -172,6 +175,7 @@ impl LocalError {
             LocalError::Engine(EngineError::Grammar(_)) => "bad_schema",
             LocalError::Engine(_) => "engine_error",
             LocalError::ShuttingDown => "shutting_down",
+            LocalError::Restarting => "agent_not_running",
         }
     }
 }
@@ -191,6 +195,7 @@ enum Cmd {
     LoadDone(String, Result<Loaded, EngineError>, Duration),
     JobDone(String),
     Shutdown(oneshot::Sender<()>),
+    Fault(Fault),
 }
 
 struct Pending {
@@ -232,7 +237,8 @@ struct Shared {
 /// The local model manager; cheap to share (`Arc`).
 pub struct ModelManager {
     shared: Arc<Shared>,
-    tx: OnceLock<mpsc::UnboundedSender<Cmd>>,
+    /// The running scheduler's channel; replaced by [`ModelManager::start_scheduler`].
+    tx: RwLock<Option<mpsc::UnboundedSender<Cmd>>>,
     seq: AtomicU64,
 }
 
@@ -254,32 +260,60 @@ impl ModelManager {
                 #[cfg(feature = "embedded")]
                 engine: OnceLock::new(),
             }),
-            tx: OnceLock::new(),
+            tx: RwLock::new(None),
             seq: AtomicU64::new(0),
         }
     }
 
-    fn sender(&self) -> &mpsc::UnboundedSender<Cmd> {
-        self.tx.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let sched = Sched {
-                shared: self.shared.clone(),
-                files: BTreeMap::new(),
-                slots: BTreeMap::new(),
-                queue: Vec::new(),
-                scanned: None,
-                hot: None,
-                tx: tx.downgrade(),
-            };
-            tokio::spawn(sched.run(rx));
-            tx
-        })
+    /// Starts a fresh scheduler (the model table and the queue start
+    /// empty) and makes it the one requests go to: the infrastructure
+    /// supervisor calls it at start and after a crash (ModelScheduler).
+    /// Without a supervisor, the first request starts one.
+    pub fn start_scheduler(&self) -> tokio::task::JoinHandle<()> {
+        let mut slot = self.tx.write();
+        let (tx, handle) = self.spawn_scheduler();
+        *slot = Some(tx);
+        handle
+    }
+
+    fn spawn_scheduler(&self) -> (mpsc::UnboundedSender<Cmd>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Models of a crashed scheduler were dropped with it.
+        self.shared.metrics.models_loaded.set(0);
+        self.shared.metrics.model_memory.reset();
+        let sched = Sched {
+            shared: self.shared.clone(),
+            files: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            queue: Vec::new(),
+            scanned: None,
+            hot: None,
+            tx: tx.downgrade(),
+        };
+        (tx, tokio::spawn(sched.run(rx)))
+    }
+
+    fn sender(&self) -> mpsc::UnboundedSender<Cmd> {
+        if let Some(tx) = self.tx.read().as_ref() {
+            return tx.clone();
+        }
+        let mut slot = self.tx.write();
+        match slot.as_ref() {
+            Some(tx) => tx.clone(),
+            None => slot.insert(self.spawn_scheduler().0).clone(),
+        }
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         self.sender().send(make(tx)).ok()?;
         rx.await.ok()
+    }
+
+    /// Makes the scheduler panic (fault injection; the daemon calls it only
+    /// with `testing.fault_injection: true`). `false` when none runs.
+    pub fn inject_fault(&self, fault: Fault) -> bool {
+        self.tx.read().as_ref().is_some_and(|tx| tx.send(Cmd::Fault(fault)).is_ok())
     }
 
     /// `models.*` settings.
@@ -305,13 +339,14 @@ impl ModelManager {
         let cancel = request.cancel.clone();
         let (tx, mut rx) = oneshot::channel();
         let pending = Pending { seq, request, submitted: Instant::now(), skipped: 0, reply: tx };
-        self.sender().send(Cmd::Submit(Box::new(pending))).map_err(|_| LocalError::ShuttingDown)?;
+        let sender = self.sender();
+        sender.send(Cmd::Submit(Box::new(pending))).map_err(|_| LocalError::Restarting)?;
         tokio::select! {
-            r = &mut rx => return r.unwrap_or(Err(LocalError::ShuttingDown)),
+            r = &mut rx => return r.unwrap_or(Err(LocalError::Restarting)),
             _ = cancel.cancelled() => {}
         }
-        let _ = self.sender().send(Cmd::Cancel(seq));
-        rx.await.unwrap_or(Err(LocalError::ShuttingDown))
+        let _ = sender.send(Cmd::Cancel(seq));
+        rx.await.unwrap_or(Err(LocalError::Restarting))
     }
 
     /// Loads `model` now (operator `models.load`): `{"model", "state", "bytes"}`.
@@ -319,7 +354,7 @@ impl ModelManager {
     /// # Errors
     /// As [`ModelManager::generate`].
     pub async fn load(&self, model: &str) -> Result<Value, LocalError> {
-        self.ask(|tx| Cmd::Load(model.to_string(), tx)).await.unwrap_or(Err(LocalError::ShuttingDown))
+        self.ask(|tx| Cmd::Load(model.to_string(), tx)).await.unwrap_or(Err(LocalError::Restarting))
     }
 
     /// Unloads an idle `model` (operator `models.unload`).
@@ -328,7 +363,7 @@ impl ModelManager {
     /// [`LocalError::Busy`] when it serves or is owed a request;
     /// [`LocalError::UnknownModel`] when it is not loaded.
     pub async fn unload(&self, model: &str) -> Result<Value, LocalError> {
-        self.ask(|tx| Cmd::Unload(model.to_string(), tx)).await.unwrap_or(Err(LocalError::ShuttingDown))
+        self.ask(|tx| Cmd::Unload(model.to_string(), tx)).await.unwrap_or(Err(LocalError::Restarting))
     }
 
     /// Evicts least-recently-used idle models until the loaded bytes fit the
@@ -427,7 +462,7 @@ impl ModelManager {
     /// stop, daemon shutdown). The manager stays usable: a later request
     /// loads its model again.
     pub async fn shutdown(&self) {
-        if self.tx.get().is_some() {
+        if self.tx.read().is_some() {
             let _ = self.ask(Cmd::Shutdown).await;
         }
     }
@@ -526,6 +561,7 @@ impl Sched {
                 }
             }
             Cmd::Shutdown(_) => {}
+            Cmd::Fault(fault) => panic!("fault injection ({fault:?}): the model scheduler fails"),
         }
         self.pump();
     }

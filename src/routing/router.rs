@@ -8,10 +8,17 @@
 //! State: the compiled [`Policy`], one [`CircuitBreaker`] per backend, the
 //! backends themselves. A call has three steps, one function each:
 //! [`RouterState::decide`] in the handler (microseconds), then
-//! [`run_chain`] in a tracked task (the backend calls, failover, the
+//! [`run_chain`] in its own task (the backend calls, failover, the
 //! breakers' outcomes sent back to the actor), then [`finish`] (the
 //! receipt stored, published and counted). A slow backend never blocks
 //! other decisions.
+//!
+//! Supervision: the router is an infrastructure component
+//! (`supervisor::infra`), restarted when it fails. Calls in flight run in
+//! tasks of their own and finish across a restart (their late breaker
+//! outcomes are lost: the new router starts with closed breakers); callers
+//! reach the router by name ([`RouterHandle`]), so they get the new one, or
+//! `agent_not_running` while it restarts.
 //!
 //! Receipts: every call, answered or not, leaves a [`Receipt`] — stored in
 //! SQLite (`receipts`), published as `route.decided`, and returned to the
@@ -28,7 +35,6 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::CircuitBreaker;
@@ -39,7 +45,7 @@ use crate::backends::{BackendError, BackendErrorKind, ChatBackend};
 use crate::config::{BackendKind, BackendSettings, RoutingSettings, Tier};
 use crate::core::chat::estimate_messages;
 use crate::core::{
-    ChatMessage, ChatRequest, ChatResponse, ErrorCode, Event, GenParams, Prefer, Receipt, Schedule, TaskError,
+    ChatMessage, ChatRequest, ChatResponse, ErrorCode, Event, Fault, GenParams, Prefer, Receipt, Schedule, TaskError,
 };
 use crate::events::EventBus;
 use crate::models::manager::ModelManager;
@@ -163,6 +169,9 @@ pub enum RouterMsg {
     },
     /// Breaker states and backends: `{"backends": [{"name", "tier", "model", "breaker"}]}`.
     Status(RpcReplyPort<Value>),
+    /// Fail on purpose (fault injection; the daemon sends it only with
+    /// `testing.fault_injection: true`).
+    Fault(Fault),
 }
 
 /// The router actor.
@@ -174,7 +183,6 @@ pub struct RouterState {
     policy: Arc<Policy>,
     backends: BTreeMap<String, Arc<dyn ChatBackend>>,
     breakers: BTreeMap<String, CircuitBreaker>,
-    calls: JoinSet<()>,
     /// An enabled embedded backend serves L1: free model memory matters.
     has_embedded_l1: bool,
 }
@@ -203,12 +211,7 @@ impl Actor for HybridRouter {
         tracing::info!(backends = ?backends.keys().collect::<Vec<_>>(), "HybridRouter ready");
         let has_embedded_l1 =
             args.backends.values().any(|b| b.enabled && b.kind == BackendKind::Embedded && b.tier == Tier::L1);
-        Ok(RouterState { args, policy: Arc::new(policy), backends, breakers, calls: JoinSet::new(), has_embedded_l1 })
-    }
-
-    async fn post_stop(&self, _myself: ActorRef<RouterMsg>, state: &mut RouterState) -> Result<(), ActorProcessingErr> {
-        state.calls.abort_all();
-        Ok(())
+        Ok(RouterState { args, policy: Arc::new(policy), backends, breakers, has_embedded_l1 })
     }
 
     async fn handle(
@@ -217,7 +220,6 @@ impl Actor for HybridRouter {
         msg: RouterMsg,
         st: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
-        while st.calls.try_join_next().is_some() {}
         match msg {
             RouterMsg::Call(call, reply) => st.call(myself, *call, reply),
             RouterMsg::Outcome { backend, success } => {
@@ -247,6 +249,8 @@ impl Actor for HybridRouter {
                     .collect();
                 let _ = reply.send(json!({"backends": list}));
             }
+            RouterMsg::Fault(Fault::Panic) => panic!("fault injection: HybridRouter panics in its handler"),
+            RouterMsg::Fault(Fault::Error) => return Err("fault injection: HybridRouter fails in its handler".into()),
         }
         Ok(())
     }
@@ -336,7 +340,7 @@ impl RouterState {
             Err(failure) => {
                 if let Some(r) = failure.receipt.clone() {
                     let args = self.args.clone();
-                    self.calls.spawn(async move { finish(&args, *r).await });
+                    tokio::spawn(async move { finish(&args, *r).await });
                 }
                 let _ = reply.send(Err(failure));
                 return;
@@ -361,7 +365,7 @@ impl RouterState {
             degrade_on_exhaustion: self.args.routing.failover.vram_exhausted == DEGRADE_TO_TINY,
             args: self.args.clone(),
         };
-        self.calls.spawn(async move {
+        tokio::spawn(async move {
             let result = run_chain(run, &myself).await;
             let _ = reply.send(result);
         });
@@ -535,6 +539,11 @@ async fn finish(args: &RouterArgs, receipt: Receipt) {
     }
 }
 
+/// How long a model call waits for a restarting HybridRouter to come back
+/// (its first restart delays are `supervisor.backoff_initial_secs` = 10 ms,
+/// doubling).
+pub const RESTART_WAIT: Duration = Duration::from_secs(1);
+
 /// How agents and the gateway reach HybridRouter: by its registered name,
 /// looked up at each call (a restart gives a new actor).
 #[derive(Clone)]
@@ -553,15 +562,31 @@ impl RouterHandle {
         ractor::registry::where_is(self.name.clone()).map(Into::into)
     }
 
-    /// Routes and runs one model call, waiting at most `timeout`.
+    async fn wait_actor(&self, limit: Duration) -> Option<ActorRef<RouterMsg>> {
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(a) = self.actor() {
+                return Some(a);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Routes and runs one model call, waiting at most `timeout`. While the
+    /// router restarts, the call waits for the new one up to
+    /// [`RESTART_WAIT`] (within `timeout`).
     ///
     /// # Errors
-    /// The call's [`ModelFailure`]; `internal` when the router is not
-    /// running or stopped before answering; `deadline_exceeded` after `timeout`.
+    /// The call's [`ModelFailure`]; `agent_not_running` when the router is
+    /// not back within that wait, or stopped before answering (a call queued
+    /// in a router that crashed); `deadline_exceeded` after `timeout`.
     pub async fn call(&self, call: ModelCall, timeout: Duration) -> Result<ModelAnswer, ModelFailure> {
         let failure = |code, message: String| Err(ModelFailure { error: TaskError::new(code, message), receipt: None });
-        let Some(router) = self.actor() else {
-            return failure(ErrorCode::Internal, "HybridRouter is not running".into());
+        let Some(router) = self.wait_actor(RESTART_WAIT.min(timeout)).await else {
+            return failure(ErrorCode::AgentNotRunning, "HybridRouter is not running (restarting); retry".into());
         };
         match router.call(|reply| RouterMsg::Call(Box::new(call), reply), Some(timeout)).await {
             Ok(CallResult::Success(result)) => result,
@@ -569,7 +594,7 @@ impl RouterHandle {
                 ErrorCode::DeadlineExceeded,
                 format!("the model call took longer than {:.1} s", timeout.as_secs_f64()),
             ),
-            _ => failure(ErrorCode::Internal, "HybridRouter stopped before answering".into()),
+            _ => failure(ErrorCode::AgentNotRunning, "HybridRouter stopped before answering (restarting); retry".into()),
         }
     }
 

@@ -7,6 +7,7 @@
 
 use ractor::RpcReplyPort;
 
+pub use crate::core::Fault;
 use crate::core::{ErrorCode, Task, TaskError, TaskReply};
 
 /// Why an agent did not start.
@@ -73,16 +74,6 @@ impl StartError {
     pub(crate) fn to_task_error(&self) -> TaskError {
         TaskError::new(self.code(), self.to_string())
     }
-}
-
-/// A fault to inject (crash tests; needs `testing.fault_injection: true`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Fault {
-    /// Panic inside the message handler.
-    Panic,
-    /// Return an error from the message handler.
-    Error,
 }
 
 /// Messages of an agent actor (`agents::actor::AgentActor` implements them).

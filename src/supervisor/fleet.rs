@@ -121,11 +121,6 @@ impl Fleet {
         &self.inner.ctx
     }
 
-    /// The root supervisor, for infrastructure actors linked under it.
-    pub(crate) fn root_cell(&self) -> ActorCell {
-        self.inner.root.get_cell()
-    }
-
     fn groups(&self) -> impl Iterator<Item = &ActorRef<GroupMsg>> {
         self.inner.groups.get().into_iter().flat_map(|g| g.values())
     }
@@ -338,7 +333,6 @@ impl Fleet {
         for group in self.groups() {
             let _ = group.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
         }
-        // Infrastructure linked under the root (HybridRouter) stops with it.
         let _ = self.inner.root.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
         ctx.events.emit(Event::FleetStopped { stop_ms: t0.elapsed().as_secs_f64() * 1e3 });
     }

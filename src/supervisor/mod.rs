@@ -4,6 +4,7 @@
 //!
 //! - [`fleet`]: the handle the daemon and tests hold.
 //! - [`root`], [`group`]: the supervisor actors.
+//! - [`infra`]: the supervisor of HybridRouter, the model scheduler and the bus dispatcher.
 //! - [`policy`]: restart intensity and backoff arithmetic.
 //! - [`lazy`]: on-demand starts with single flight and the start SLA.
 //! - [`state`], [`table`]: lifecycle states and the live agent table.
@@ -12,6 +13,7 @@
 pub mod agent;
 pub mod fleet;
 pub mod group;
+pub mod infra;
 pub mod lazy;
 pub mod policy;
 pub mod root;
@@ -20,5 +22,6 @@ pub mod table;
 
 pub use agent::{AgentMsg, Fault, StartError};
 pub use fleet::{AgentFactory, BootReport, Fleet, Peers};
+pub use infra::{Component, Infra};
 pub use state::AgentState;
 pub use table::AgentTable;

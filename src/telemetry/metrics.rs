@@ -41,6 +41,8 @@ pub struct Metrics {
     pub lazy_start_duration: HistogramVec,
     /// `agentvisor_group_escalations_total{group}`: an agent of the group went fatal.
     pub escalations: IntCounterVec,
+    /// `agentvisor_infra_restarts_total{component}`: restarts of HybridRouter, ModelScheduler, BusDispatcher.
+    pub infra_restarts: IntCounterVec,
     /// `agentvisor_events_total{topic}`.
     pub events: IntCounterVec,
     /// `agentvisor_tasks_total{agent,outcome}`; outcome ok or an error code.
@@ -164,6 +166,11 @@ impl Metrics {
                 "agentvisor_group_escalations_total",
                 "Agents of a group that went fatal and were escalated to the root.",
                 &["group"],
+            ),
+            infra_restarts: counter_vec(
+                "agentvisor_infra_restarts_total",
+                "Restarts of an infrastructure component (HybridRouter, ModelScheduler, BusDispatcher) by its supervisor.",
+                &["component"],
             ),
             events: counter_vec("agentvisor_events_total", "Events published, by topic.", &["topic"]),
             tasks: counter_vec(

@@ -136,6 +136,7 @@ fn task_error(e: LocalError) -> TaskError {
         LocalError::UnknownModel { .. } => ErrorCode::InvalidField,
         LocalError::Busy(_) | LocalError::QueueFull(_) => ErrorCode::Busy,
         LocalError::ShuttingDown => ErrorCode::ShuttingDown,
+        LocalError::Restarting => ErrorCode::AgentNotRunning,
         LocalError::Engine(crate::models::local::EngineError::NotBuilt) => ErrorCode::NotImplemented,
         _ => ErrorCode::AgentError,
     };
