@@ -27,10 +27,10 @@ use crate::bus::{Bus, BusStatus};
 use crate::config::Settings;
 use crate::config::catalog::{Catalog, Problems};
 use crate::config::profile::{self, Plan};
+use crate::core::Event;
 use crate::events::EventBus;
 use crate::http;
 use crate::models::manager::ModelManager;
-use crate::core::Event;
 use crate::routing::router::{HybridRouter, LoadProbe, ROUTER_NAME, RouterArgs, RouterHandle, RouterMsg};
 use crate::store::Store;
 use crate::supervisor::infra::{Component, Infra};
@@ -112,10 +112,8 @@ impl System {
         let bus = Arc::new(BusStatus::default());
         let mut spawner = Spawner::new(services.clone());
         let status = bus.clone();
-        spawner.register(
-            "RequestCoordinator",
-            Arc::new(move |_: &Fleet| Arc::new(Coordinator::new(status.clone())) as _),
-        );
+        spawner
+            .register("RequestCoordinator", Arc::new(move |_: &Fleet| Arc::new(Coordinator::new(status.clone())) as _));
         let fleet = Fleet::start(table.clone(), Arc::new(spawner)).await?;
         let gate = Arc::new(Gate::default());
 

@@ -41,7 +41,7 @@ impl BusStatus {
     }
 
     /// `{"ingress", "events", "queued", "running", "admission"}`.
-    pub(crate) fn to_json(&self) -> Value {
+    pub fn to_json(&self) -> Value {
         match self.bound.get() {
             Some(bus) => {
                 let shared = bus.shared();

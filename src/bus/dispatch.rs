@@ -322,8 +322,15 @@ impl Dispatcher {
         self.seq += 1;
         let (priority, seq) = (task.priority, self.seq);
         let deadline = task.deadline_ms.map(|ms| received + Duration::from_millis(ms));
-        let entry =
-            Entry { client, agent: agent.clone(), priority, seq, received, deadline, stage: Stage::Queued(Box::new(task)) };
+        let entry = Entry {
+            client,
+            agent: agent.clone(),
+            priority,
+            seq,
+            received,
+            deadline,
+            stage: Stage::Queued(Box::new(task)),
+        };
         self.shared.ledger.admit(key.clone(), entry);
         self.queue(&agent).heap.push(Queued { priority, seq, key });
         self.pump(&agent).await;
@@ -371,7 +378,10 @@ impl Dispatcher {
             self.shared.answer_error(&client, target.clone(), Some(entry.agent), e, None).await;
             Ok(())
         } else {
-            Err(TaskError::new(ErrorCode::InvalidField, format!("field cancel: no task {target} in flight from this client")))
+            Err(TaskError::new(
+                ErrorCode::InvalidField,
+                format!("field cancel: no task {target} in flight from this client"),
+            ))
         };
         let reply = match ack {
             Ok(()) => Reply {

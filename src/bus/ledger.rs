@@ -89,7 +89,8 @@ impl Ledger {
             return None;
         }
         let Stage::Queued(task) = std::mem::replace(&mut entry.stage, Stage::Running(token)) else { return None };
-        let started = Started { task, client: entry.client.clone(), received: entry.received, deadline: entry.deadline };
+        let started =
+            Started { task, client: entry.client.clone(), received: entry.received, deadline: entry.deadline };
         g.queued -= 1;
         Some(started)
     }

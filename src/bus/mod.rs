@@ -164,7 +164,10 @@ impl Bus {
             let waited = entry.received.elapsed().as_secs_f64() * 1e3;
             let e = TaskError::new(
                 ErrorCode::ShuttingDown,
-                format!("the daemon is shutting down: the task did not finish within the drain ({:.1} s)", deadline.as_secs_f64()),
+                format!(
+                    "the daemon is shutting down: the task did not finish within the drain ({:.1} s)",
+                    deadline.as_secs_f64()
+                ),
             );
             let timings = Timings { total: waited, ..Default::default() };
             self.shared.answer_error(&entry.client, key.1, Some(entry.agent), e, Some(timings)).await;

@@ -127,4 +127,3 @@ pub enum Fault {
     /// Return an error from the message handler.
     Error,
 }
-

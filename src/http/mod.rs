@@ -32,8 +32,8 @@ use serde_json::{Value, json};
 use crate::agents::services::Services;
 use crate::bus::BusStatus;
 use crate::bus::gate::{Admission, Gate};
-use crate::supervisor::Infra;
 use crate::core::{ErrorCode, TaskError};
+use crate::supervisor::Infra;
 use crate::supervisor::state::AgentState;
 use crate::supervisor::{Fault, Fleet, StartError};
 

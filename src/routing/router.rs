@@ -577,24 +577,43 @@ impl RouterHandle {
 
     /// Routes and runs one model call, waiting at most `timeout`. While the
     /// router restarts, the call waits for the new one up to
-    /// [`RESTART_WAIT`] (within `timeout`).
+    /// [`RESTART_WAIT`] (within `timeout`); a call that was still in the
+    /// mailbox of a router that crashed (never decided) is sent once more to
+    /// the new one.
     ///
     /// # Errors
     /// The call's [`ModelFailure`]; `agent_not_running` when the router is
-    /// not back within that wait, or stopped before answering (a call queued
-    /// in a router that crashed); `deadline_exceeded` after `timeout`.
+    /// not back within that wait, or failed twice before answering;
+    /// `deadline_exceeded` after `timeout`.
     pub async fn call(&self, call: ModelCall, timeout: Duration) -> Result<ModelAnswer, ModelFailure> {
-        let failure = |code, message: String| Err(ModelFailure { error: TaskError::new(code, message), receipt: None });
-        let Some(router) = self.wait_actor(RESTART_WAIT.min(timeout)).await else {
-            return failure(ErrorCode::AgentNotRunning, "HybridRouter is not running (restarting); retry".into());
-        };
-        match router.call(|reply| RouterMsg::Call(Box::new(call), reply), Some(timeout)).await {
-            Ok(CallResult::Success(result)) => result,
-            Ok(CallResult::Timeout) => failure(
-                ErrorCode::DeadlineExceeded,
-                format!("the model call took longer than {:.1} s", timeout.as_secs_f64()),
-            ),
-            _ => failure(ErrorCode::AgentNotRunning, "HybridRouter stopped before answering (restarting); retry".into()),
+        let until = Instant::now() + timeout;
+        let mut again = Some(call.clone());
+        let mut call = call;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let failure =
+                |code, message: String| Err(ModelFailure { error: TaskError::new(code, message), receipt: None });
+            let Some(router) = self.wait_actor(RESTART_WAIT.min(left)).await else {
+                return failure(ErrorCode::AgentNotRunning, "HybridRouter is not running (restarting); retry".into());
+            };
+            match router.call(|reply| RouterMsg::Call(Box::new(call), reply), Some(left)).await {
+                Ok(CallResult::Success(result)) => return result,
+                Ok(CallResult::Timeout) => {
+                    return failure(
+                        ErrorCode::DeadlineExceeded,
+                        format!("the model call took longer than {:.1} s", timeout.as_secs_f64()),
+                    );
+                }
+                _ => match again.take() {
+                    Some(c) => call = c,
+                    None => {
+                        return failure(
+                            ErrorCode::AgentNotRunning,
+                            "HybridRouter stopped before answering (restarting); retry".into(),
+                        );
+                    }
+                },
+            }
         }
     }
 

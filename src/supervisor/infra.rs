@@ -233,7 +233,12 @@ impl Actor for InfraSupervisor {
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<InfraMsg>, msg: InfraMsg, st: &mut InfraState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<InfraMsg>,
+        msg: InfraMsg,
+        st: &mut InfraState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             InfraMsg::RestartDue(name) => {
                 let Some(c) = st.components.get(&name) else { return Ok(()) };

@@ -20,6 +20,7 @@ mod llm;
 mod local_models;
 mod memory;
 mod models;
+mod nothing_lost;
 mod registry;
 mod session;
 mod speech_exec;
