@@ -124,18 +124,30 @@ async fn health(d: &Daemon) -> Option<Value> {
     r.json().await.ok()
 }
 
-/// The `fleet.drained` event, read from the PUB socket (a multi-part
-/// `[topic][json]` message) within `wait`.
-async fn drained_event(sub: &mut SubSocket, wait: Duration) -> Option<Value> {
-    let until = Instant::now() + wait;
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        let msg = tokio::time::timeout(left, sub.recv()).await.ok()?.ok()?;
-        let frames = msg.into_vec();
-        if frames.first().is_some_and(|t| t.as_ref() == b"fleet.drained") {
-            return serde_json::from_slice(frames.get(1)?).ok();
+/// The next event on `sub` (a `[topic][json]` message) within `wait`.
+async fn next_event(sub: &mut SubSocket, wait: Duration) -> Option<Value> {
+    let msg = tokio::time::timeout(wait, sub.recv()).await.ok()?.ok()?;
+    serde_json::from_slice(msg.into_vec().get(1)?).ok()
+}
+
+/// A SUB socket on `events` for the topics `prefixes`, once it gets events:
+/// probes with `utils.echo` tasks over `sock` until one shows up (the
+/// subscription reaches the PUB side some time after the connect).
+async fn subscribe(events: &str, prefixes: &[&str], sock: &mut zeromq::DealerSocket) -> SubSocket {
+    let mut sub = SubSocket::new();
+    sub.connect(events).await.expect("connect to the PUB socket");
+    for p in prefixes {
+        sub.subscribe(p).await.expect("subscribe");
+    }
+    for n in 0..100 {
+        let r = util::ask(sock, json!({"id": format!("probe-{n}"), "type": "utils.echo", "input": n})).await;
+        assert_eq!(r["status"], "ok", "{r}");
+        if next_event(&mut sub, Duration::from_millis(100)).await.is_some() {
+            while next_event(&mut sub, Duration::from_millis(100)).await.is_some() {}
+            return sub;
         }
     }
+    panic!("the SUB socket never got an event");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,16 +162,14 @@ async fn sigterm_drains_accepted_tasks_answers_each_once_and_leaves_no_child() {
     let (mut d, ingress) = start(data.path(), &sets).await;
     let (_, h) = d.get_json("/health").await;
     let events = h["bus"]["events"].as_str().expect("bus.events in /health").to_string();
-    let mut sub = SubSocket::new();
-    sub.connect(&events).await.expect("connect to the PUB socket");
-    sub.subscribe("fleet.drained").await.expect("subscribe");
     start_agent(&d, "UnifiedUtilsAgent").await;
     let executor = start_agent(&d, "Executor").await["pid"].as_u64().expect("the Executor's pid") as u32;
     assert!(util::pid_alive(executor));
+    let mut sock = dealer(&ingress).await;
+    let mut sub = subscribe(&events, &["task.accepted", "fleet.drain"], &mut sock).await;
 
     // The mix, over one DEALER: the long ones first, so they hold their
     // agents' slots while the short ones queue behind them.
-    let mut sock = dealer(&ingress).await;
     let mut kinds: BTreeMap<String, &str> = BTreeMap::new();
     for i in 0..LONG {
         let id = format!("long-{i}");
@@ -179,18 +189,23 @@ async fn sigterm_drains_accepted_tasks_answers_each_once_and_leaves_no_child() {
     }
     let sent = kinds.len();
 
-    // Accepted (nothing answered yet: the first short sleeps take 0.3 s),
-    // and the snippets' `sleep 30` processes run under the Executor.
+    // Every task accepted (its `task.accepted` event), and the snippets'
+    // `sleep 30` processes running under the Executor.
+    let mut accepted = 0;
+    while accepted < sent {
+        let e = next_event(&mut sub, Duration::from_secs(10)).await;
+        let e = e.unwrap_or_else(|| panic!("only {accepted} of {sent} tasks accepted"));
+        assert_eq!(e["topic"], "task.accepted", "{e}");
+        assert!(kinds.contains_key(e["id"].as_str().unwrap_or("")), "{e}");
+        accepted += 1;
+    }
     let until = Instant::now() + Duration::from_secs(20);
     let snippets = loop {
-        let (_, h) = d.get_json("/health").await;
-        let accepted = h["bus"]["queued"].as_u64().unwrap_or(0) + h["bus"]["running"].as_u64().unwrap_or(0);
         let below = descendants(executor);
-        let sleeping = below.iter().filter(|p| comm(**p) == "sleep").count();
-        if accepted as usize == sent && sleeping == SNIPPETS {
+        if below.iter().filter(|p| comm(**p) == "sleep").count() == SNIPPETS {
             break below;
         }
-        assert!(Instant::now() < until, "not all accepted and running: {h}; under the Executor: {below:?}");
+        assert!(Instant::now() < until, "the snippets' sleeps never all ran; under the Executor: {below:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
 
@@ -200,7 +215,6 @@ async fn sigterm_drains_accepted_tasks_answers_each_once_and_leaves_no_child() {
 
     // While draining (the long tasks hold the drain open for its whole
     // timeout), /health says so and a new task is refused `shutting_down`.
-    let mut late_reply = None;
     let mut saw_draining = false;
     while signalled.elapsed() < Duration::from_secs_f64(DRAIN_SECS) {
         match health(&d).await {
@@ -213,24 +227,28 @@ async fn sigterm_drains_accepted_tasks_answers_each_once_and_leaves_no_child() {
             None => break,
         }
     }
-    if saw_draining {
+    let late_reply = if saw_draining {
         let mut late = dealer(&ingress).await;
         send_json(&mut late, &json!({"id": "late", "type": "utils.echo", "input": "too late"})).await;
-        late_reply = Some(recv_json_within(&mut late, Duration::from_secs(10)).await);
+        Some(recv_json_within(&mut late, Duration::from_secs(10)).await)
     } else {
         eprintln!("the daemon was not seen draining (it stopped answering HTTP first); no late task sent");
-    }
+        None
+    };
 
     // Every task sent is answered once: collect until all are, then wait
     // for the exit and take whatever else arrived (a second reply would).
     let mut replies: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     let bound = Duration::from_secs_f64(DRAIN_SECS + SHUTDOWN_DEADLINE_SECS + EXIT_SLACK_SECS);
-    while replies.values().map(Vec::len).sum::<usize>() < sent {
-        let left = bound.saturating_sub(signalled.elapsed());
-        let Ok(Ok(msg)) = tokio::time::timeout(left, sock.recv()).await else { break };
+    let mut take = |msg: zeromq::ZmqMessage| {
         let body = msg.into_vecdeque().into_iter().rfind(|f| !f.is_empty()).expect("a body frame");
         let r: Value = serde_json::from_slice(&body).expect("a JSON reply");
-        replies.entry(r["id"].as_str().expect("reply id").to_string()).or_default().push(r);
+        replies.entry(r["id"].as_str().unwrap_or("?").to_string()).or_default().push(r);
+    };
+    for _ in 0..sent {
+        let left = bound.saturating_sub(signalled.elapsed());
+        let Ok(Ok(msg)) = tokio::time::timeout(left, sock.recv()).await else { break };
+        take(msg);
     }
     let left = bound.saturating_sub(signalled.elapsed());
     let status = tokio::time::timeout(left, d.child.wait())
@@ -239,17 +257,14 @@ async fn sigterm_drains_accepted_tasks_answers_each_once_and_leaves_no_child() {
         .expect("wait");
     let exited = signalled.elapsed();
     while let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_millis(300), sock.recv()).await {
-        let body = msg.into_vecdeque().into_iter().rfind(|f| !f.is_empty()).expect("a body frame");
-        let r: Value = serde_json::from_slice(&body).expect("a JSON reply");
-        replies.entry(r["id"].as_str().unwrap_or("?").to_string()).or_default().push(r);
+        take(msg);
     }
-
+    eprintln!("exit {status:?} {exited:?} after SIGTERM (bound {bound:?})");
     assert!(status.success(), "exit status {status:?}");
     assert!(
         exited >= Duration::from_secs_f64(DRAIN_SECS),
-        "the drain waited its {DRAIN_SECS} s for the long tasks; exited after {exited:?}"
+        "the drain waits its {DRAIN_SECS} s for the long tasks; exited after {exited:?}"
     );
-    eprintln!("exit {exited:?} after SIGTERM (bound {bound:?})");
 
     let unanswered: Vec<&String> = kinds.keys().filter(|id| !replies.contains_key(*id)).collect();
     assert!(unanswered.is_empty(), "tasks never answered: {unanswered:?}");
@@ -259,29 +274,27 @@ async fn sigterm_drains_accepted_tasks_answers_each_once_and_leaves_no_child() {
     assert!(strangers.is_empty(), "replies to tasks never sent: {strangers:?}");
     for (id, kind) in &kinds {
         let r = &replies[id][0];
-        match *kind {
-            "short" => {
-                assert_eq!(r["status"], "ok", "{id} finishes within the drain: {r}");
-                assert_eq!(r["output"]["slept_seconds"], 0.3, "{r}");
-            }
-            _ => {
-                assert_eq!(r["status"], "error", "{id} outlives the drain: {r}");
-                assert_eq!(r["error"]["code"], "shutting_down", "{id}: {r}");
-            }
+        if *kind == "short" {
+            assert_eq!(r["status"], "ok", "{id} finishes within the drain: {r}");
+            assert_eq!(r["output"]["slept_seconds"], 0.3, "{r}");
+        } else {
+            assert_eq!(r["status"], "error", "{id} outlives the drain: {r}");
+            assert_eq!(r["error"]["code"], "shutting_down", "{id}: {r}");
         }
     }
     if let Some(r) = late_reply {
         assert_eq!((r["id"].as_str(), r["status"].as_str()), (Some("late"), Some("error")), "{r}");
         assert_eq!(r["error"]["code"], "shutting_down", "a task sent while draining: {r}");
     }
-    // The drain's own account: the short ones finished, the rest were abandoned.
-    let drained = drained_event(&mut sub, Duration::from_secs(1)).await;
-    if let Some(e) = drained {
-        assert_eq!(e["abandoned"], LONG + SNIPPETS, "{e}");
-        assert_eq!(e["finished"], SHORT, "{e}");
-    } else {
-        eprintln!("fleet.drained not received before the PUB socket closed");
-    }
+    // The drain's own account: what was in flight at SIGTERM finished or
+    // was abandoned (the long ones and the snippets).
+    let draining = next_event(&mut sub, Duration::from_secs(1)).await.expect("fleet.draining");
+    let drained = next_event(&mut sub, Duration::from_secs(1)).await.expect("fleet.drained");
+    assert_eq!((draining["topic"].as_str(), drained["topic"].as_str()), (Some("fleet.draining"), Some("fleet.drained")));
+    assert_eq!(draining["deadline_secs"], DRAIN_SECS, "{draining}");
+    assert_eq!(drained["abandoned"], LONG + SNIPPETS, "{drained}");
+    assert_eq!(draining["in_flight"], drained["finished"].as_u64().unwrap() + drained["abandoned"].as_u64().unwrap());
+    assert!(draining["in_flight"].as_u64().unwrap() > (LONG + SNIPPETS) as u64, "short tasks were in flight: {draining}");
 
     // No process left: the Executor, the snippets' shells and their sleeps.
     let mut gone = vec![executor];

@@ -1,0 +1,1 @@
+//! The chaos loop (placeholder).
