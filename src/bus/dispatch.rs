@@ -87,8 +87,8 @@ impl Shared {
         Shared { fleet, tasks, replier, gate, ledger: Ledger::default(), tx, rx: tokio::sync::Mutex::new(rx) }
     }
 
-    /// Answers a task with `e` when this caller takes its ledger entry
-    /// (or it never had one: rejections): counted, `task.failed`, sent.
+    /// Answers with `e` a task the caller took from the ledger: counted,
+    /// `task.failed`, sent.
     pub(crate) async fn answer_error(
         &self,
         client: &ClientAddr,
@@ -151,8 +151,8 @@ pub async fn run(shared: Arc<Shared>) {
     let mut sweep = tokio::time::interval(Duration::from_millis(50));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let metrics = shared.fleet.ctx().metrics.clone();
+    let mut queued = shared.ledger.counts().0;
     loop {
-        let queued = shared.ledger.counts().0;
         tokio::select! {
             cmd = rx.recv() => match cmd {
                 Some(cmd) => d.command(cmd).await,
@@ -160,7 +160,8 @@ pub async fn run(shared: Arc<Shared>) {
             },
             _ = sweep.tick(), if queued > 0 => d.sweep_deadlines().await,
         }
-        metrics.queue_depth.set(shared.ledger.counts().0 as i64);
+        queued = shared.ledger.counts().0;
+        metrics.queue_depth.set(queued as i64);
     }
 }
 
