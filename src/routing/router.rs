@@ -562,10 +562,11 @@ impl RouterHandle {
         ractor::registry::where_is(self.name.clone()).map(Into::into)
     }
 
-    async fn wait_actor(&self, limit: Duration) -> Option<ActorRef<RouterMsg>> {
-        let until = Instant::now() + limit;
+    /// The running router other than `not` (one that failed), waiting for
+    /// it until `until`.
+    async fn wait_actor(&self, until: Instant, not: Option<ractor::ActorId>) -> Option<ActorRef<RouterMsg>> {
         loop {
-            if let Some(a) = self.actor() {
+            if let Some(a) = self.actor().filter(|a| Some(a.get_id()) != not) {
                 return Some(a);
             }
             if Instant::now() >= until {
@@ -576,27 +577,25 @@ impl RouterHandle {
     }
 
     /// Routes and runs one model call, waiting at most `timeout`. While the
-    /// router restarts, the call waits for the new one up to
-    /// [`RESTART_WAIT`] (within `timeout`); a call that was still in the
-    /// mailbox of a router that crashed (never decided) is sent once more to
-    /// the new one.
+    /// router restarts, the call waits for the new one; a call that was
+    /// still in the mailbox of a router that crashed (never decided) is sent
+    /// again to the new one — both within [`RESTART_WAIT`] (and `timeout`).
     ///
     /// # Errors
-    /// The call's [`ModelFailure`]; `agent_not_running` when the router is
-    /// not back within that wait, or failed twice before answering;
-    /// `deadline_exceeded` after `timeout`.
+    /// The call's [`ModelFailure`]; `agent_not_running` when no router
+    /// answered within that wait; `deadline_exceeded` after `timeout`.
     pub async fn call(&self, call: ModelCall, timeout: Duration) -> Result<ModelAnswer, ModelFailure> {
-        let until = Instant::now() + timeout;
-        let mut again = Some(call.clone());
-        let mut call = call;
+        let t0 = Instant::now();
+        let (until, retry_until) = (t0 + timeout, t0 + RESTART_WAIT.min(timeout));
+        let failure = |code, message: String| Err(ModelFailure { error: TaskError::new(code, message), receipt: None });
+        let mut failed = None;
         loop {
-            let left = until.saturating_duration_since(Instant::now());
-            let failure =
-                |code, message: String| Err(ModelFailure { error: TaskError::new(code, message), receipt: None });
-            let Some(router) = self.wait_actor(RESTART_WAIT.min(left)).await else {
+            let Some(router) = self.wait_actor(retry_until, failed).await else {
                 return failure(ErrorCode::AgentNotRunning, "HybridRouter is not running (restarting); retry".into());
             };
-            match router.call(|reply| RouterMsg::Call(Box::new(call), reply), Some(left)).await {
+            let left = until.saturating_duration_since(Instant::now());
+            let attempt = Box::new(call.clone());
+            match router.call(|reply| RouterMsg::Call(attempt, reply), Some(left)).await {
                 Ok(CallResult::Success(result)) => return result,
                 Ok(CallResult::Timeout) => {
                     return failure(
@@ -604,15 +603,8 @@ impl RouterHandle {
                         format!("the model call took longer than {:.1} s", timeout.as_secs_f64()),
                     );
                 }
-                _ => match again.take() {
-                    Some(c) => call = c,
-                    None => {
-                        return failure(
-                            ErrorCode::AgentNotRunning,
-                            "HybridRouter stopped before answering (restarting); retry".into(),
-                        );
-                    }
-                },
+                // The router died before deciding: wait for the next one.
+                _ => failed = Some(router.get_id()),
             }
         }
     }

@@ -175,8 +175,6 @@ pub struct Shared {
 pub enum InfraMsg {
     /// The backoff delay of a restart passed.
     RestartDue(String),
-    /// A restart finished.
-    Started(String, Result<ActorCell, String>),
 }
 
 /// Start arguments of [`InfraSupervisor`] (made by [`Infra::start`]).
@@ -242,31 +240,14 @@ impl Actor for InfraSupervisor {
         match msg {
             InfraMsg::RestartDue(name) => {
                 let Some(c) = st.components.get(&name) else { return Ok(()) };
-                let (start, me) = (c.start.clone(), myself.clone());
-                tokio::spawn(async move {
-                    let result = start(me.get_cell()).await;
-                    if let Err(ractor::MessagingErr::SendErr(InfraMsg::Started(_, Ok(cell)))) =
-                        me.cast(InfraMsg::Started(name, result))
-                    {
-                        cell.kill(); // the supervisor is gone: do not leave it behind
-                    }
-                });
+                // Started and recorded within this handler: the new instance is
+                // among the children before a failure of it (supervision events
+                // go before messages, but not into a running handler) is handled.
+                match (c.start)(myself.get_cell()).await {
+                    Ok(cell) => st.restarted(name, cell),
+                    Err(reason) => st.on_failure(&myself, &name, format!("restart failed: {reason}")),
+                }
             }
-            InfraMsg::Started(name, Ok(cell)) => {
-                st.children.insert(cell.get_id(), name.clone());
-                let tracker = st.trackers.entry(name.clone()).or_default();
-                tracker.running_since = Some(Instant::now());
-                let restarts = {
-                    let mut states = st.shared.states.write();
-                    let entry = states.entry(name.clone()).or_insert((ComponentState::Running, 0));
-                    entry.0 = ComponentState::Running;
-                    entry.1 += 1;
-                    entry.1
-                };
-                st.ctx.metrics.infra_restarts.with_label_values(&[&name]).inc();
-                st.ctx.events.emit(Event::InfraRestarted { component: name, restarts });
-            }
-            InfraMsg::Started(name, Err(reason)) => st.on_failure(&myself, &name, format!("restart failed: {reason}")),
         }
         Ok(())
     }
@@ -292,6 +273,20 @@ impl Actor for InfraSupervisor {
 }
 
 impl InfraState {
+    fn restarted(&mut self, name: String, cell: ActorCell) {
+        self.children.insert(cell.get_id(), name.clone());
+        self.trackers.entry(name.clone()).or_default().running_since = Some(Instant::now());
+        let restarts = {
+            let mut states = self.shared.states.write();
+            let entry = states.entry(name.clone()).or_insert((ComponentState::Running, 0));
+            entry.0 = ComponentState::Running;
+            entry.1 += 1;
+            entry.1
+        };
+        self.ctx.metrics.infra_restarts.with_label_values(&[&name]).inc();
+        self.ctx.events.emit(Event::InfraRestarted { component: name, restarts });
+    }
+
     fn on_failure(&mut self, myself: &ActorRef<InfraMsg>, name: &str, reason: String) {
         let ctx = &self.ctx;
         ctx.events.emit(Event::InfraFailed { component: name.into(), reason: reason.clone() });
@@ -370,7 +365,8 @@ impl Infra {
         let Some(inject) = self.faults.get(name) else {
             return Err(TaskError::new(ErrorCode::UnknownAgent, format!("no infrastructure component {name}")));
         };
-        if inject(fault) {
+        let running = self.shared.states.read().get(name).is_some_and(|(s, _)| *s == ComponentState::Running);
+        if running && inject(fault) {
             Ok(())
         } else {
             Err(TaskError::new(ErrorCode::AgentNotRunning, format!("{name} is not running (restarting)")))

@@ -1,7 +1,8 @@
 //! The root supervisor: parent of the group supervisors. It receives
 //! escalations (an agent of a group went `fatal`), logs and counts them, and
-//! keeps the rest of the fleet running; the daemon exits only on operator
-//! request (DESIGN §2).
+//! keeps the rest of the fleet running: an agent's failure never stops the
+//! daemon (DESIGN §2). Only an infrastructure component past its restart
+//! intensity does (see [`super::infra`]).
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::Arc;

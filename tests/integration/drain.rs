@@ -290,11 +290,17 @@ async fn sigterm_drains_accepted_tasks_answers_each_once_and_leaves_no_child() {
     // was abandoned (the long ones and the snippets).
     let draining = next_event(&mut sub, Duration::from_secs(1)).await.expect("fleet.draining");
     let drained = next_event(&mut sub, Duration::from_secs(1)).await.expect("fleet.drained");
-    assert_eq!((draining["topic"].as_str(), drained["topic"].as_str()), (Some("fleet.draining"), Some("fleet.drained")));
+    assert_eq!(
+        (draining["topic"].as_str(), drained["topic"].as_str()),
+        (Some("fleet.draining"), Some("fleet.drained"))
+    );
     assert_eq!(draining["deadline_secs"], DRAIN_SECS, "{draining}");
     assert_eq!(drained["abandoned"], LONG + SNIPPETS, "{drained}");
     assert_eq!(draining["in_flight"], drained["finished"].as_u64().unwrap() + drained["abandoned"].as_u64().unwrap());
-    assert!(draining["in_flight"].as_u64().unwrap() > (LONG + SNIPPETS) as u64, "short tasks were in flight: {draining}");
+    assert!(
+        draining["in_flight"].as_u64().unwrap() > (LONG + SNIPPETS) as u64,
+        "short tasks were in flight: {draining}"
+    );
 
     // No process left: the Executor, the snippets' shells and their sleeps.
     let mut gone = vec![executor];
