@@ -253,7 +253,9 @@ impl Fleet {
     }
 
     /// Sends `task` to `agent`, starting it on demand first when it is
-    /// dormant; waits for the answer until the task's deadline (default
+    /// dormant, stopped or failed (or stopping: the start waits for the stop,
+    /// so a task arriving during an operator restart is served by the new
+    /// instance); waits for the answer until the task's deadline (default
     /// `tasks.call_timeout_secs`).
     pub async fn call(&self, agent: &str, task: Task) -> TaskReply {
         let ctx = self.ctx();
@@ -265,9 +267,7 @@ impl Fleet {
                 return Err(TaskError::new(ErrorCode::AgentUnavailable, format!("{agent} is unavailable: {reason}")));
             }
             Some(AgentState::Fatal) => return Err(StartError::Fatal { agent: agent.into() }.to_task_error()),
-            Some(AgentState::Stopping) => {
-                return Err(TaskError::new(ErrorCode::AgentNotRunning, format!("{agent} is stopping")));
-            }
+            // Stopping (an operator restart, say): the start waits for the stop.
             Some(_) => self.ensure(agent).await.map_err(|e| e.to_task_error())?,
         }
         let Some(actor) = ctx.agent_ref(agent) else {

@@ -142,7 +142,17 @@ pub struct GroupState {
     intentional: HashMap<String, (AgentState, String)>,
     /// Agents whose next `running` is a restart.
     restarting: HashSet<String>,
+    /// Starts asked for while the agent was stopping: run when the stop is done.
+    after_stop: HashMap<String, Vec<DeferredStart>>,
     tasks: JoinSet<()>,
+}
+
+/// A `Start` that waits for a stop in progress.
+struct DeferredStart {
+    deadline: Option<Instant>,
+    restart_on_failure: bool,
+    reset: bool,
+    reply: RpcReplyPort<StartResult>,
 }
 
 /// The group supervisor actor.
@@ -169,6 +179,7 @@ impl Actor for GroupSupervisor {
             batch_next: HashMap::new(),
             intentional: HashMap::new(),
             restarting: HashSet::new(),
+            after_stop: HashMap::new(),
             tasks: JoinSet::new(),
         })
     }
@@ -204,6 +215,7 @@ impl Actor for GroupSupervisor {
                     st.ctx.transition(&agent, target, Transition::because(reason));
                 }
                 let _ = reply.send(());
+                st.resume_after_stop(&myself, &agent);
             }
             GroupMsg::RestartDue { batch } => st.restart_batch(&myself, batch),
         }
@@ -220,7 +232,10 @@ impl Actor for GroupSupervisor {
             SupervisionEvent::ActorFailed(cell, err) => {
                 if let Some(agent) = st.forget_child(cell.get_id()) {
                     match st.intentional.remove(&agent) {
-                        Some((target, reason)) => st.ctx.transition(&agent, target, Transition::because(reason)),
+                        Some((target, reason)) => {
+                            st.ctx.transition(&agent, target, Transition::because(reason));
+                            st.resume_after_stop(&myself, &agent);
+                        }
                         None => st.on_failure(&myself, &agent, err.to_string()),
                     }
                 }
@@ -229,7 +244,10 @@ impl Actor for GroupSupervisor {
                 if let Some(agent) = st.forget_child(cell.get_id()) {
                     let exit = exit.unwrap_or_else(|| "stopped".into());
                     match st.intentional.remove(&agent) {
-                        Some((target, reason)) => st.ctx.transition(&agent, target, Transition::because(reason)),
+                        Some((target, reason)) => {
+                            st.ctx.transition(&agent, target, Transition::because(reason));
+                            st.resume_after_stop(&myself, &agent);
+                        }
                         None => {
                             let permanent = st.spec(&agent).is_some_and(|s| s.restart.kind == RestartType::Permanent);
                             if permanent {
@@ -295,9 +313,14 @@ impl GroupState {
                 let reason = self.ctx.record(&agent).and_then(|r| r.reason).unwrap_or_default();
                 let _ = reply.send(Err(StartError::Unavailable { agent, reason }));
             }
+            // Waits for the stop, then starts (as a start after it would).
             Some(AgentState::Stopping) => {
-                let reason = "the agent is stopping".to_string();
-                let _ = reply.send(Err(StartError::Failed { agent, reason }));
+                self.after_stop.entry(agent).or_default().push(DeferredStart {
+                    deadline,
+                    restart_on_failure,
+                    reset,
+                    reply,
+                });
             }
             _ => {
                 self.waiters.entry(agent.clone()).or_default().push(reply);
@@ -409,6 +432,19 @@ impl GroupState {
                     }
                     e => self.ctx.transition(&agent, AgentState::Failed, Transition::because(e.to_string())),
                 }
+            }
+        }
+    }
+
+    /// Starts asked for while `agent` was stopping (a task arriving during
+    /// an operator restart) go on now: joined to a group restart in
+    /// progress, or started as after any stop.
+    fn resume_after_stop(&mut self, myself: &ActorRef<GroupMsg>, agent: &str) {
+        for d in self.after_stop.remove(agent).unwrap_or_default() {
+            if self.restarting.contains(agent) {
+                self.waiters.entry(agent.to_string()).or_default().push(d.reply);
+            } else {
+                self.start(myself, agent.to_string(), d.deadline, d.restart_on_failure, d.reset, d.reply);
             }
         }
     }
