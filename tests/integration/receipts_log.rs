@@ -240,6 +240,13 @@ async fn sigterm_under_load_stores_every_receipt_of_every_reply() {
     let (status, body) = d.post("/agents/HybridRouter/fault", json!({"kind": "panic"})).await;
     assert_eq!(status, 200, "{body}");
     replies_reach(&seen, REPLIES_BEFORE_SIGNAL).await;
+    // Group commit at work: receipts committed so far and their transactions.
+    let metrics = d.get_text("/metrics").await;
+    let sample = |name: &str| {
+        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).unwrap_or("?").to_string()
+    };
+    let (rows_so_far, transactions) =
+        (sample("agentvisor_audit_batch_rows_sum{"), sample("agentvisor_audit_batch_rows_count{"));
     let in_flight = seen.in_flight.load(Ordering::Relaxed);
     signal(&d, Signal::SIGTERM);
     let status = tokio::time::timeout(Duration::from_secs(60), d.child.wait())
@@ -260,7 +267,7 @@ async fn sigterm_under_load_stores_every_receipt_of_every_reply() {
     let without = seen.without.lock().clone();
     eprintln!(
         "{} replies with a receipt ({} over the bus), {} rows, {in_flight} in flight at SIGTERM, without a receipt: \
-         {without:?}, {:.1} s",
+         {without:?}, {:.1} s; before SIGTERM {rows_so_far} receipts in {transactions} transactions",
         replied.len(),
         replied.iter().filter(|id| id.starts_with("bus-")).count(),
         rows.len(),
