@@ -1,11 +1,12 @@
 //! The daemon and the composition root (DESIGN §15): [`System::start`]
-//! builds every shared service (store, events, metrics, model manager,
-//! load probe, the agent table), registers the behaviours that live above
+//! builds every shared service (store and its receipt log, events, metrics,
+//! model manager, load probe, the agent table), registers the behaviours that live above
 //! the agent layer (RequestCoordinator), starts the supervision tree, binds
 //! the task bus, and starts the infrastructure supervisor (HybridRouter,
 //! ModelScheduler, BusDispatcher); [`run`] binds the HTTP server, boots,
 //! waits for the stop signal (or a fatal infrastructure failure) and stops
-//! in order: drain, agents, infrastructure, sockets.
+//! in order: drain, agents, infrastructure, sockets, then the receipt log
+//! (every queued receipt committed).
 //!
 //! `main` calls [`run`] with a future that resolves on SIGINT/SIGTERM; tests
 //! pass their own, or start a [`System`] directly.
@@ -33,6 +34,7 @@ use crate::http;
 use crate::models::manager::ModelManager;
 use crate::routing::router::{HybridRouter, LoadProbe, ROUTER_NAME, RouterArgs, RouterHandle, RouterMsg};
 use crate::store::Store;
+use crate::store::receipts::{self, ReceiptLog};
 use crate::supervisor::infra::{Component, Infra};
 use crate::supervisor::{AgentTable, Fleet};
 use crate::telemetry::metrics::Metrics;
@@ -51,6 +53,10 @@ pub struct System {
     pub gate: Arc<Gate>,
     /// HybridRouter, ModelScheduler, BusDispatcher and their supervisor.
     pub infra: Infra,
+    /// The receipts writer HybridRouter queues to (closed, and so flushed,
+    /// by [`System::shutdown`]; `flush` it to read receipts of replies
+    /// already sent).
+    pub receipts: ReceiptLog,
 }
 
 impl Deref for System {
@@ -75,6 +81,7 @@ impl System {
         let metrics = Metrics::new();
         let events = EventBus::new(metrics.events.clone());
         let store = Store::open(&settings.data_dir).context("cannot open the SQLite store")?;
+        let receipts = receipts::start_log(&store, settings.store.receipts_batch.get(), &metrics);
         let models = Arc::new(ModelManager::new(
             settings.models.clone(),
             settings.models_dir.clone(),
@@ -101,7 +108,7 @@ impl System {
         let router = RouterHandle::new(table.actor_name(ROUTER_NAME));
         let services = Arc::new(Services {
             settings: settings.clone(),
-            store: store.clone(),
+            store,
             models: models.clone(),
             events: events.clone(),
             metrics: metrics.clone(),
@@ -123,7 +130,7 @@ impl System {
             models_dir: settings.models_dir.clone(),
             models: models.clone(),
             load,
-            store,
+            receipts: receipts.clone(),
             events,
             metrics,
         };
@@ -164,7 +171,7 @@ impl System {
             bus.set(b);
         }
         let infra = Infra::start(table, components).await?;
-        Ok(System { fleet, services, bus, gate, infra })
+        Ok(System { fleet, services, bus, gate, infra, receipts })
     }
 
     /// The HTTP routes over this system.
@@ -187,7 +194,9 @@ impl System {
     /// (accepted tasks get `supervisor.drain_timeout_secs` to finish, the
     /// rest are answered `shutting_down`), stops every agent in reverse
     /// dependency order within `deadline`, then the infrastructure and the
-    /// bus sockets.
+    /// bus sockets, and last closes the receipt log: every receipt queued
+    /// is committed before this returns (a model call still finishing after
+    /// that writes its receipt directly, before its reply).
     pub async fn shutdown(&self, deadline: Duration) {
         self.gate.close(Admission::Draining);
         let ctx = self.fleet.ctx();
@@ -208,6 +217,7 @@ impl System {
         if let Some(bus) = self.bus.bus() {
             bus.stop().await;
         }
+        self.receipts.close().await;
     }
 }
 

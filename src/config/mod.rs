@@ -69,6 +69,8 @@ pub struct Settings {
     pub backends: BTreeMap<String, BackendSettings>,
     /// Local models: ModelManagerSuite and VRAMOptimizerAgent.
     pub models: ModelSettings,
+    /// The SQLite store: audit writes (receipts).
+    pub store: StoreSettings,
     /// Commands for `process` agents, overriding the catalog's `runtime.command`
     /// (e.g. `agent_commands: {STTService: [python3, my_stt.py]}`).
     pub agent_commands: BTreeMap<String, Vec<String>>,
@@ -95,6 +97,7 @@ impl Default for Settings {
             agent_commands: BTreeMap::new(),
             backends: default_backends(),
             models: ModelSettings::default(),
+            store: StoreSettings::default(),
             routing: RoutingSettings::default(),
             executor: ExecutorSettings::default(),
             log: LogSettings::default(),
@@ -129,6 +132,27 @@ impl TaskSettings {
     /// `call_timeout_secs` as a duration (at least 1 ms).
     pub(crate) fn call_timeout(&self) -> std::time::Duration {
         std::time::Duration::try_from_secs_f64(self.call_timeout_secs.max(0.001)).unwrap_or(std::time::Duration::MAX)
+    }
+}
+
+/// Default `store.receipts_batch` (evaluated at compile time).
+pub const DEFAULT_RECEIPTS_BATCH: std::num::NonZeroUsize = std::num::NonZeroUsize::new(64).unwrap();
+
+/// `store:` — the SQLite store's audit writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// Receipts per SQLite transaction, at most (group commit), and the
+    /// number that may wait in the writer's queue; a reply never waits for
+    /// its receipt's insert. A crash (SIGKILL) loses at most 2 × this many
+    /// receipts (one batch committing, one queued); a clean stop none.
+    /// 1 ..= 1 048 576 (larger is capped); default 64.
+    pub receipts_batch: std::num::NonZeroUsize,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings { receipts_batch: DEFAULT_RECEIPTS_BATCH }
     }
 }
 
@@ -664,6 +688,11 @@ mod tests {
         assert_eq!(s.bus.events, "tcp://127.0.0.1:7290");
         assert_eq!(s.bus.max_message_bytes, 1_048_576);
         assert_eq!(s.lazy_loader.startup_timeout_seconds, 30.0);
+        assert_eq!(s.store.receipts_batch.get(), 64);
+        let s = Settings::load(None, &[("store.receipts_batch".into(), "8".into())]).unwrap();
+        assert_eq!(s.store.receipts_batch.get(), 8);
+        let err = Settings::load(None, &[("store.receipts_batch".into(), "0".into())]).unwrap_err();
+        assert!(err.to_string().contains("receipts_batch") || err.to_string().contains("nonzero"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! [`RouterState::decide`] in the handler (microseconds), then
 //! [`run_chain`] in its own task (the backend calls, failover, the
 //! breakers' outcomes sent back to the actor), then [`finish`] (the
-//! receipt stored, published and counted). A slow backend never blocks
+//! receipt queued for storage, published and counted). A slow backend never blocks
 //! other decisions.
 //!
 //! Supervision: the router is an infrastructure component
@@ -20,9 +20,13 @@
 //! reach the router by name ([`RouterHandle`]), so they get the new one, or
 //! `agent_not_running` while it restarts.
 //!
-//! Receipts: every call, answered or not, leaves a [`Receipt`] — stored in
-//! SQLite (`receipts`), published as `route.decided`, and returned to the
-//! caller (the reply's `route`).
+//! Receipts: every call, answered or not, leaves a [`Receipt`] — queued to
+//! the [`ReceiptLog`] (committed to SQLite `receipts` in batches, off the
+//! reply path), published as `route.decided`, and returned to the caller
+//! (the reply's `route`). A reply carrying a receipt goes out only after
+//! the receipt is queued, so the log's crash bound (`2 ×
+//! store.receipts_batch`) counts replies; a full queue slows the call's
+//! task (counted back-pressure), never drops a receipt.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -49,8 +53,7 @@ use crate::core::{
 };
 use crate::events::EventBus;
 use crate::models::manager::ModelManager;
-use crate::store::Store;
-use crate::store::receipts;
+use crate::store::receipts::ReceiptLog;
 use crate::telemetry::metrics::Metrics;
 
 /// The machine's CPU load as SystemDigitalTwin last measured it, shared with
@@ -92,8 +95,9 @@ pub struct RouterArgs {
     pub models: Arc<ModelManager>,
     /// CPU load.
     pub load: LoadProbe,
-    /// Receipts go here.
-    pub store: Store,
+    /// Receipts go here (one writer shared by every router instance, so a
+    /// restart keeps its queue).
+    pub receipts: ReceiptLog,
     /// `route.decided`.
     pub events: EventBus,
     /// Routing and backend metrics.
@@ -338,11 +342,14 @@ impl RouterState {
         let (decision, receipt) = match self.decide(&call) {
             Ok(d) => d,
             Err(failure) => {
-                if let Some(r) = failure.receipt.clone() {
-                    let args = self.args.clone();
-                    tokio::spawn(async move { finish(&args, *r).await });
-                }
-                let _ = reply.send(Err(failure));
+                // Queued first, then answered (the reply carries the receipt).
+                let args = self.args.clone();
+                tokio::spawn(async move {
+                    if let Some(r) = failure.receipt.clone() {
+                        finish(&args, *r).await;
+                    }
+                    let _ = reply.send(Err(failure));
+                });
                 return;
             }
         };
@@ -526,17 +533,16 @@ async fn attempt(
     result
 }
 
-/// Step 3: stores, publishes and counts a receipt.
+/// Step 3: counts, publishes and queues a receipt for storage. Returns once
+/// it is queued (the reply need not wait for SQLite); waits only while the
+/// receipt log's queue is full (back-pressure, counted).
 async fn finish(args: &RouterArgs, receipt: Receipt) {
     args.metrics
         .route_decisions
         .with_label_values(&[&receipt.tier, receipt.backend.as_deref().unwrap_or("none"), &receipt.outcome])
         .inc();
     args.events.emit(Event::RouteDecided(Box::new(receipt.clone())));
-    let task_id = receipt.task_id.clone();
-    if let Err(e) = args.store.call(move |conn| receipts::insert(conn, &receipt)).await {
-        tracing::warn!(error = %e, task_id = %task_id, "receipt not stored");
-    }
+    args.receipts.append(receipt).await;
 }
 
 /// How long a model call waits for a restarting HybridRouter to come back

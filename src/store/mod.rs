@@ -5,7 +5,12 @@
 //!
 //! Migrations are versioned with `PRAGMA user_version`; each step runs once,
 //! in order, inside a transaction.
+//!
+//! Audit rows (routing receipts) do not wait on that thread: they go
+//! through an [`audit::AuditLog`] that commits them in batches (group
+//! commit), off the reply path.
 
+pub mod audit;
 pub mod memory;
 pub mod receipts;
 pub mod services;

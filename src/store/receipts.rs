@@ -1,43 +1,68 @@
 //! The `receipts` table: one row per routing decision and its outcome (the
-//! shadow audit of the earlier system's gateway).
+//! shadow audit of the earlier system's gateway), and [`ReceiptLog`], the
+//! batching writer HybridRouter hands receipts to (off the reply path; see
+//! [`super::audit`] for the batch, back-pressure and crash-loss guarantees).
 
 use rusqlite::{Connection, params};
 
-use super::StoreError;
+use super::audit::AuditLog;
+use super::{Store, StoreError};
 pub use crate::core::Receipt;
+use crate::telemetry::metrics::Metrics;
+
+/// The receipts writer: `append` queues a receipt, a writer task commits
+/// queued receipts in batches of at most `store.receipts_batch`; a crash
+/// loses at most `2 × store.receipts_batch` receipts, a clean stop
+/// ([`AuditLog::close`]) none.
+pub type ReceiptLog = AuditLog<Receipt>;
+
+/// Starts the receipts writer over `store` with batches of at most `batch`
+/// receipts (metric label `log="receipts"`). Must run inside a tokio runtime.
+pub fn start_log(store: &Store, batch: usize, metrics: &Metrics) -> ReceiptLog {
+    AuditLog::start("receipts", store.clone(), batch, insert_batch, metrics)
+}
+
+/// Inserts `rows` (the caller holds the transaction).
+///
+/// # Errors
+/// [`StoreError::Sqlite`]; rows before the failing one stay in the
+/// caller's transaction.
+pub fn insert_batch(conn: &Connection, rows: &[Receipt]) -> Result<(), StoreError> {
+    rows.iter().try_for_each(|r| insert(conn, r))
+}
 
 /// Inserts one receipt.
 ///
 /// # Errors
 /// [`StoreError::Sqlite`].
 pub fn insert(conn: &Connection, r: &Receipt) -> Result<(), StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO receipts (ts, task_id, agent, task_type, tier, backend, model, complexity, reason, attempts,
             fallbacks, outcome, decide_us, queue_ms, first_token_ms, total_ms, tokens_in, tokens_out, cost_usd, user)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
-        params![
-            r.ts,
-            r.task_id,
-            r.agent,
-            r.task_type,
-            r.tier,
-            r.backend,
-            r.model,
-            r.complexity,
-            r.reason,
-            r.attempts,
-            serde_json::to_string(&r.fallbacks).unwrap_or_else(|_| "[]".into()),
-            r.outcome,
-            r.decide_us,
-            r.queue_ms,
-            r.first_token_ms,
-            r.total_ms,
-            r.tokens_in,
-            r.tokens_out,
-            r.cost_usd,
-            r.user,
-        ],
-    )?;
+    )?
+    .execute(params![
+        r.ts,
+        r.task_id,
+        r.agent,
+        r.task_type,
+        r.tier,
+        r.backend,
+        r.model,
+        r.complexity,
+        r.reason,
+        r.attempts,
+        serde_json::to_string(&r.fallbacks).unwrap_or_else(|_| "[]".into()),
+        r.outcome,
+        r.decide_us,
+        r.queue_ms,
+        r.first_token_ms,
+        r.total_ms,
+        r.tokens_in,
+        r.tokens_out,
+        r.cost_usd,
+        r.user,
+    ])?;
     Ok(())
 }
 

@@ -95,6 +95,13 @@ pub struct Metrics {
     pub local_ttft: HistogramVec,
     /// `agentvisor_local_tokens_per_second{model}`: generation speed after the first token.
     pub local_tokens_per_second: HistogramVec,
+    /// `agentvisor_audit_backpressure_total{log}`: appends that found an audit log's queue full and
+    /// waited for room (the caller slowed, nothing dropped); log `receipts`.
+    pub audit_backpressure: IntCounterVec,
+    /// `agentvisor_audit_rows_total{log,outcome}`; outcome batched|direct (after the log closed)|failed.
+    pub audit_rows: IntCounterVec,
+    /// `agentvisor_audit_batch_rows{log}`: rows per committed audit batch (one transaction each).
+    pub audit_batch_rows: HistogramVec,
 }
 
 impl Metrics {
@@ -283,6 +290,22 @@ impl Metrics {
                 "Generation speed of local requests after the first token.",
                 &["model"],
                 &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 150.0, 200.0, 300.0, 500.0, 1000.0],
+            ),
+            audit_backpressure: counter_vec(
+                "agentvisor_audit_backpressure_total",
+                "Audit rows (receipts) whose append found the log's queue full and waited for room; never dropped.",
+                &["log"],
+            ),
+            audit_rows: counter_vec(
+                "agentvisor_audit_rows_total",
+                "Audit rows (receipts) by outcome: batched, direct (written after the log closed) or failed.",
+                &["log", "outcome"],
+            ),
+            audit_batch_rows: histogram_vec_with(
+                "agentvisor_audit_batch_rows",
+                "Rows per committed audit batch (one SQLite transaction each).",
+                &["log"],
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
             ),
             registry,
         }

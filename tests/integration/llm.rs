@@ -858,12 +858,13 @@ async fn receipts_survive_a_restart_and_the_cli_prints_them() {
     d.wait_ready().await;
     assert_eq!(receipts(dir.path(), &data).await, first, "the store survived the restart");
     send(ingress(&d).await).await;
+    // Receipts are committed in batches after the reply; the clean stop commits every one.
+    assert!(d.terminate(Duration::from_secs(30)).await.success());
     let all = receipts(dir.path(), &data).await;
     assert_eq!(all.len(), 3, "{all:?}");
     assert_eq!(all[..2], first[..]);
     assert_eq!(all[2]["backend"], "local");
     assert_eq!(all[2]["outcome"], "ok");
-    assert!(d.terminate(Duration::from_secs(30)).await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

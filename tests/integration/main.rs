@@ -23,6 +23,7 @@ mod local_models;
 mod memory;
 mod models;
 mod nothing_lost;
+mod receipts_log;
 mod registry;
 mod session;
 mod speech_exec;

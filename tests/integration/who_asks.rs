@@ -50,7 +50,9 @@ async fn user_and_model_reach_the_receipt_over_the_bus_and_v1() {
     let message = reply["error"]["message"].as_str().unwrap();
     assert!(message.contains("gpt-9") && message.contains("fake-local") && message.contains("cloud_fast"), "{message}");
 
-    // The receipts table keeps who asked.
+    // The receipts table keeps who asked (receipts are committed in
+    // batches after the reply: flush before reading).
+    fleet.receipts.flush().await;
     let stored = fleet.services.store.call(|conn| receipts::last(conn, 10)).await.unwrap();
     let users: Vec<Option<&str>> = stored.iter().map(|r| r.user.as_deref()).collect();
     assert!(users.contains(&Some("alice")) && users.contains(&Some("bob")), "{users:?}");
