@@ -41,7 +41,9 @@ pub(super) async fn run(
     Ok(0)
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// Resolves on SIGINT or SIGTERM (the graceful stop: drain, then agents).
+/// A second SIGINT or SIGTERM during that stop ends the process at once
+/// with exit status 130 (child processes die with it: `PR_SET_PDEATHSIG`).
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
@@ -53,7 +55,15 @@ pub async fn shutdown_signal() {
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received: draining, then stopping (again: stop now)"),
+        _ = term.recv() => tracing::info!("SIGTERM received: draining, then stopping (again: stop now)"),
     }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!("second stop signal: exiting now without finishing the drain");
+        std::process::exit(130);
+    });
 }

@@ -310,3 +310,30 @@ async fn sigterm_drains_accepted_tasks_answers_each_once_and_leaves_no_child() {
     })
     .await;
 }
+
+/// A second SIGTERM during the drain stops the daemon at once (exit 130),
+/// as users of service managers expect of a second stop signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_during_the_drain_stops_at_once() {
+    let data = tempfile::tempdir().unwrap();
+    // A drain long enough that only the second signal can end it in time.
+    let (mut d, ingress) = start(data.path(), &["supervisor.drain_timeout_secs=60".to_string()]).await;
+    start_agent(&d, "UnifiedUtilsAgent").await;
+    let mut sock = dealer(&ingress).await;
+    send_json(&mut sock, &json!({"id": "long", "type": "utils.sleep", "input": 60})).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health(&d).await.is_none_or(|h| h["bus"]["running"] != 1) {
+        assert!(Instant::now() < deadline, "the task never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(d.child.id().expect("pid") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health(&d).await.is_some_and(|h| h["admission"] != "draining") {
+        assert!(Instant::now() < deadline, "never draining");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), d.child.wait()).await.expect("exits").unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+}
