@@ -398,6 +398,19 @@ pub fn split(text: &str, n: usize) -> Vec<String> {
     chars.chunks(size).map(|c| c.iter().collect()).collect()
 }
 
+/// Points `s` at `fake`: `local` (L1, model `fake-local`) and
+/// `cloud_fast` (L2, model `fake-cloud`) both on it, and no high-load rule
+/// (a busy test machine must not push light tasks to L2).
+pub fn local_and_cloud(s: &mut agentvisor::config::Settings, fake: &FakeOpenAi) {
+    use agentvisor::config::Tier;
+    s.backends = [
+        ("local".to_string(), backend_settings(Tier::L1, "fake-local", fake.base_url())),
+        ("cloud_fast".to_string(), backend_settings(Tier::L2, "fake-cloud", fake.base_url())),
+    ]
+    .into();
+    s.routing.tiers.high_load_percent = 101.0;
+}
+
 /// Settings of an OpenAI-compatible backend on `base_url` serving `model`
 /// at `tier`: short timeouts, no retries, free.
 pub fn backend_settings(

@@ -7,12 +7,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use agentvisor::config::Tier;
 use agentvisor::core::Fault;
 use serde_json::{Value, json};
 use zeromq::DealerSocket;
 
-use crate::fake_openai::{Behaviour, FakeOpenAi, backend_settings};
+use crate::fake_openai::{Behaviour, FakeOpenAi, local_and_cloud};
 use crate::util::{self, EventLog};
 
 /// Collects replies to `ids` until each has one (panics after `wait`),
@@ -113,15 +112,7 @@ async fn infrastructure_failures_under_load_answer_every_task_once_and_restart()
     let fake = FakeOpenAi::start().await;
     fake.set_default(Behaviour::Delay(Duration::from_millis(20), Box::new(Behaviour::Answer("fine".into()))));
     let dir = tempfile::tempdir().unwrap();
-    let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |s| {
-        s.backends = [
-            ("local".to_string(), backend_settings(Tier::L1, "fake-local", fake.base_url())),
-            ("cloud_fast".to_string(), backend_settings(Tier::L2, "fake-cloud", fake.base_url())),
-        ]
-        .into();
-        s.routing.tiers.high_load_percent = 101.0;
-    })
-    .await;
+    let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |s| local_and_cloud(s, &fake)).await;
     let mut bus = util::dealer(&ingress).await;
     let mut log = EventLog::new(&fleet);
     for component in ["HybridRouter", "ModelScheduler", "BusDispatcher"] {

@@ -5,11 +5,10 @@
 
 use std::time::Duration;
 
-use agentvisor::config::Tier;
 use agentvisor::store::receipts;
 use serde_json::{Value, json};
 
-use crate::fake_openai::{Behaviour, FakeOpenAi, backend_settings};
+use crate::fake_openai::{Behaviour, FakeOpenAi, local_and_cloud};
 use crate::util;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,15 +16,7 @@ async fn user_and_model_reach_the_receipt_over_the_bus_and_v1() {
     let fake = FakeOpenAi::start().await;
     fake.set_default(Behaviour::Answer("an answer".into()));
     let dir = tempfile::tempdir().unwrap();
-    let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |s| {
-        s.backends = [
-            ("local".to_string(), backend_settings(Tier::L1, "fake-local", fake.base_url())),
-            ("cloud_fast".to_string(), backend_settings(Tier::L2, "fake-cloud", fake.base_url())),
-        ]
-        .into();
-        s.routing.tiers.high_load_percent = 101.0; // a busy test machine must not push light tasks to L2
-    })
-    .await;
+    let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |s| local_and_cloud(s, &fake)).await;
     let mut bus = util::dealer(&ingress).await;
 
     // `model` names the L2 backend's model: a light task goes there anyway.
