@@ -1,0 +1,108 @@
+//! `agentvisor bench [bus]`: the load generator over the ZeroMQ ingress.
+//!
+//! Drives `--tasks` tasks through `--connections` DEALER sockets with
+//! `--concurrency` in flight (at `--rate` tasks/s when given) and prints one
+//! line: tasks, ok and errors, seconds, tasks/s, latency p50, p99 and max;
+//! with `--json` the report as JSON. Exit code 0 when no task failed, else 1.
+//!
+//! `bench bus --baseline` first sends one task to the daemon and starts a
+//! bare zmq.rs ROUTER echo ([`crate::bus::echo`]) in this process that
+//! answers every task with that reply (its id swapped), then warms both up
+//! (a tenth of `--tasks` each, not counted) and runs `--rounds` rounds of
+//! `--tasks` tasks against the echo, then the daemon, with the same client,
+//! window and connections; it prints both sides and the daemon's tasks/s as
+//! a percentage of the echo's, and the latency it adds (p50, p99).
+
+use std::time::Duration;
+
+use anyhow::bail;
+use serde_json::json;
+
+use super::super::send::parse_input;
+use super::super::{BusLoadArgs, Cli};
+use super::{Side, Unit, alternate};
+use crate::bus::client::{self, BenchOptions};
+use crate::bus::echo::Echo;
+
+const TASKS: Unit = Unit { what: "tasks", rate: "tasks/s" };
+
+fn options(cli: &Cli, load: &BusLoadArgs) -> anyhow::Result<BenchOptions> {
+    let settings = cli.settings(&[])?;
+    Ok(BenchOptions {
+        endpoint: load.endpoint.clone().unwrap_or(settings.bus.ingress),
+        task_type: load.task_type.clone(),
+        input: parse_input(&load.input),
+        tasks: load.tasks,
+        concurrency: load.concurrency,
+        connections: load.connections,
+        rate: load.rate,
+    })
+}
+
+/// Runs the load once and prints the report; exit code 0 when every task was `ok`.
+pub(super) async fn load(cli: &Cli, load: &BusLoadArgs) -> anyhow::Result<i32> {
+    let opts = options(cli, load)?;
+    let r = client::bench(opts).await?;
+    if load.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} tasks ({} ok, {} errors) in {:.2} s: {:.0} tasks/s; latency p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (concurrency {}, connections {}{})",
+            r.ok + r.errors,
+            r.ok,
+            r.errors,
+            r.seconds,
+            r.tasks_per_second,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms,
+            load.concurrency,
+            load.connections,
+            load.rate.map(|x| format!(", offered {x} tasks/s")).unwrap_or_default()
+        );
+    }
+    Ok(if r.errors == 0 { 0 } else { 1 })
+}
+
+/// Alternating rounds against a bare ROUTER echo and the daemon; exit code
+/// 0 when no task failed on either side.
+pub(super) async fn baseline(cli: &Cli, load: &BusLoadArgs, rounds: usize) -> anyhow::Result<i32> {
+    let opts = options(cli, load)?;
+    if rounds == 0 || opts.tasks == 0 || opts.concurrency == 0 || opts.connections == 0 {
+        bail!("rounds, tasks, concurrency and connections must be positive");
+    }
+    let probe = json!({"id": "bench-probe", "type": opts.task_type, "input": opts.input});
+    let template = client::send(&opts.endpoint, &probe, Duration::from_secs(30), |_| {}).await?;
+    if template.status != "ok" {
+        bail!("the daemon answers {} with an error: {:?}", opts.task_type, template.error);
+    }
+    let echo = Echo::start("tcp://127.0.0.1:0", template).await?;
+    let endpoints = [echo.endpoint().to_string(), opts.endpoint.clone()];
+    for endpoint in &endpoints {
+        let warm = BenchOptions { endpoint: endpoint.clone(), tasks: (opts.tasks / 10).max(1), ..opts.clone() };
+        client::bench_samples(warm).await?;
+    }
+    let sides = [Side::new("echo", endpoints[0].clone()), Side::new("daemon", endpoints[1].clone())];
+    let c = alternate(sides, rounds, TASKS, load.json, async |i| {
+        client::bench_samples(BenchOptions { endpoint: endpoints[i].clone(), ..opts.clone() }).await
+    })
+    .await?;
+    drop(echo);
+    if load.json {
+        let settings = json!({
+            "task_type": opts.task_type, "window": opts.concurrency, "connections": opts.connections,
+            "rate": opts.rate, "rounds": rounds, "tasks_per_round": opts.tasks,
+        });
+        println!("{}", c.to_json(settings));
+    } else {
+        c.print(&format!(
+            "window {}, {} connections, {rounds} rounds × {} {} tasks per side{}",
+            opts.concurrency,
+            opts.connections,
+            opts.tasks,
+            opts.task_type,
+            opts.rate.map(|x| format!(", offered {x} tasks/s")).unwrap_or_default()
+        ));
+    }
+    Ok(if c.errors() == 0 { 0 } else { 1 })
+}
