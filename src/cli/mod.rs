@@ -192,6 +192,27 @@ pub enum BenchMode {
         /// Rounds (with `--baseline`): echo, then daemon, each round.
         #[arg(long, default_value_t = 3, requires = "baseline")]
         rounds: usize,
+        /// With `--baseline`: the echo `agentvisor bench echo` serves at this
+        /// endpoint, in its own process, instead of one in this process.
+        #[arg(long, requires = "baseline")]
+        echo: Option<String>,
+    },
+    /// Serve the bare zmq.rs ROUTER echo of `bench bus --baseline` in its own
+    /// process until SIGINT/SIGTERM; it answers with the daemon's reply to
+    /// one task of `--type` (asked once at start).
+    Echo {
+        /// ROUTER endpoint to bind.
+        #[arg(long, default_value = "tcp://127.0.0.1:7401")]
+        listen: String,
+        /// Task type whose reply the echo answers with.
+        #[arg(long = "type", default_value = "utils.echo")]
+        task_type: String,
+        /// Input of that task (text, or JSON when it parses).
+        #[arg(long, default_value = "ping")]
+        input: String,
+        /// The daemon's ROUTER endpoint (default: `bus.ingress`).
+        #[arg(long)]
+        endpoint: Option<String>,
     },
     /// `POST /v1/chat/completions` against the upstream directly and through
     /// agentvisor in alternating rounds: req/s, p50/p99/max (ms) of both,

@@ -1,7 +1,8 @@
 //! `agentvisor bench`: the real binary end to end with tiny numbers — the
 //! gateway comparison (one command with `--spawn`; and against a running
 //! daemon and `bench upstream`), the bus comparison against a bare ROUTER
-//! echo, and the plain bus load generator. They check the reports' shape and
+//! echo (in-process, and in its own process with `bench echo`), and the
+//! plain bus load generator. They check the reports' shape and
 //! that both sides were measured, never how fast.
 
 use std::process::Stdio;
@@ -23,6 +24,13 @@ async fn agentvisor(cwd: &std::path::Path, args: &[&str]) -> (i32, String, Strin
     .expect("agentvisor runs");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), stdout.into_owned(), stderr.into_owned())
+}
+
+/// The address `child` prints on its first line after `prefix`.
+async fn listening_on(child: &mut tokio::process::Child, prefix: &str) -> String {
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
+    line.strip_prefix(prefix).unwrap_or_else(|| panic!("{line:?} does not start with {prefix:?}")).to_string()
 }
 
 /// One side of a comparison report measured `n` answers per round over
@@ -71,9 +79,7 @@ async fn bench_gateway_against_a_running_daemon_and_bench_upstream_prints_both_s
         .kill_on_drop(true)
         .spawn()
         .expect("bench upstream starts");
-    let mut lines = BufReader::new(upstream.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
-    let addr = line.strip_prefix("upstream: listening on ").expect("the listening line");
+    let addr = listening_on(&mut upstream, "upstream: listening on ").await;
     let upstream_base = format!("http://{addr}/v1");
     let cfg = dir.path().join("agentvisor.yaml");
     std::fs::write(
@@ -138,6 +144,7 @@ async fn bench_bus_baseline_measures_the_echo_and_the_daemon_and_plain_bench_sti
     assert_side(&report, "echo", "tasks", 200, 2);
     assert_side(&report, "daemon", "tasks", 200, 2);
     assert_eq!(report["daemon"]["target"], ingress.as_str());
+    assert_eq!(report["echo_in_process"], true);
     assert_verdict(&report);
 
     // The text form: rounds, the table, the verdict.
@@ -145,6 +152,25 @@ async fn bench_bus_baseline_measures_the_echo_and_the_daemon_and_plain_bench_sti
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     assert!(stdout.lines().any(|l| l.starts_with("round 1/1  daemon  200 tasks, 0 errors")), "{stdout}");
     assert!(stdout.lines().last().unwrap().starts_with("daemon adds p50 "), "{stdout}");
+
+    // The echo in its own process (`bench echo`), measured with `--echo`.
+    let mut echo = tokio::process::Command::new(util::bin())
+        .args(["bench", "echo", "--listen", "tcp://127.0.0.1:0", "--endpoint", &ingress])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("bench echo starts");
+    let echo_at = listening_on(&mut echo, "echo: listening on ").await;
+    let (code, stdout, stderr) =
+        agentvisor(data.path(), &[&args[..], &["--rounds", "1", "--echo", &echo_at, "--json"]].concat()).await;
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON report");
+    assert_eq!(
+        (report["echo"]["target"].as_str(), report["echo_in_process"].as_bool()),
+        (Some(&echo_at[..]), Some(false))
+    );
+    assert_side(&report, "echo", "tasks", 200, 1);
+    assert_side(&report, "daemon", "tasks", 200, 1);
 
     // `agentvisor bench` without a mode is the load generator it was.
     let (code, stdout, _) =

@@ -2,7 +2,7 @@
 //!
 //! - `bench [bus]` ([`bus`]): the load generator over the ZeroMQ ingress;
 //!   with `--baseline`, alternating rounds against a bare zmq.rs ROUTER echo
-//!   and the daemon.
+//!   and the daemon; `bench echo` serves that echo in its own process.
 //! - `bench gateway` ([`gateway`]): `POST /v1/chat/completions` against the
 //!   upstream directly and through agentvisor, in alternating rounds.
 //! - `bench upstream` ([`gateway`]): the fixed-answer upstream, served.
@@ -28,7 +28,12 @@ pub(super) async fn bench(cli: &Cli, args: &BenchArgs) -> anyhow::Result<i32> {
     match &args.mode {
         None => bus::load(cli, &args.load).await,
         Some(BenchMode::Bus { load, baseline: false, .. }) => bus::load(cli, load).await,
-        Some(BenchMode::Bus { load, baseline: true, rounds }) => bus::baseline(cli, load, *rounds).await,
+        Some(BenchMode::Bus { load, baseline: true, rounds, echo }) => {
+            bus::baseline(cli, load, *rounds, echo.as_deref()).await
+        }
+        Some(BenchMode::Echo { listen, task_type, input, endpoint }) => {
+            bus::echo(cli, listen, task_type, input, endpoint.as_deref()).await
+        }
         Some(BenchMode::Gateway(g)) => gateway::gateway(cli, g).await,
         Some(BenchMode::Upstream { listen }) => gateway::upstream(listen).await,
     }
