@@ -3,7 +3,7 @@
 //! This file holds the clap definitions ([`Cli`], [`Command`]), the global
 //! flags (`--config`, `--set`), settings loading and [`execute`], which hands
 //! each command to its own file: `run`, `check`, `agents`, `send`, `events`,
-//! `receipts`, `models`, `tasks` and `bench`.
+//! `receipts`, `models`, `tasks`, and the `bench` folder (`bus`, `gateway`).
 
 mod agents;
 mod bench;
