@@ -12,6 +12,7 @@ use serde_json::Value;
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
 use super::envelope::Reply;
+use crate::telemetry::latency::{Samples, Summary};
 
 fn body_of(msg: ZmqMessage) -> Option<Bytes> {
     // A DEALER gets [body], or [empty][body] from peers that add a delimiter.
@@ -115,11 +116,33 @@ pub struct BenchReport {
     pub max_ms: f64,
 }
 
+impl From<Summary> for BenchReport {
+    fn from(s: Summary) -> BenchReport {
+        BenchReport {
+            ok: s.ok,
+            errors: s.errors,
+            seconds: s.seconds,
+            tasks_per_second: s.per_second,
+            p50_ms: s.p50_ms,
+            p99_ms: s.p99_ms,
+            max_ms: s.max_ms,
+        }
+    }
+}
+
 /// Runs the load generator.
 ///
 /// # Errors
 /// Connect failures, or replies that stop coming for 30 s.
 pub async fn bench(opts: BenchOptions) -> anyhow::Result<BenchReport> {
+    Ok(bench_samples(opts).await?.summary().into())
+}
+
+/// Runs the load generator and returns what it measured (to merge rounds).
+///
+/// # Errors
+/// Connect failures, or replies that stop coming for 30 s.
+pub async fn bench_samples(opts: BenchOptions) -> anyhow::Result<Samples> {
     if opts.tasks == 0 || opts.concurrency == 0 || opts.connections == 0 {
         bail!("tasks, concurrency and connections must be positive");
     }
@@ -133,25 +156,13 @@ pub async fn bench(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         let opts = opts.clone();
         workers.spawn(async move { connection(opts, c, share, window, rate).await });
     }
-    let (mut ok, mut errors, mut lat) = (0, 0, Vec::with_capacity(opts.tasks));
+    let mut samples = Samples { latencies_ms: Vec::with_capacity(opts.tasks), ..Samples::default() };
     while let Some(r) = workers.join_next().await {
-        let (o, e, l) = r??;
-        ok += o;
-        errors += e;
-        lat.extend(l);
+        let (ok, errors, latencies_ms) = r??;
+        samples.merge(Samples { ok, errors, seconds: 0.0, latencies_ms });
     }
-    let seconds = t0.elapsed().as_secs_f64();
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0.0);
-    Ok(BenchReport {
-        ok,
-        errors,
-        seconds,
-        tasks_per_second: (ok + errors) as f64 / seconds,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        max_ms: lat.last().copied().unwrap_or(0.0),
-    })
+    samples.seconds = t0.elapsed().as_secs_f64();
+    Ok(samples)
 }
 
 async fn connection(

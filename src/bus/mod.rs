@@ -5,7 +5,8 @@
 //! (the admission [`gate`], the admission queue by priority, agent
 //! resolution, on-demand start, the agent's work, the reply) → back through
 //! [`reply::Replier`]; [`publisher`] forwards the event stream. [`client`]
-//! is the other end, used by the CLI (`send`, `events`, `bench`).
+//! is the other end, used by the CLI (`send`, `events`, `bench`); [`echo`]
+//! is a bare ROUTER echo, the baseline `bench bus --baseline` compares with.
 //!
 //! Lifetime: the bus is infrastructure of the daemon, bound by the
 //! composition root when the profile includes RequestCoordinator and kept
@@ -21,6 +22,7 @@
 pub mod client;
 pub mod coordinator;
 pub mod dispatch;
+pub mod echo;
 pub mod envelope;
 pub mod gate;
 pub mod ingress;

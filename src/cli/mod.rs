@@ -3,7 +3,7 @@
 //! This file holds the clap definitions ([`Cli`], [`Command`]), the global
 //! flags (`--config`, `--set`), settings loading and [`execute`], which hands
 //! each command to its own file: `run`, `check`, `agents`, `send`, `events`,
-//! `receipts`, `models`, `tasks` and `bench`.
+//! `receipts`, `models`, `tasks`, and the `bench` folder (`bus`, `gateway`).
 
 mod agents;
 mod bench;
@@ -155,34 +155,143 @@ pub enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// Load generator: drive tasks through the ZeroMQ ingress, report tasks/s
-    /// and latency percentiles.
-    Bench {
-        /// Task type.
+    /// Benchmarks: `agentvisor bench [bus]` drives tasks through the ZeroMQ
+    /// ingress (`--baseline`: against a bare zmq.rs ROUTER echo too, in
+    /// alternating rounds); `bench gateway` the `/v1` gateway against its
+    /// upstream directly, in alternating rounds; `bench upstream` serves the
+    /// fixed-answer upstream.
+    Bench(BenchArgs),
+}
+
+/// `agentvisor bench [bus|gateway|upstream]`; without a mode: `bus`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    /// The benchmark (default: `bus`).
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
+    /// The bus load (when no mode is given).
+    #[command(flatten)]
+    pub load: BusLoadArgs,
+}
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchMode {
+    /// Load generator over the ZeroMQ ingress: tasks/s and latency percentiles;
+    /// `--baseline`: alternating rounds against a bare zmq.rs ROUTER echo
+    /// (in-process) and the daemon, with the ratio.
+    Bus {
+        /// The load.
+        #[command(flatten)]
+        load: BusLoadArgs,
+        /// Compare with a bare zmq.rs ROUTER echo in alternating rounds
+        /// (`--tasks` per side and round).
+        #[arg(long)]
+        baseline: bool,
+        /// Rounds (with `--baseline`): echo, then daemon, each round.
+        #[arg(long, default_value_t = 3, requires = "baseline")]
+        rounds: usize,
+        /// With `--baseline`: the echo `agentvisor bench echo` serves at this
+        /// endpoint, in its own process, instead of one in this process.
+        #[arg(long, requires = "baseline")]
+        echo: Option<String>,
+    },
+    /// Serve the bare zmq.rs ROUTER echo of `bench bus --baseline` in its own
+    /// process until SIGINT/SIGTERM; it answers with the daemon's reply to
+    /// one task of `--type` (asked once at start).
+    Echo {
+        /// ROUTER endpoint to bind.
+        #[arg(long, default_value = "tcp://127.0.0.1:7401")]
+        listen: String,
+        /// Task type whose reply the echo answers with.
         #[arg(long = "type", default_value = "utils.echo")]
         task_type: String,
-        /// Input (text, or JSON when it parses).
+        /// Input of that task (text, or JSON when it parses).
         #[arg(long, default_value = "ping")]
         input: String,
-        /// Tasks in total.
-        #[arg(long, default_value_t = 20_000)]
-        tasks: usize,
-        /// Tasks in flight at once.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// DEALER connections.
-        #[arg(long, default_value_t = 4)]
-        connections: usize,
-        /// Offered load, tasks per second (default: as fast as possible).
-        #[arg(long)]
-        rate: Option<f64>,
-        /// ROUTER endpoint (default: `bus.ingress`).
+        /// The daemon's ROUTER endpoint (default: `bus.ingress`).
         #[arg(long)]
         endpoint: Option<String>,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
     },
+    /// `POST /v1/chat/completions` against the upstream directly and through
+    /// agentvisor in alternating rounds: req/s, p50/p99/max (ms) of both,
+    /// the added latency and the req/s ratio.
+    Gateway(GatewayBenchArgs),
+    /// Serve the fixed-answer OpenAI-compatible upstream of `bench gateway`
+    /// until SIGINT/SIGTERM.
+    Upstream {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: String,
+    },
+}
+
+/// The bus load generator's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BusLoadArgs {
+    /// Task type.
+    #[arg(long = "type", default_value = "utils.echo")]
+    pub task_type: String,
+    /// Input (text, or JSON when it parses).
+    #[arg(long, default_value = "ping")]
+    pub input: String,
+    /// Tasks in total (with `--baseline`: per side and round).
+    #[arg(long, default_value_t = 20_000)]
+    pub tasks: usize,
+    /// Tasks in flight at once (the window).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// DEALER connections.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Offered load, tasks per second (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// ROUTER endpoint (default: `bus.ingress`).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `agentvisor bench gateway`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayBenchArgs {
+    /// Start the fixed-answer upstream and an in-process daemon whose
+    /// backend `bench` points at it (no other backend).
+    #[arg(long, conflicts_with_all = ["gateway", "upstream"])]
+    pub spawn: bool,
+    /// With `--spawn`: boot this profile in the in-process daemon (default:
+    /// no agents, only the gateway and HybridRouter).
+    #[arg(long, requires = "spawn")]
+    pub profile: Option<String>,
+    /// The gateway's base URL, e.g. `http://127.0.0.1:9000/v1`.
+    #[arg(long, required_unless_present = "spawn", requires = "upstream")]
+    pub gateway: Option<String>,
+    /// The upstream's base URL, e.g. `http://127.0.0.1:9100/v1`.
+    #[arg(long, required_unless_present = "spawn", requires = "gateway")]
+    pub upstream: Option<String>,
+    /// The request's `model`: a backend name, which the gateway forces
+    /// (answers naming another backend count as errors).
+    #[arg(long, default_value = "bench")]
+    pub model: String,
+    /// Concurrent keep-alive HTTP/1.1 connections (one request in flight each).
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Seconds per side and round.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Requests per side and round instead of `--seconds`.
+    #[arg(long)]
+    pub requests: Option<usize>,
+    /// Rounds: upstream directly, then through agentvisor, each round.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `agentvisor models ...`.
@@ -242,9 +351,6 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Events { topic, count, endpoint } => events::events(&cli, topic, *count, endpoint.as_deref()).await,
         Command::Models { action, models_dir } => models::models(&cli, action, models_dir.as_deref()).await,
         Command::Receipts { last, json, data_dir } => receipts::receipts(&cli, *last, *json, data_dir.as_deref()),
-        Command::Bench { task_type, input, tasks, concurrency, connections, rate, endpoint, json } => {
-            bench::bench(&cli, task_type, input, *tasks, *concurrency, *connections, *rate, endpoint.as_deref(), *json)
-                .await
-        }
+        Command::Bench(args) => bench::bench(&cli, args).await,
     }
 }

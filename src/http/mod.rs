@@ -16,9 +16,13 @@
 //! | `POST /v1/chat/completions`, `GET /v1/models` | the OpenAI-compatible gateway ([`gateway`]) |
 //! | `POST /registry/register`, `PUT /registry/heartbeat`, `GET /registry/discover`, `POST /registry/promote`, `DELETE /registry/{id}` | ServiceRegistry ([`registry`]) |
 //! | `POST /agents/{name}/fault` body `{"kind": "panic"\|"error"}` | an agent, or an infrastructure component (`HybridRouter`, `ModelScheduler`, `BusDispatcher`); only with `testing.fault_injection: true` (404 otherwise) |
+//!
+//! [`upstream`] is a separate server, not part of the daemon: the
+//! fixed-answer OpenAI-compatible upstream of the gateway benchmark.
 
 pub mod gateway;
 pub mod registry;
+pub mod upstream;
 
 use std::sync::Arc;
 

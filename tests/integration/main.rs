@@ -6,6 +6,7 @@ mod util;
 
 mod all_types;
 mod backend_openai;
+mod bench;
 mod bus;
 mod cancel_process;
 mod chaos;
