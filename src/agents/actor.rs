@@ -29,6 +29,7 @@ use super::process::ProcessChild;
 use super::services::{BehaviourFactory, Services};
 use crate::config::spec::{AgentSpec, RuntimeSpec};
 use crate::core::{ErrorCode, Task, TaskError, TaskReply};
+use crate::supervisor::agent::panic_message;
 use crate::supervisor::{AgentFactory, AgentMsg, AgentTable, Fault, Fleet, StartError};
 
 /// Start arguments of [`AgentActor`].
@@ -145,7 +146,7 @@ impl AgentActor {
                     r = work => match r {
                         Ok(answer) => answer,
                         Err(panic) => {
-                            let message = panic_message(&panic);
+                            let message = panic_message(&*panic);
                             let _ = me.cast(AgentMsg::TaskPanicked { task_id: id.clone(), message: message.clone() });
                             Err(TaskError::new(ErrorCode::Internal, format!("{agent} failed on task {id}: {message}")))
                         }
@@ -175,14 +176,6 @@ impl AgentActor {
             }
         }
     }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
 }
 
 /// The behaviour of `spec` by its runtime: a builtin behaviour (when one is

@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 
+use super::agent::panic_message;
 use super::policy::{Decision, RestartTracker};
 use super::table::AgentTable;
 use crate::config::spec::RestartSpec;
@@ -106,7 +107,7 @@ impl Actor for LoopActor {
         tokio::spawn(async move {
             let why = match handle.await {
                 Ok(()) => "the loop returned".to_string(),
-                Err(e) if e.is_panic() => format!("panicked: {}", panic_text(e.into_panic())),
+                Err(e) if e.is_panic() => format!("panicked: {}", panic_message(&*e.into_panic())),
                 Err(_) => return, // aborted on purpose (stop)
             };
             let _ = myself.cast(LoopMsg::Ended(why));
@@ -129,14 +130,6 @@ impl Actor for LoopActor {
         abort.abort();
         Err(why.into())
     }
-}
-
-fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
 }
 
 /// A component's state as [`Infra::status`] reports it.

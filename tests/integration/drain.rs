@@ -47,32 +47,7 @@ pub(crate) fn profile() -> String {
 /// `data` as data dir, both bus sockets on free ports and the extra `--set`
 /// overrides `sets`, once ready: the daemon and its ROUTER endpoint.
 pub(crate) async fn start(data: &Path, sets: &[String]) -> (Daemon, String) {
-    let mut args = vec![
-        "run".to_string(),
-        "--profile".into(),
-        profile(),
-        "--data-dir".into(),
-        data.display().to_string(),
-        "--set".into(),
-        "bus.ingress=tcp://127.0.0.1:0".into(),
-        "--set".into(),
-        "bus.events=tcp://127.0.0.1:0".into(),
-    ];
-    for kv in sets {
-        args.extend(["--set".to_string(), kv.clone()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let d = Daemon::start(&util::root(), &args, &[]).await;
-    d.wait_ready().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let ingress = loop {
-        let (_, health) = d.get_json("/health").await;
-        if let Some(ingress) = health["bus"]["ingress"].as_str() {
-            break ingress.to_string();
-        }
-        assert!(Instant::now() < deadline, "no bus.ingress in {health}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (d, ingress, _) = Daemon::with_bus(&profile(), data, sets, &[]).await;
     (d, ingress)
 }
 

@@ -32,33 +32,7 @@ const SECRET: (&str, &str) = ("AGENTVISOR_TEST_SECRET", "s3cret-from-the-daemon-
 /// ports with extra `--set` overrides and environment, waits until it is
 /// ready, and connects a DEALER to its ingress (read from `GET /health`).
 async fn start(profile: &str, data: &Path, sets: &[String], env: &[(&str, &str)]) -> (Daemon, DealerSocket) {
-    let mut args = vec![
-        "run".to_string(),
-        "--profile".into(),
-        profile.into(),
-        "--data-dir".into(),
-        data.display().to_string(),
-        "--set".into(),
-        "bus.ingress=tcp://127.0.0.1:0".into(),
-        "--set".into(),
-        "bus.events=tcp://127.0.0.1:0".into(),
-    ];
-    for kv in sets {
-        args.extend(["--set".to_string(), kv.clone()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let d = Daemon::start(&util::root(), &args, env).await;
-    d.wait_ready().await;
-    // The bus may bind after the fleet is ready.
-    let deadline = Instant::now() + WAIT;
-    let ingress = loop {
-        let (_, health) = d.get_json("/health").await;
-        if let Some(ingress) = health["bus"]["ingress"].as_str() {
-            break ingress.to_string();
-        }
-        assert!(Instant::now() < deadline, "no bus.ingress in {health}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (d, ingress, _) = Daemon::with_bus(profile, data, sets, env).await;
     let mut sock = DealerSocket::new();
     sock.connect(&ingress).await.expect("connect to the ingress");
     (d, sock)

@@ -242,18 +242,42 @@ impl Daemon {
         Daemon { child, base, stdout: rx, http: reqwest::Client::new() }
     }
 
-    /// `run --profile full` in the repo root with `data` as data dir and both
-    /// bus sockets on free ports, once ready: the daemon and its ROUTER and
-    /// PUB endpoints.
-    pub async fn full_on_free_ports(data: &Path) -> (Daemon, String, String) {
-        let data = data.to_str().expect("utf-8 path");
-        let args = ["run", "--profile", "full", "--data-dir", data, "--set", "bus.ingress=tcp://127.0.0.1:0"];
-        let d = Daemon::start(&root(), &[&args[..], &["--set", "bus.events=tcp://127.0.0.1:0"]].concat(), &[]).await;
+    /// `run --profile PROFILE` (a name or a file) in the repo root with
+    /// `data` as data dir, both bus sockets on free ports, the extra
+    /// `--set` overrides `sets` and environment `env`, once ready: the daemon
+    /// and its ROUTER and PUB endpoints (from `GET /health`).
+    pub async fn with_bus(
+        profile: &str,
+        data: &Path,
+        sets: &[String],
+        env: &[(&str, &str)],
+    ) -> (Daemon, String, String) {
+        let mut args = vec![
+            "run".to_string(),
+            "--profile".into(),
+            profile.into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--set".into(),
+            "bus.ingress=tcp://127.0.0.1:0".into(),
+            "--set".into(),
+            "bus.events=tcp://127.0.0.1:0".into(),
+        ];
+        for kv in sets {
+            args.extend(["--set".to_string(), kv.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let d = Daemon::start(&root(), &args, env).await;
         d.wait_ready().await;
         let (_, health) = d.get_json("/health").await;
         let ingress = health["bus"]["ingress"].as_str().expect("ingress in /health").to_string();
         let events = health["bus"]["events"].as_str().expect("events in /health").to_string();
         (d, ingress, events)
+    }
+
+    /// [`Daemon::with_bus`] with the `full` profile.
+    pub async fn full_on_free_ports(data: &Path) -> (Daemon, String, String) {
+        Daemon::with_bus("full", data, &[], &[]).await
     }
 
     /// GET `path` as JSON (any status).
