@@ -204,7 +204,7 @@ async fn whole_path(root: &Path) -> (Duration, Vec<Run>) {
     let mut load = Duration::ZERO;
     while let Ok(e) = events.try_recv() {
         if e.topic == "model.loaded" {
-            load = Duration::from_secs_f64(e.data["load_seconds"].as_f64().unwrap_or(0.0));
+            load = Duration::from_secs_f64(e.data()["load_seconds"].as_f64().unwrap_or(0.0));
         }
     }
     fleet.shutdown(Duration::from_secs(10)).await;

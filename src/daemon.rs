@@ -81,7 +81,12 @@ impl System {
         let metrics = Metrics::new();
         let events = EventBus::new(metrics.events.clone());
         let store = Store::open(&settings.data_dir).context("cannot open the SQLite store")?;
-        let receipts = receipts::start_log(&store, settings.store.receipts_batch.get(), &metrics);
+        let receipts = receipts::start_log(
+            &store,
+            settings.store.receipts_batch.get(),
+            settings.store.receipts_linger(),
+            &metrics,
+        );
         let models = Arc::new(ModelManager::new(
             settings.models.clone(),
             settings.models_dir.clone(),

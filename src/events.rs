@@ -8,11 +8,12 @@
 //! falls more than [`EVENT_BUFFER`] events behind loses the oldest ones,
 //! which the `seq` gap reveals; publishing never blocks.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 
 use parking_lot::Mutex;
 use prometheus::IntCounterVec;
-use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
@@ -21,8 +22,11 @@ use crate::core::Event;
 /// Events a subscriber may lag behind before it loses the oldest.
 pub(crate) const EVENT_BUFFER: usize = 65_536;
 
-/// One published event, serialised as `{"seq", "ts", "topic", ...data}`.
-#[derive(Debug, Clone, Serialize)]
+/// One published event: its JSON `{"seq", "ts", "topic", ...fields}`,
+/// written once by [`EventBus::emit`] and sent as is by the PUB socket;
+/// in-process subscribers (tests, the CLI) read the fields with
+/// [`Published::data`], parsed on first use.
+#[derive(Debug)]
 pub struct Published {
     /// Monotonic per daemon run, from 1.
     pub seq: u64,
@@ -30,16 +34,52 @@ pub struct Published {
     pub ts: f64,
     /// Topic, e.g. `agent.started` (the ZeroMQ topic frame).
     pub topic: &'static str,
-    /// Topic-specific fields (`agent`, `group`, `reason`, ...).
-    #[serde(flatten)]
-    pub data: Map<String, Value>,
+    /// The whole event as JSON (the ZeroMQ data frame).
+    pub json: Bytes,
+    /// `json`'s topic-specific fields, parsed on first use.
+    data: OnceLock<Map<String, Value>>,
 }
 
 impl Published {
-    /// A field of `data` as a string, if present.
-    pub fn str(&self, key: &str) -> Option<&str> {
-        self.data.get(key).and_then(Value::as_str)
+    /// Topic-specific fields (`agent`, `group`, `reason`, ...; also `seq`,
+    /// `ts` and `topic`).
+    pub fn data(&self) -> &Map<String, Value> {
+        // `json` is written by `emit` from a JSON object: it always parses.
+        self.data.get_or_init(|| serde_json::from_slice(&self.json).unwrap_or_default())
     }
+
+    /// A field of [`Published::data`] as a string, if present.
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.data().get(key).and_then(Value::as_str)
+    }
+}
+
+/// `{"seq":N,"ts":T,"topic":"X", ...fields}` from the event's own JSON
+/// `fields` (an object; `null` adds nothing, any other value goes in
+/// `value`).
+fn envelope(seq: u64, ts: f64, topic: &str, fields: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(fields.len() + 64);
+    // Writing numbers and a string to a Vec cannot fail.
+    out.extend_from_slice(b"{\"seq\":");
+    let _ = serde_json::to_writer(&mut out, &seq);
+    out.extend_from_slice(b",\"ts\":");
+    let _ = serde_json::to_writer(&mut out, &ts);
+    out.extend_from_slice(b",\"topic\":");
+    let _ = serde_json::to_writer(&mut out, topic);
+    match fields {
+        [b'{', b'}'] | b"null" | [] => {}
+        [b'{', rest @ ..] => {
+            out.push(b',');
+            out.extend_from_slice(rest);
+            return out.into();
+        }
+        other => {
+            out.extend_from_slice(b",\"value\":");
+            out.extend_from_slice(other);
+        }
+    }
+    out.push(b'}');
+    out.into()
 }
 
 /// Publisher side of the event stream; cheap to clone.
@@ -65,14 +105,10 @@ impl EventBus {
     /// Logs, counts and publishes `event`; returns its seq. Never blocks.
     pub(crate) fn emit(&self, event: Event) -> u64 {
         let topic = event.topic();
-        let data = match serde_json::to_value(&event) {
-            Ok(Value::Object(m)) => m,
-            Ok(Value::Null) | Err(_) => Map::new(),
-            Ok(other) => Map::from_iter([("value".to_string(), other)]),
-        };
+        let fields = serde_json::to_vec(&event).unwrap_or_else(|_| b"{}".to_vec());
         match &event {
             e if e.is_warning() => {
-                let details = serde_json::Value::Object(data.clone());
+                let details = String::from_utf8_lossy(&fields);
                 tracing::warn!(topic, %details, "event");
             }
             Event::Agent(t) => tracing::info!(agent = %t.agent, state = t.state, "agent state"),
@@ -82,8 +118,8 @@ impl EventBus {
         self.inner.counter.with_label_values(&[topic]).inc();
         let mut seq = self.inner.seq.lock();
         *seq += 1;
-        let published = Arc::new(Published { seq: *seq, ts, topic, data });
-        // An error only means nobody subscribes right now.
+        let json = envelope(*seq, ts, topic, &fields);
+        let published = Arc::new(Published { seq: *seq, ts, topic, json, data: OnceLock::new() });
         let _ = self.inner.tx.send(published);
         *seq
     }
@@ -91,5 +127,40 @@ impl EventBus {
     /// A new subscriber, seeing events published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
         self.inner.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn parsed(fields: &[u8]) -> Value {
+        serde_json::from_slice(&envelope(7, 1.5, "a.b", fields)).unwrap()
+    }
+
+    #[test]
+    fn the_envelope_puts_seq_ts_topic_before_the_fields() {
+        assert_eq!(
+            parsed(br#"{"agent":"x","n":1}"#),
+            json!({"seq": 7, "ts": 1.5, "topic": "a.b", "agent": "x", "n": 1})
+        );
+        assert_eq!(parsed(b"{}"), json!({"seq": 7, "ts": 1.5, "topic": "a.b"}));
+        assert_eq!(parsed(b"null"), json!({"seq": 7, "ts": 1.5, "topic": "a.b"}));
+        assert_eq!(parsed(b"[1]"), json!({"seq": 7, "ts": 1.5, "topic": "a.b", "value": [1]}));
+    }
+
+    #[test]
+    fn emit_publishes_one_json_and_its_fields() {
+        let bus = EventBus::new(prometheus::IntCounterVec::new(prometheus::Opts::new("e", "e"), &["topic"]).unwrap());
+        let mut rx = bus.subscribe();
+        let seq = bus.emit(Event::InfraRestarted { component: "HybridRouter".into(), restarts: 2 });
+        let e = rx.try_recv().unwrap();
+        assert_eq!((e.seq, e.topic, e.str("component")), (seq, "infra.restarted", Some("HybridRouter")));
+        assert_eq!(e.data()["restarts"], 2);
+        let wire: Value = serde_json::from_slice(&e.json).unwrap();
+        assert_eq!(wire["seq"], seq);
+        assert_eq!(&wire, &Value::Object(e.data().clone()));
     }
 }

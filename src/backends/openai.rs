@@ -48,8 +48,11 @@ const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
 pub struct OpenAiBackend {
     /// Configured backend name (in errors and logs).
     name: String,
-    /// `base_url` without a trailing `/`, e.g. `http://127.0.0.1:11434/v1`.
-    base_url: String,
+    /// `{base_url}/chat/completions` (`base_url` without a trailing `/`,
+    /// e.g. `http://127.0.0.1:11434/v1`), parsed once, not at each call.
+    chat_url: reqwest::Url,
+    /// `{base_url}/models`, parsed once.
+    models_url: reqwest::Url,
     /// Timeouts, retries, TTL, key variable name.
     settings: BackendSettings,
     /// Connection pool; its connect timeout is `connect_timeout_secs`.
@@ -85,13 +88,18 @@ impl OpenAiBackend {
             Ok(url) => return Err(invalid(format!("base_url {base_url}: unsupported scheme {}", url.scheme()))),
             Err(e) => return Err(invalid(format!("base_url {base_url}: {e}"))),
         }
+        let endpoint = |path: &str| {
+            reqwest::Url::parse(&format!("{base_url}/{path}")).map_err(|e| invalid(format!("base_url {base_url}: {e}")))
+        };
+        let (chat_url, models_url) = (endpoint("chat/completions")?, endpoint("models")?);
         let client = reqwest::Client::builder()
             .connect_timeout(secs(settings.connect_timeout_secs))
             .build()
             .map_err(|e| invalid(format!("cannot build the HTTP client: {}", chain(&e))))?;
         Ok(OpenAiBackend {
             name: name.to_string(),
-            base_url,
+            chat_url,
+            models_url,
             settings: settings.clone(),
             client,
             models_cache: parking_lot::Mutex::new(None),
@@ -198,11 +206,8 @@ impl OpenAiBackend {
         let attempt_start = Instant::now();
         let first_token = secs(self.settings.first_token_timeout_secs);
         let first_deadline = (attempt_start + first_token).min(call.deadline);
-        let mut builder = self
-            .client
-            .post(format!("{}/chat/completions", self.base_url))
-            .header(CONTENT_TYPE, "application/json")
-            .body(call.body.clone());
+        let mut builder =
+            self.client.post(self.chat_url.clone()).header(CONTENT_TYPE, "application/json").body(call.body.clone());
         if let Some(auth) = call.auth {
             builder = builder.header(AUTHORIZATION, auth.clone());
         }
@@ -301,7 +306,7 @@ impl OpenAiBackend {
         let deadline = started + secs(self.settings.total_timeout_secs);
         let first_token = secs(self.settings.first_token_timeout_secs);
         let first_deadline = (started + first_token).min(deadline);
-        let mut builder = self.client.get(format!("{}/models", self.base_url));
+        let mut builder = self.client.get(self.models_url.clone());
         if let Some(auth) = self.authorization().map_err(Failure::from_error)? {
             builder = builder.header(AUTHORIZATION, auth);
         }

@@ -15,8 +15,7 @@ use crate::supervisor::AgentTable;
 
 /// Encodes one event as its two frames.
 pub fn frames(event: &Published) -> Option<ZmqMessage> {
-    let json = serde_json::to_vec(event).ok()?;
-    ZmqMessage::try_from(vec![Bytes::from_static(event.topic.as_bytes()), Bytes::from(json)]).ok()
+    ZmqMessage::try_from(vec![Bytes::from_static(event.topic.as_bytes()), event.json.clone()]).ok()
 }
 
 /// Publishes events until the event bus closes.

@@ -148,11 +148,25 @@ pub struct StoreSettings {
     /// receipts (one batch committing, one queued); a clean stop none.
     /// 1 ..= 1 048 576 (larger is capped); default 64.
     pub receipts_batch: std::num::NonZeroUsize,
+    /// Milliseconds a batch that is not full waits for more receipts before
+    /// it commits (the writer's linger, as Kafka's `linger.ms` or
+    /// PostgreSQL's `commit_delay`): under load, fewer and larger
+    /// transactions; a lone receipt is stored this much later. It never
+    /// delays a reply, and the crash bound stays 2 × `receipts_batch`.
+    /// 0 commits at once; default 5.
+    pub receipts_linger_ms: u64,
+}
+
+impl StoreSettings {
+    /// `receipts_linger_ms` as a duration.
+    pub(crate) fn receipts_linger(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.receipts_linger_ms)
+    }
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
-        StoreSettings { receipts_batch: DEFAULT_RECEIPTS_BATCH }
+        StoreSettings { receipts_batch: DEFAULT_RECEIPTS_BATCH, receipts_linger_ms: 5 }
     }
 }
 

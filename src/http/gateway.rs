@@ -34,14 +34,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::App;
-use crate::core::{ChatMessage, ErrorCode, GenParams, Prefer, Schedule, TaskError};
+use crate::core::{ChatMessage, ErrorCode, GenParams, Prefer, Receipt, Schedule, TaskError};
 use crate::routing::router::{ModelAnswer, ModelCall, ModelFailure, known_models, resolve_model};
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +77,39 @@ fn text_of(content: &Value) -> String {
         Value::Null => String::new(),
         other => other.to_string(),
     }
+}
+
+/// A non-streaming `chat.completion`, written straight from the answer
+/// (no intermediate JSON tree).
+#[derive(Serialize)]
+struct Completion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [Choice<'a>; 1],
+    usage: Usage,
+    x_agentvisor_route: &'a Receipt,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    message: Message<'a>,
+    finish_reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    total_tokens: u32,
 }
 
 fn openai_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -177,14 +210,24 @@ pub(crate) async fn chat_completions(State(app): State<App>, headers: HeaderMap,
     let _cancel_on_drop = cancel.drop_guard(); // the client left: stop the backend call
     match pending.await {
         Ok(ModelAnswer { response, receipt }) => {
-            let mut resp = Json(json!({
-                "id": id, "object": "chat.completion", "created": unix(), "model": response.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": response.content},
-                             "finish_reason": response.finish_reason.clone().unwrap_or_else(|| "stop".into())}],
-                "usage": {"prompt_tokens": response.tokens_in, "completion_tokens": response.tokens_out,
-                          "total_tokens": response.tokens_in + response.tokens_out},
-                "x_agentvisor_route": receipt,
-            }))
+            let tokens = Usage {
+                prompt_tokens: response.tokens_in,
+                completion_tokens: response.tokens_out,
+                total_tokens: response.tokens_in + response.tokens_out,
+            };
+            let mut resp = Json(Completion {
+                id: &id,
+                object: "chat.completion",
+                created: unix(),
+                model: &response.model,
+                choices: [Choice {
+                    index: 0,
+                    message: Message { role: "assistant", content: &response.content },
+                    finish_reason: response.finish_reason.as_deref().unwrap_or("stop"),
+                }],
+                usage: tokens,
+                x_agentvisor_route: &receipt,
+            })
             .into_response();
             let h = resp.headers_mut();
             h.insert("x-agentvisor-backend", header(receipt.backend.as_deref().unwrap_or("-")));

@@ -183,7 +183,8 @@ pub struct HybridRouter;
 
 /// State of the router.
 pub struct RouterState {
-    args: RouterArgs,
+    /// Shared with each call's task (an `Arc`: a call clones a pointer, not the settings).
+    args: Arc<RouterArgs>,
     policy: Arc<Policy>,
     backends: BTreeMap<String, Arc<dyn ChatBackend>>,
     breakers: BTreeMap<String, CircuitBreaker>,
@@ -215,7 +216,7 @@ impl Actor for HybridRouter {
         tracing::info!(backends = ?backends.keys().collect::<Vec<_>>(), "HybridRouter ready");
         let has_embedded_l1 =
             args.backends.values().any(|b| b.enabled && b.kind == BackendKind::Embedded && b.tier == Tier::L1);
-        Ok(RouterState { args, policy: Arc::new(policy), backends, breakers, has_embedded_l1 })
+        Ok(RouterState { args: Arc::new(args), policy: Arc::new(policy), backends, breakers, has_embedded_l1 })
     }
 
     async fn handle(
@@ -268,7 +269,7 @@ struct ChainRun {
     receipt: Receipt,
     pre_degraded: bool,
     degrade_on_exhaustion: bool,
-    args: RouterArgs,
+    args: Arc<RouterArgs>,
 }
 
 impl RouterState {

@@ -9,9 +9,12 @@
 //!   returns as soon as the row is queued (microseconds), so the caller's
 //!   reply goes out without waiting for SQLite.
 //! - **Group commit**: the writer waits for a first row, takes whatever
-//!   else is already queued up to `B` rows, and commits them in ONE
-//!   transaction; then loops. Under load a batch holds many rows; a lone
-//!   row is committed at once (no timer, no added latency).
+//!   else is already queued up to `B` rows, waits up to the log's
+//!   *linger* (receipts: `store.receipts_linger_ms`, default 5 ms) for the
+//!   batch to fill, and commits it in ONE transaction; then loops. Under
+//!   load a batch holds many rows, so SQLite writes each page once per
+//!   batch instead of once per row; a lone row is committed after the
+//!   linger (0: at once). A flush or the close cuts the linger short.
 //! - **Back-pressure, never a drop**: when the queue is full, the append is
 //!   counted (`agentvisor_audit_backpressure_total{log}`) and then waits for
 //!   room — the caller (the model call's task) is slowed, nothing is lost.
@@ -32,11 +35,13 @@
 //!   to `agentvisor_audit_batch_rows{log}`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::{Histogram, IntCounter};
 use rusqlite::Connection;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Store, StoreError};
@@ -106,13 +111,19 @@ impl<T: Send + 'static> AuditLog<T> {
     /// over `store`: batches of at most `batch` rows (capped to
     /// `1..=`[`MAX_BATCH`]), queue capacity `batch`, rows written by
     /// `insert`. Must be called inside a tokio runtime.
-    pub fn start(name: &'static str, store: Store, batch: usize, insert: InsertBatch<T>, metrics: &Metrics) -> Self {
+    pub fn start(
+        name: &'static str,
+        store: Store,
+        (batch, linger): (usize, Duration),
+        insert: InsertBatch<T>,
+        metrics: &Metrics,
+    ) -> Self {
         let batch = batch.clamp(1, MAX_BATCH);
         let (tx, rx) = mpsc::channel(batch);
         let (done_tx, done) = watch::channel(false);
         let closing = CancellationToken::new();
         let counters = Counters::new(metrics, name);
-        let writer = Writer { name, rx, store: store.clone(), insert, batch, counters: counters.clone() };
+        let writer = Writer { name, rx, store: store.clone(), insert, batch, linger, counters: counters.clone() };
         tokio::spawn(writer.run(closing.clone(), done_tx));
         AuditLog { inner: Arc::new(Inner { name, tx, store, insert, batch, closing, done, counters }) }
     }
@@ -201,6 +212,7 @@ struct Writer<T> {
     store: Store,
     insert: InsertBatch<T>,
     batch: usize,
+    linger: Duration,
     counters: Counters,
 }
 
@@ -229,6 +241,23 @@ impl<T: Send + 'static> Writer<T> {
                 }
                 if rows.len() < self.batch {
                     next = self.rx.try_recv().ok();
+                }
+            }
+            // Linger: a batch not yet full waits up to `linger` for more
+            // rows (fewer, larger transactions under load); a flush or the
+            // close cuts it short.
+            let deadline = Instant::now() + self.linger;
+            while rows.len() < self.batch && waiters.is_empty() && !closed && !self.linger.is_zero() {
+                let item = tokio::select! {
+                    biased;
+                    item = self.rx.recv() => item,
+                    () = closing.cancelled() => None,
+                    () = tokio::time::sleep_until(deadline) => None,
+                };
+                match item {
+                    Some(Item::Row(r)) => rows.push(r),
+                    Some(Item::Flush(w)) => waiters.push(w),
+                    None => break,
                 }
             }
             if !rows.is_empty() {
@@ -319,7 +348,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store_with_table(dir.path()).await;
         let metrics = Metrics::new();
-        let log = AuditLog::start("receipts", store.clone(), 4, insert_numbers, &metrics);
+        let log = AuditLog::start("receipts", store.clone(), (4, Duration::ZERO), insert_numbers, &metrics);
         assert_eq!((log.batch(), log.loss_bound()), (4, 8));
         let release = block_store(&store);
         let writer = log.clone();
@@ -354,11 +383,38 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_linger_gathers_rows_into_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_table(dir.path()).await;
+        let metrics = Metrics::new();
+        let log = AuditLog::start("receipts", store.clone(), (8, Duration::from_secs(1)), insert_numbers, &metrics);
+        for n in 0..5u32 {
+            log.append(n).await;
+        }
+        // No flush: the writer commits the five after its linger, together.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while rows(&store).await.len() < 5 {
+            assert!(std::time::Instant::now() < deadline, "rows not committed after the linger");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(rows(&store).await, (0..5).map(|n| (n, 1)).collect::<Vec<_>>(), "one transaction");
+        // A full batch does not wait for the linger; a flush cuts it short.
+        for n in 5..14u32 {
+            log.append(n).await;
+        }
+        log.flush().await;
+        let got = rows(&store).await;
+        assert_eq!(got.len(), 14);
+        assert_eq!(got[5..13].iter().map(|r| r.1).collect::<Vec<_>>(), [2; 8], "the full batch of 8");
+        log.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn close_commits_everything_queued_and_later_rows_go_direct() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_with_table(dir.path()).await;
         let metrics = Metrics::new();
-        let log = AuditLog::start("receipts", store.clone(), 8, insert_numbers, &metrics);
+        let log = AuditLog::start("receipts", store.clone(), (8, Duration::ZERO), insert_numbers, &metrics);
         let release = block_store(&store);
         for n in 0..9u32 {
             log.append(n).await; // one taken by the writer, eight queued
@@ -385,7 +441,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap(); // no table `t`: every insert fails
         let metrics = Metrics::new();
-        let log = AuditLog::start("receipts", store, 4, insert_numbers, &metrics);
+        let log = AuditLog::start("receipts", store, (4, Duration::ZERO), insert_numbers, &metrics);
         log.append(1).await;
         log.append(2).await;
         log.close().await;

@@ -3,6 +3,8 @@
 //! batching writer HybridRouter hands receipts to (off the reply path; see
 //! [`super::audit`] for the batch, back-pressure and crash-loss guarantees).
 
+use std::time::Duration;
+
 use rusqlite::{Connection, params};
 
 use super::audit::AuditLog;
@@ -18,8 +20,8 @@ pub type ReceiptLog = AuditLog<Receipt>;
 
 /// Starts the receipts writer over `store` with batches of at most `batch`
 /// receipts (metric label `log="receipts"`). Must run inside a tokio runtime.
-pub fn start_log(store: &Store, batch: usize, metrics: &Metrics) -> ReceiptLog {
-    AuditLog::start("receipts", store.clone(), batch, insert_batch, metrics)
+pub fn start_log(store: &Store, batch: usize, linger: Duration, metrics: &Metrics) -> ReceiptLog {
+    AuditLog::start("receipts", store.clone(), (batch, linger), insert_batch, metrics)
 }
 
 /// Inserts `rows` (the caller holds the transaction).

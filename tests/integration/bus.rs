@@ -264,7 +264,7 @@ async fn a_client_that_leaves_mid_task_disturbs_no_one() {
             e.topic == "task.cancelled" && e.str("id") == Some("orphan")
         })
         .await;
-    assert_eq!(e.data["code"], "cancelled");
+    assert_eq!(e.data()["code"], "cancelled");
     fleet.shutdown(Duration::from_secs(10)).await;
 }
 

@@ -50,12 +50,12 @@ fn mark(log: &mut EventLog) -> u64 {
 
 /// `delay_ms` of an `agent.backoff` event.
 fn delay_ms(backoff: &Event) -> f64 {
-    backoff.data.get("delay_ms").and_then(|v| v.as_f64()).unwrap_or_else(|| panic!("no delay_ms in {backoff:?}"))
+    backoff.data().get("delay_ms").and_then(|v| v.as_f64()).unwrap_or_else(|| panic!("no delay_ms in {backoff:?}"))
 }
 
 /// `pid` of an `agent.restarted` / `agent.started` event of a process agent.
 fn pid_of(event: &Event) -> u32 {
-    let pid = event.data.get("pid").and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("no pid in {event:?}"));
+    let pid = event.data().get("pid").and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("no pid in {event:?}"));
     u32::try_from(pid).expect("pid fits u32")
 }
 
@@ -116,7 +116,7 @@ async fn builtin_panic_restarts_with_backoff_then_fatal() {
         let (backoff, restarted) = crash_and_restart(&fleet, &mut log, "A", after).await;
         // Doubling from the initial delay, jitter off.
         assert_delay(&backoff, INITIAL_SECS * 1e3 * f64::from(1u32 << i));
-        assert_eq!(restarted.data["restarts"], json!(i + 1), "{restarted:?}");
+        assert_eq!(restarted.data()["restarts"], json!(i + 1), "{restarted:?}");
         assert_eq!(ctx.record("A").unwrap().restarts, i + 1);
         // The dependent is told, after A is back.
         let told = next_event(&mut log, restarted.seq, "agent.dependency_restarted", "B").await;
@@ -198,7 +198,7 @@ async fn process_exit_restarts_then_fatal() {
         let failed = next_event(&mut log, after, "agent.failed", "P").await;
         assert!(failed.str("reason").is_some_and(|r| r.contains("exit status: 3")), "{failed:?}");
         let restarted = next_event(&mut log, failed.seq, "agent.restarted", "P").await;
-        assert_eq!(restarted.data["restarts"], json!(i + 1));
+        assert_eq!(restarted.data()["restarts"], json!(i + 1));
         let pid = pid_of(&restarted);
         assert!(!pids.contains(&pid), "restart {} reused pid {pid}: {pids:?}", i + 1);
         pids.push(pid);

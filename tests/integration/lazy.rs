@@ -30,7 +30,7 @@ async fn on_demand_chain_starts_dependencies_first() {
     assert_eq!(ctx.state("ChainOfThoughtAgent"), Some(AgentState::Running));
     assert_eq!(ctx.state("GoTToTAgent"), Some(AgentState::Running));
     let started = log.wait_for(Duration::from_secs(5), "lazy.started", |e| e.topic == "lazy.started").await;
-    assert_eq!(started.data["agent"], "GoTToTAgent");
+    assert_eq!(started.data()["agent"], "GoTToTAgent");
     let cot = log.wait_agent("agent.started", "ChainOfThoughtAgent").await.seq;
     let got_starting = log.wait_agent("agent.starting", "GoTToTAgent").await.seq;
     assert!(cot < got_starting, "the dependency runs before its dependent starts");
@@ -99,7 +99,7 @@ async fn start_past_the_sla_times_out_and_rolls_back() {
     .await;
     assert_eq!(ctx.state("Base"), Some(AgentState::Running), "essential agents are not rolled back");
     let failed = log.wait_for(Duration::from_secs(5), "lazy.failed", |e| e.topic == "lazy.failed").await;
-    assert_eq!(failed.data["code"], "start_timeout");
+    assert_eq!(failed.data()["code"], "start_timeout");
     let pids: Vec<u32> =
         std::fs::read_to_string(&pidfile).unwrap().lines().filter_map(|l| l.trim().parse().ok()).collect();
     assert!(!pids.is_empty(), "the child was started");

@@ -500,7 +500,7 @@ async fn cloud_failure_fails_over_to_local_and_the_receipt_says_so() {
         })
         .await;
     assert_eq!(e.str("backend"), Some("local"));
-    assert_eq!(e.data["fallbacks"], route["fallbacks"]);
+    assert_eq!(e.data()["fallbacks"], route["fallbacks"]);
     let metrics = fleet.ctx().metrics.render();
     assert_eq!(
         sample(&metrics, "agentvisor_backend_requests_total", &[("backend", "cloud"), ("outcome", "unreachable")]),
@@ -678,7 +678,7 @@ async fn cancel_over_the_bus_aborts_the_http_call() {
             e.topic == "route.decided" && e.str("task_id") == Some("c1")
         })
         .await;
-    assert_eq!(e.str("outcome"), Some("cancelled"), "{:?}", e.data);
+    assert_eq!(e.str("outcome"), Some("cancelled"), "{:?}", e.data());
 
     // 2. A deadline.
     let reply =

@@ -135,7 +135,7 @@ async fn infrastructure_failures_under_load_answer_every_task_once_and_restart()
                 e.topic == "infra.restarted" && e.str("component") == Some(component)
             })
             .await;
-        assert_eq!(restarted.data["restarts"], 1, "{:?}", restarted.data);
+        assert_eq!(restarted.data()["restarts"], 1, "{:?}", restarted.data());
         assert!(log.seen.iter().any(|e| e.topic == "infra.failed" && e.str("component") == Some(component)));
         assert_eq!(fleet.infra.status()[component]["state"], "running", "{}", fleet.infra.status());
         let metrics = fleet.ctx().metrics.render();
@@ -164,7 +164,7 @@ async fn an_infrastructure_component_past_its_restart_intensity_stops_the_daemon
         fleet.infra.inject_fault("ModelScheduler", Fault::Panic).unwrap();
         if n < 4 {
             log.wait_for(Duration::from_secs(10), "infra.restarted", |e| {
-                e.topic == "infra.restarted" && e.data["restarts"] == n
+                e.topic == "infra.restarted" && e.data()["restarts"] == n
             })
             .await;
         }

@@ -124,8 +124,8 @@ async fn registry_over_zeromq_heartbeats_monitor_discover_and_promote() {
             e.topic == "alert.heartbeat_missed" && e.str("service") == Some(&id)
         })
         .await;
-    assert_eq!(alert.data["missed"], 2);
-    assert_eq!(alert.data["last_seen"].as_f64(), Some(last_seen));
+    assert_eq!(alert.data()["missed"], 2);
+    assert_eq!(alert.data()["last_seen"].as_f64(), Some(last_seen));
     assert!(alert.ts - last_seen > 2.0 * INTERVAL_S, "down too early: {} s of silence", alert.ts - last_seen);
     let gone = events
         .wait_for(Duration::from_secs(10), "registry.deregistered", |e| {

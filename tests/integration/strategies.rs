@@ -73,7 +73,7 @@ async fn one_for_all_restarts_every_sibling() {
 
     assert_eq!(lifecycle(&log, "Y"), FAILED_CYCLE);
     let backoff = only(&log, "agent.backoff", "Y");
-    let mut with = backoff.data["restart_with"].as_array().cloned().unwrap_or_default();
+    let mut with = backoff.data()["restart_with"].as_array().cloned().unwrap_or_default();
     with.sort_by_key(|v| v.to_string());
     assert_eq!(with, vec![json!("X"), json!("Z")], "{backoff:?}");
     for sibling in ["X", "Z"] {
@@ -141,7 +141,7 @@ async fn rest_for_one_restarts_later_siblings() {
     log.drain();
 
     assert_eq!(lifecycle(&log, "R2"), FAILED_CYCLE);
-    assert_eq!(only(&log, "agent.backoff", "R2").data["restart_with"], json!(["R3"]));
+    assert_eq!(only(&log, "agent.backoff", "R2").data()["restart_with"], json!(["R3"]));
     assert_eq!(lifecycle(&log, "R3"), SIBLING_CYCLE);
     // R3 is down before R2 starts again, and starts after it (start order).
     assert!(only(&log, "agent.stopped", "R3").seq < only(&log, "agent.starting", "R2").seq);
@@ -181,7 +181,7 @@ async fn one_for_one_touches_only_the_failed_agent() {
     log.drain();
 
     assert_eq!(lifecycle(&log, "O1"), FAILED_CYCLE);
-    assert_eq!(only(&log, "agent.backoff", "O1").data["restart_with"], json!([]));
+    assert_eq!(only(&log, "agent.backoff", "O1").data()["restart_with"], json!([]));
     assert_eq!(log.topics_of("O2"), vec!["agent.dependency_restarted"]);
     assert!(log.topics_of("O3").is_empty(), "O3 saw {:?}", log.topics_of("O3"));
     assert_eq!(ctx.record("O1").unwrap().restarts, 1);
