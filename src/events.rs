@@ -22,10 +22,10 @@ use crate::core::Event;
 /// Events a subscriber may lag behind before it loses the oldest.
 pub(crate) const EVENT_BUFFER: usize = 65_536;
 
-/// One published event: its JSON `{"seq", "ts", "topic", ...fields}`,
-/// written once by [`EventBus::emit`] and sent as is by the PUB socket;
-/// in-process subscribers (tests, the CLI) read the fields with
-/// [`Published::data`], parsed on first use.
+/// One published event. Its JSON `{"seq", "ts", "topic", ...fields}` is
+/// written on first use ([`Published::json`]: the PUB socket, when it has
+/// peers) and once at most; in-process subscribers (tests, the CLI) read
+/// the fields with [`Published::data`].
 #[derive(Debug)]
 pub struct Published {
     /// Monotonic per daemon run, from 1.
@@ -34,18 +34,28 @@ pub struct Published {
     pub ts: f64,
     /// Topic, e.g. `agent.started` (the ZeroMQ topic frame).
     pub topic: &'static str,
-    /// The whole event as JSON (the ZeroMQ data frame).
-    pub json: Bytes,
-    /// `json`'s topic-specific fields, parsed on first use.
+    /// The event.
+    pub event: Event,
+    /// Its JSON, written on first use.
+    json: OnceLock<Bytes>,
+    /// Its fields, parsed from `json` on first use.
     data: OnceLock<Map<String, Value>>,
 }
 
 impl Published {
+    /// The whole event as JSON (the ZeroMQ data frame).
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            let fields = serde_json::to_vec(&self.event).unwrap_or_else(|_| b"{}".to_vec());
+            envelope(self.seq, self.ts, self.topic, &fields)
+        })
+    }
+
     /// Topic-specific fields (`agent`, `group`, `reason`, ...; also `seq`,
     /// `ts` and `topic`).
     pub fn data(&self) -> &Map<String, Value> {
-        // `json` is written by `emit` from a JSON object: it always parses.
-        self.data.get_or_init(|| serde_json::from_slice(&self.json).unwrap_or_default())
+        // `json()` is a JSON object: it always parses.
+        self.data.get_or_init(|| serde_json::from_slice(self.json()).unwrap_or_default())
     }
 
     /// A field of [`Published::data`] as a string, if present.
@@ -105,10 +115,9 @@ impl EventBus {
     /// Logs, counts and publishes `event`; returns its seq. Never blocks.
     pub(crate) fn emit(&self, event: Event) -> u64 {
         let topic = event.topic();
-        let fields = serde_json::to_vec(&event).unwrap_or_else(|_| b"{}".to_vec());
         match &event {
             e if e.is_warning() => {
-                let details = String::from_utf8_lossy(&fields);
+                let details = serde_json::to_string(e).unwrap_or_default();
                 tracing::warn!(topic, %details, "event");
             }
             Event::Agent(t) => tracing::info!(agent = %t.agent, state = t.state, "agent state"),
@@ -118,8 +127,8 @@ impl EventBus {
         self.inner.counter.with_label_values(&[topic]).inc();
         let mut seq = self.inner.seq.lock();
         *seq += 1;
-        let json = envelope(*seq, ts, topic, &fields);
-        let published = Arc::new(Published { seq: *seq, ts, topic, json, data: OnceLock::new() });
+        let published =
+            Arc::new(Published { seq: *seq, ts, topic, event, json: OnceLock::new(), data: OnceLock::new() });
         let _ = self.inner.tx.send(published);
         *seq
     }
@@ -159,7 +168,7 @@ mod tests {
         let e = rx.try_recv().unwrap();
         assert_eq!((e.seq, e.topic, e.str("component")), (seq, "infra.restarted", Some("HybridRouter")));
         assert_eq!(e.data()["restarts"], 2);
-        let wire: Value = serde_json::from_slice(&e.json).unwrap();
+        let wire: Value = serde_json::from_slice(e.json()).unwrap();
         assert_eq!(wire["seq"], seq);
         assert_eq!(&wire, &Value::Object(e.data().clone()));
     }

@@ -549,7 +549,7 @@ async fn finish(args: &RouterArgs, receipt: Receipt) {
 /// How long a model call waits for a restarting HybridRouter to come back
 /// (its first restart delays are `supervisor.backoff_initial_secs` = 10 ms,
 /// doubling).
-pub const RESTART_WAIT: Duration = Duration::from_secs(1);
+pub const RESTART_WAIT: Duration = Duration::from_secs(5);
 
 /// How agents and the gateway reach HybridRouter: by its registered name,
 /// looked up at each call (a restart gives a new actor).

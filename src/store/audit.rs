@@ -329,17 +329,22 @@ mod tests {
     }
 
     /// Holds the store thread until the returned sender is dropped or sent to.
-    fn block_store(store: &Store) -> std::sync::mpsc::Sender<()> {
+    /// Holds the store thread until the returned sender sends (or drops);
+    /// returns once the thread is held, so the writer's next commit waits.
+    async fn block_store(store: &Store) -> std::sync::mpsc::Sender<()> {
         let (release, wait) = std::sync::mpsc::channel::<()>();
+        let (held_tx, held) = oneshot::channel::<()>();
         let store = store.clone();
         tokio::spawn(async move {
             let _ = store
                 .call(move |_| {
+                    let _ = held_tx.send(());
                     let _ = wait.recv();
                     Ok(())
                 })
                 .await;
         });
+        held.await.expect("the store thread runs the blocking call");
         release
     }
 
@@ -350,7 +355,7 @@ mod tests {
         let metrics = Metrics::new();
         let log = AuditLog::start("receipts", store.clone(), (4, Duration::ZERO), insert_numbers, &metrics);
         assert_eq!((log.batch(), log.loss_bound()), (4, 8));
-        let release = block_store(&store);
+        let release = block_store(&store).await;
         let writer = log.clone();
         let appends = tokio::spawn(async move {
             for n in 0..10u32 {
@@ -415,7 +420,7 @@ mod tests {
         let store = store_with_table(dir.path()).await;
         let metrics = Metrics::new();
         let log = AuditLog::start("receipts", store.clone(), (8, Duration::ZERO), insert_numbers, &metrics);
-        let release = block_store(&store);
+        let release = block_store(&store).await;
         for n in 0..9u32 {
             log.append(n).await; // one taken by the writer, eight queued
         }
