@@ -18,6 +18,9 @@
 //! | ModelManagerSuite | [`models`] | `models.list`, `models.load`, `models.unload`, `models.status` |
 //! | VRAMOptimizerAgent | [`models`] | `vram.status`, `vram.evict_idle`; polls GPU (NVML) or host memory |
 //! | TinyLlamaServiceEnhanced | [`models`] | `tiny_generation`, `tiny.status` |
+//! | ResourceManager | [`resources`] | `resource.request`, `resource.release`, `resource.renew`, `resource.status`; TTL expiry, holder-down release |
+//! | AsyncProcessor | [`jobs`] | `async.submit`, `async.status`, `async.result`, `async.cancel`, `async.list`; durable jobs |
+//! | TaskScheduler | [`schedules`] | `schedule.add`, `schedule.list`, `schedule.cancel`; durable schedules |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
 //! issue lands — never with a made-up answer.
@@ -26,6 +29,7 @@ pub mod digital_twin;
 pub mod lazy_loader;
 pub mod memory;
 pub mod models;
+pub mod resources;
 pub mod service_registry;
 pub mod session_memory;
 pub mod streaming_tts;
@@ -58,6 +62,7 @@ pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
         ("ModelManagerSuite", models::suite_tasks()),
         ("VRAMOptimizerAgent", models::vram_tasks()),
         ("TinyLlamaServiceEnhanced", models::tiny_tasks()),
+        (resources::AGENT, resources::tasks()),
     ])
 }
 
@@ -79,6 +84,9 @@ pub(crate) fn behaviour_for(name: &str, services: &Services, fleet: &Fleet) -> O
         }
         "SessionMemoryAgent" => Some(Arc::new(session_memory::SessionMemory { store: services.store.clone() })),
         "StreamingTTSAgent" => Some(Arc::new(streaming_tts::StreamingTts { peers: Arc::new(fleet.clone()) })),
+        resources::AGENT => {
+            services.resources.clone().map(|l| Arc::new(resources::ResourceManager::new(l)) as Arc<dyn Behaviour>)
+        }
         _ => None,
     }
 }
