@@ -162,7 +162,7 @@ impl Behaviour for ResourceManager {
 
 /// A number of at least 0 (cores, MiB, seconds).
 #[derive(Debug, Clone, Copy)]
-struct NonNegative(f64);
+pub(crate) struct NonNegative(pub f64);
 
 impl<'de> Deserialize<'de> for NonNegative {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -185,7 +185,7 @@ impl JsonSchema for NonNegative {
 
 /// A number above 0 (seconds).
 #[derive(Debug, Clone, Copy)]
-struct Positive(f64);
+pub(crate) struct Positive(pub f64);
 
 impl<'de> Deserialize<'de> for Positive {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
