@@ -13,7 +13,7 @@ pub(crate) const MIGRATION: &str = "CREATE TABLE schedules (
     every_seconds REAL,
     cron TEXT,
     timezone TEXT NOT NULL,
-    priority INTEGER NOT NULL,
+    priority INTEGER,
     misfire TEXT NOT NULL,
     state TEXT NOT NULL,
     created_at REAL NOT NULL,

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use zeromq::{Socket, SocketRecv, SubSocket};
 
 use crate::util::{self, Daemon, dealer};
 
@@ -19,9 +20,39 @@ fn profile() -> String {
 
 /// The daemon of [`profile`] on free ports with the extra `--set`s; its ROUTER endpoint.
 async fn start(data: &Path, sets: &[&str]) -> (Daemon, String) {
-    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-    let (d, ingress, _) = Daemon::with_bus(&profile(), data, &sets, &[]).await;
+    let (d, ingress, _) = start_with_events(data, sets).await;
     (d, ingress)
+}
+
+/// [`start`], and the PUB endpoint.
+async fn start_with_events(data: &Path, sets: &[&str]) -> (Daemon, String, String) {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    Daemon::with_bus(&profile(), data, &sets, &[]).await
+}
+
+/// A SUB socket on `events` for `schedule.*`, once it gets events (probed
+/// with `utils.echo` tasks: the subscription reaches the PUB side some time
+/// after the connect).
+async fn schedule_events(events: &str, bus: &mut zeromq::DealerSocket) -> SubSocket {
+    let mut sub = SubSocket::new();
+    sub.connect(events).await.expect("connect to the PUB socket");
+    sub.subscribe("schedule.").await.expect("subscribe");
+    sub.subscribe("task.completed").await.expect("subscribe");
+    for n in 0..200 {
+        ok(bus, "utils.echo", json!(n)).await;
+        if let Some(e) = next_event(&mut sub, Duration::from_millis(50)).await
+            && e["topic"] == "task.completed"
+        {
+            return sub;
+        }
+    }
+    panic!("no event reached the SUB socket");
+}
+
+/// The next event's JSON, if one comes within `wait`.
+async fn next_event(sub: &mut SubSocket, wait: Duration) -> Option<Value> {
+    let msg = tokio::time::timeout(wait, sub.recv()).await.ok()?.ok()?;
+    serde_json::from_slice(msg.into_vec().get(1)?).ok()
 }
 
 /// Sends one task, returns its reply (chunks skipped).
@@ -50,13 +81,15 @@ async fn code(bus: &mut zeromq::DealerSocket, task_type: &str, input: Value) -> 
     r["error"]["code"].as_str().unwrap_or_default().to_string()
 }
 
-/// Polls `cond` every 20 ms until it holds (at most `secs`).
-async fn until<F: std::future::Future<Output = bool>>(secs: u64, what: &str, mut cond: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Polls the (awaiting) condition every 20 ms until it holds (at most `secs`).
+macro_rules! until {
+    ($secs:expr, $what:expr, $cond:expr) => {{
+        let deadline = Instant::now() + Duration::from_secs($secs);
+        while !$cond {
+            assert!(Instant::now() < deadline, "timed out waiting for {}", $what);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }};
 }
 
 const GIB: u64 = 1 << 30;
@@ -93,11 +126,7 @@ async fn resources_are_granted_denied_waited_for_expired_and_freed_by_a_holders_
         &json!({"id": b_id, "type": "resource.request", "input": {"holder": "B", "gpu_memory_bytes": 4 * GIB, "wait_seconds": 20}}),
     )
     .await;
-    until(10, "B waiting", || {
-        let bus = &mut bus;
-        async move { ok(bus, "resource.status", json!({})).await["waiting"] == 1 }
-    })
-    .await;
+    until!(10, "B waiting", { ok(&mut bus, "resource.status", json!({})).await["waiting"] == 1 });
     let released = ok(&mut bus, "resource.release", json!({"reservation_id": a["reservation_id"]})).await;
     assert_eq!(released["released"], 1);
     let b = util::recv_json_within(&mut bus_b, Duration::from_secs(10)).await;
@@ -110,23 +139,19 @@ async fn resources_are_granted_denied_waited_for_expired_and_freed_by_a_holders_
         ok(&mut bus, "resource.renew", json!({"reservation_id": t["reservation_id"], "ttl_seconds": 0.6})).await;
     assert!(renewed["expires_at"].as_f64() > t["expires_at"].as_f64());
     assert_eq!(code(&mut bus, "resource.request", json!({"holder": "U", "gpu": 1})).await, "resource_denied");
-    until(10, "the TTL expiry", || {
-        let bus = &mut bus;
-        async move { ok(bus, "resource.status", json!({})).await["free"]["gpu"] == 1 }
-    })
-    .await;
+    until!(10, "the TTL expiry", { ok(&mut bus, "resource.status", json!({})).await["free"]["gpu"] == 1 });
 
-    // A holder agent's crash (fault injection) frees its reservations.
+    // A holder agent's crash (fault injection) frees its reservations
+    // (UnifiedUtilsAgent is on demand: a task starts it).
+    ok(&mut bus, "utils.echo", json!("wake up")).await;
     ok(&mut bus, "resource.request", json!({"holder": "UnifiedUtilsAgent", "cpu": 1.5, "ports": 2})).await;
     let held = ok(&mut bus, "resource.status", json!("UnifiedUtilsAgent")).await;
     assert_eq!(held["reservations"][0]["ports"].as_array().map(Vec::len), Some(2), "{held}");
     let (status, _) = d.post("/agents/UnifiedUtilsAgent/fault", json!({"kind": "panic"})).await;
     assert_eq!(status, 200);
-    until(10, "the crashed holder's release", || {
-        let bus = &mut bus;
-        async move { ok(bus, "resource.status", json!({"holder": "UnifiedUtilsAgent"})).await["reservations"] == json!([]) }
-    })
-    .await;
+    until!(10, "the crashed holder's release", {
+        ok(&mut bus, "resource.status", json!({"holder": "UnifiedUtilsAgent"})).await["reservations"] == json!([])
+    });
 
     // Live reservations survive a restart, with the metrics in base units.
     let kept = ok(&mut bus, "resource.request", json!({"holder": "K", "mem_mb": 1, "cpu": 0.5})).await;
@@ -194,15 +219,11 @@ async fn jobs_survive_a_sigkill_every_one_ends_done_and_the_running_ones_ran_twi
         ids.push(out["job_id"].as_str().unwrap().to_string());
     }
     // Kill while some run and some are still queued.
-    until(20, "jobs running with some done", || {
-        let bus = &mut bus;
-        async move {
-            let running = ok(bus, "async.list", json!({"state": "running", "limit": 1})).await;
-            let done = ok(bus, "async.list", json!({"state": "done", "limit": 1})).await;
-            running["jobs"] != json!([]) && done["jobs"] != json!([])
-        }
-    })
-    .await;
+    until!(20, "jobs running with some done", {
+        let running = ok(&mut bus, "async.list", json!({"state": "running", "limit": 1})).await;
+        let done = ok(&mut bus, "async.list", json!({"state": "done", "limit": 1})).await;
+        running["jobs"] != json!([]) && done["jobs"] != json!([])
+    });
     d.child.start_kill().unwrap();
     d.child.wait().await.unwrap();
 
@@ -223,14 +244,10 @@ async fn jobs_survive_a_sigkill_every_one_ends_done_and_the_running_ones_ran_twi
 
     let (_d, ingress) = start(dir.path(), &sets).await;
     let mut bus = dealer(&ingress).await;
-    until(60, "every job done", || {
-        let bus = &mut bus;
-        async move {
-            let done = ok(bus, "async.list", json!({"state": "done", "limit": 10000})).await;
-            done["jobs"].as_array().map(Vec::len) == Some(JOBS)
-        }
-    })
-    .await;
+    until!(60, "every job done", {
+        let done = ok(&mut bus, "async.list", json!({"state": "done", "limit": 10000})).await;
+        done["jobs"].as_array().map(Vec::len) == Some(JOBS)
+    });
     for id in &ids {
         let st = ok(&mut bus, "async.status", json!(id)).await;
         let want = if running.contains(id) { 2 } else { 1 };
@@ -256,22 +273,117 @@ async fn a_job_is_retried_on_retryable_errors_and_cancelled_while_running() {
     )
     .await;
     let id = job["job_id"].clone();
-    until(20, "the job failed after its attempts", || {
-        let (bus, id) = (&mut bus, id.clone());
-        async move { ok(bus, "async.status", json!({"job_id": id})).await["state"] == "failed" }
-    })
-    .await;
+    until!(20, "the job failed after its attempts", {
+        ok(&mut bus, "async.status", json!({"job_id": id})).await["state"] == "failed"
+    });
     let result = ok(&mut bus, "async.result", json!({"job_id": id})).await;
     assert_eq!((&result["attempts"], &result["error"]["code"]), (&json!(2), &json!("deadline_exceeded")), "{result}");
     // Cancel while running.
     let job = ok(&mut bus, "async.submit", json!({"task": {"type": "utils.sleep", "input": 30}})).await;
     let id = job["job_id"].clone();
-    until(10, "running", || {
-        let (bus, id) = (&mut bus, id.clone());
-        async move { ok(bus, "async.status", json!({"job_id": id})).await["state"] == "running" }
-    })
-    .await;
+    until!(10, "running", { ok(&mut bus, "async.status", json!({"job_id": id})).await["state"] == "running" });
     let c = ok(&mut bus, "async.cancel", json!({"job_id": id})).await;
     assert_eq!((&c["cancelled"], &c["state"]), (&json!(true), &json!("cancelled")));
     assert_eq!(ok(&mut bus, "async.status", json!({"job_id": id})).await["state"], "cancelled");
+}
+
+/// RFC 3339 text of now plus `secs`.
+fn rfc3339_in(secs: f64) -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now() + Duration::from_secs_f64(secs)).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_fire_in_order_persist_and_follow_their_misfire_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut d, ingress, events) = start_with_events(dir.path(), &[]).await;
+    let mut bus = dealer(&ingress).await;
+    let mut sub = schedule_events(&events, &mut bus).await;
+    let every = ok(
+        &mut bus,
+        "schedule.add",
+        json!({"task": {"type": "utils.echo", "input": "tick"}, "every_seconds": 1, "name": "tick"}),
+    )
+    .await;
+    let cron = ok(&mut bus, "schedule.add", json!({"task": {"type": "utils.time"}, "cron": "* * * * * *"})).await;
+    let at = ok(&mut bus, "schedule.add", json!({"task": {"type": "utils.time"}, "at": rfc3339_in(1.0)})).await;
+    let (every, cron, at) = (every["schedule_id"].clone(), cron["schedule_id"].clone(), at["schedule_id"].clone());
+    let mut fired: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fired.get(every.as_str().unwrap()).map_or(0, Vec::len) < 10 {
+        assert!(Instant::now() < deadline, "10 firings of every_seconds: 1 within 30 s: {fired:?}");
+        if let Some(e) = next_event(&mut sub, Duration::from_secs(2)).await
+            && e["topic"] == "schedule.fired"
+        {
+            fired.entry(e["schedule_id"].as_str().unwrap().to_string()).or_default().push(e);
+        }
+    }
+    let ticks = &fired[every.as_str().unwrap()];
+    let due: Vec<f64> = ticks.iter().map(|e| e["due_at"].as_f64().unwrap()).collect();
+    for w in due.windows(2) {
+        assert!((w[1] - w[0] - 1.0).abs() < 1e-6, "in order, one second apart: {due:?}");
+    }
+    let drift: Vec<String> =
+        ticks.iter().map(|e| format!("{:.1}", e["drift_seconds"].as_f64().unwrap() * 1e3)).collect();
+    eprintln!("note: every_seconds: 1 drift per firing, ms: {}", drift.join(", "));
+    assert!(fired.get(cron.as_str().unwrap()).is_some_and(|v| !v.is_empty()), "the cron schedule fired");
+    assert_eq!(fired.get(at.as_str().unwrap()).map(Vec::len), Some(1), "the at schedule fired once");
+    // Each firing is a job that ran.
+    let job = ticks[0]["job_id"].clone();
+    until!(10, "the first tick's job done", {
+        ok(&mut bus, "async.result", json!({"job_id": job})).await["output"] == "tick"
+    });
+    for id in [&every, &cron] {
+        assert_eq!(ok(&mut bus, "schedule.cancel", json!({"schedule_id": id})).await["cancelled"], true);
+    }
+    assert_eq!(ok(&mut bus, "schedule.cancel", json!(every)).await["cancelled"], false);
+
+    // Down while firings are due: run_once fires once, skip does not.
+    let kept = ok(
+        &mut bus,
+        "schedule.add",
+        json!({"task": {"type": "utils.time"}, "every_seconds": 0.5, "misfire": "run_once"}),
+    )
+    .await;
+    let once = ok(
+        &mut bus,
+        "schedule.add",
+        json!({"task": {"type": "utils.time"}, "after_seconds": 1, "misfire": "run_once"}),
+    )
+    .await;
+    let skip =
+        ok(&mut bus, "schedule.add", json!({"task": {"type": "utils.time"}, "after_seconds": 1, "misfire": "skip"}))
+            .await;
+    let skip_every =
+        ok(&mut bus, "schedule.add", json!({"task": {"type": "utils.time"}, "every_seconds": 0.5, "misfire": "skip"}))
+            .await;
+    d.child.start_kill().unwrap();
+    d.child.wait().await.unwrap();
+    let down_until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < down_until {
+        tokio::time::sleep(Duration::from_millis(100)).await; // the daemon stays down past the firings
+    }
+    let (d, ingress) = start(dir.path(), &[]).await;
+    let mut bus = dealer(&ingress).await;
+    let by_id = |list: &Value, id: &Value| -> Value {
+        list["schedules"].as_array().unwrap().iter().find(|s| s["schedule_id"] == *id).cloned().unwrap_or_default()
+    };
+    until!(10, "the missed firings handled", {
+        let list = ok(&mut bus, "schedule.list", json!({})).await;
+        by_id(&list, &once["schedule_id"])["state"] == "ended"
+            && by_id(&list, &kept["schedule_id"])["firings"].as_u64() >= Some(2)
+    });
+    let list = ok(&mut bus, "schedule.list", Value::Null).await;
+    let (o, s, k, se) = (
+        by_id(&list, &once["schedule_id"]),
+        by_id(&list, &skip["schedule_id"]),
+        by_id(&list, &kept["schedule_id"]),
+        by_id(&list, &skip_every["schedule_id"]),
+    );
+    assert_eq!((&o["firings"], &o["state"]), (&json!(1), &json!("ended")), "run_once ran once: {o}");
+    assert_eq!((&s["firings"], &s["state"]), (&json!(0), &json!("ended")), "skip did not run: {s}");
+    assert_eq!(k["state"], "active", "the recurring schedule survived the restart: {k}");
+    assert_eq!(se["state"], "active", "{se}");
+    let metrics = d.get_text("/metrics").await;
+    assert!(metrics.contains("agentvisor_schedule_firings_total{outcome=\"misfire_run\"}"), "{metrics}");
+    assert!(metrics.contains("agentvisor_schedule_firings_total{outcome=\"skipped\"} 2"), "{metrics}");
 }
