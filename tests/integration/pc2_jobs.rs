@@ -387,3 +387,93 @@ async fn schedules_fire_in_order_persist_and_follow_their_misfire_policy() {
     assert!(metrics.contains("agentvisor_schedule_firings_total{outcome=\"misfire_run\"}"), "{metrics}");
     assert!(metrics.contains("agentvisor_schedule_firings_total{outcome=\"skipped\"} 2"), "{metrics}");
 }
+
+/// Waits for the next event on `sub` that `pred` accepts (at most 10 s).
+async fn wait_event(sub: &mut SubSocket, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "no {what} event within 10 s");
+        if let Some(e) = next_event(sub, Duration::from_millis(500)).await
+            && pred(&e)
+        {
+            return e;
+        }
+    }
+}
+
+/// The model manager reserves a model's memory through the ledger before
+/// its load and releases it when the load fails (a GGUF file that is not a
+/// model), in every build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_load_reserves_through_the_ledger_and_a_failed_load_releases() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(models.join("not-a-model.gguf"), vec![0u8; 4096]).unwrap();
+    let models_dir = format!("models_dir={}", models.display());
+    let (_d, ingress, events) = start_with_events(&dir.path().join("data"), &[&models_dir, "resources.gpu=0"]).await;
+    let mut bus = dealer(&ingress).await;
+    let mut sub = SubSocket::new();
+    sub.connect(&events).await.unwrap();
+    sub.subscribe("resource.").await.unwrap();
+    // The subscription reaches the PUB side some time after the connect: probe.
+    for n in 0..200 {
+        ok(&mut bus, "resource.request", json!({"holder": "probe", "cpu": 0.01})).await;
+        ok(&mut bus, "resource.release", json!({"holder": "probe"})).await;
+        if next_event(&mut sub, Duration::from_millis(50)).await.is_some() {
+            break;
+        }
+        assert!(n < 199, "no event reached the SUB socket");
+    }
+    let r = call(&mut bus, "models.load", json!({"model": "not-a-model"})).await;
+    assert_eq!(r["status"], "error", "{r}");
+    let granted =
+        wait_event(&mut sub, "resource.granted", |e| e["topic"] == "resource.granted" && e["holder"] == "not-a-model")
+            .await;
+    assert!(granted["memory_bytes"].as_u64() > Some(4096), "host memory on a machine without a GPU: {granted}");
+    let released = wait_event(&mut sub, "resource.released", |e| {
+        e["topic"] == "resource.released" && e["holder"] == "not-a-model"
+    })
+    .await;
+    assert_eq!(released["reason"], "model_unloaded");
+    assert_eq!(ok(&mut bus, "resource.status", json!("not-a-model")).await["reservations"], json!([]));
+}
+
+/// Loading the real model reserves its memory in the ledger (the model is
+/// the holder) and unloading releases it. Needs llama.cpp (the `embedded`
+/// feature).
+#[cfg(feature = "embedded")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loading_the_real_model_shows_it_as_holder_until_unloaded() {
+    use agentvisor::models::DEFAULT_MODEL_NAME;
+    let dir = tempfile::tempdir().unwrap();
+    let models_dir = format!("models_dir={}", util::models_dir().display());
+    let (_d, ingress) = start(dir.path(), &[&models_dir]).await;
+    let mut bus = dealer(&ingress).await;
+    let loaded = ok(&mut bus, "models.load", json!({"model": DEFAULT_MODEL_NAME})).await;
+    let st = ok(&mut bus, "resource.status", json!({"holder": DEFAULT_MODEL_NAME})).await;
+    let held = &st["reservations"][0];
+    let bytes = held["memory_bytes"].as_u64().unwrap_or(0) + held["gpu_memory_bytes"].as_u64().unwrap_or(0);
+    assert_eq!(Some(bytes), loaded["bytes"].as_u64(), "{st} vs {loaded}");
+    ok(&mut bus, "models.unload", json!({"model": DEFAULT_MODEL_NAME})).await;
+    let st = ok(&mut bus, "resource.status", json!({"holder": DEFAULT_MODEL_NAME})).await;
+    assert_eq!(st["reservations"], json!([]), "{st}");
+}
+
+/// A process agent whose spec asks for a GPU is `unavailable` on a machine
+/// without one, with that reason (LocalFineTunerAgent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_fine_tuner_is_unavailable_without_a_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = util::settings(dir.path());
+    s.resources.gpu = Some(0);
+    s.resources.gpu_memory_bytes = Some(0);
+    let fleet = util::fleet(s, None, "learning").await;
+    fleet.boot().await;
+    let e = fleet.ensure("LocalFineTunerAgent").await.expect_err("no GPU here");
+    let message = e.to_string();
+    assert!(message.contains("gpu: needs 1, the machine has 0"), "{message}");
+    let record = fleet.ctx().record("LocalFineTunerAgent").unwrap();
+    assert_eq!(record.state, agentvisor::supervisor::AgentState::Unavailable, "{record:?}");
+    fleet.shutdown(Duration::from_secs(10)).await;
+}
