@@ -319,10 +319,13 @@ pub struct Ledger {
     metrics: Metrics,
 }
 
+/// A queued SQLite write of the ledger.
+type Write = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
+
 /// Work to finish outside the lock: rows to write, events to emit.
 #[derive(Default)]
 struct After {
-    writes: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>>,
+    writes: Vec<Write>,
     events: Vec<Event>,
 }
 
