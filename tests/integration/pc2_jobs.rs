@@ -258,6 +258,11 @@ async fn jobs_survive_a_sigkill_every_one_ends_done_and_the_running_ones_ran_twi
     let cancelled = ok(&mut bus, "async.cancel", json!({"job_id": ids[0]})).await;
     assert_eq!((&cancelled["cancelled"], &cancelled["state"]), (&json!(false), &json!("done")));
     eprintln!("note: {} of {JOBS} jobs were running at the SIGKILL and ran twice", running.len());
+    // `agentvisor jobs` lists them from the store.
+    let listed = cli(&["jobs", "--state", "done", "--last", "1000", "--json", "--data-dir"], dir.path());
+    assert_eq!(listed.lines().count(), JOBS, "{listed}");
+    let twice = listed.lines().filter(|l| l.contains("\"attempts\":2")).count();
+    assert_eq!(twice, running.len(), "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,6 +290,13 @@ async fn a_job_is_retried_on_retryable_errors_and_cancelled_while_running() {
     let c = ok(&mut bus, "async.cancel", json!({"job_id": id})).await;
     assert_eq!((&c["cancelled"], &c["state"]), (&json!(true), &json!("cancelled")));
     assert_eq!(ok(&mut bus, "async.status", json!({"job_id": id})).await["state"], "cancelled");
+}
+
+/// `agentvisor ARGS DATA_DIR`'s stdout (it must exit 0).
+fn cli(args: &[&str], data: &Path) -> String {
+    let out = std::process::Command::new(util::bin()).args(args).arg(data).output().expect("the CLI runs");
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// RFC 3339 text of now plus `secs`.
@@ -385,6 +397,11 @@ async fn schedules_fire_in_order_persist_and_follow_their_misfire_policy() {
     assert_eq!(se["state"], "active", "{se}");
     let metrics = d.get_text("/metrics").await;
     assert!(metrics.contains("agentvisor_schedule_firings_total{outcome=\"misfire_run\"}"), "{metrics}");
+    let listed = cli(&["schedules", "--data-dir"], dir.path());
+    assert!(
+        listed.starts_with("SCHEDULE") && listed.contains("* * * * * * UTC") && listed.contains("cancelled"),
+        "{listed}"
+    );
     assert!(metrics.contains("agentvisor_schedule_firings_total{outcome=\"skipped\"} 2"), "{metrics}");
 }
 
