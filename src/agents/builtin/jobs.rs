@@ -269,6 +269,12 @@ impl Jobs {
         }
     }
 
+    /// One job moved from `from` to `to` (`agentvisor_jobs{state}`).
+    fn move_gauge(&self, from: JobState, to: JobState) {
+        self.metrics.jobs.with_label_values(&[from.as_str()]).dec();
+        self.metrics.jobs.with_label_values(&[to.as_str()]).inc();
+    }
+
     fn emit(
         &self,
         job_id: &str,
@@ -370,7 +376,7 @@ impl Jobs {
             }
             q.cancelled.insert(id.to_string());
         }
-        self.finish(id, row.attempts, JobState::Cancelled, None, None, row.task_type.clone(), None).await?;
+        self.finish(id, state, row.attempts, JobState::Cancelled, None, None, row.task_type.clone(), None).await?;
         Ok(CancelOutput { job_id: id.to_string(), cancelled: true, state: JobState::Cancelled })
     }
 
@@ -380,6 +386,7 @@ impl Jobs {
     async fn finish(
         &self,
         id: &str,
+        from: JobState,
         attempts: u32,
         state: JobState,
         output: Option<(Value, Option<Value>)>,
@@ -413,7 +420,7 @@ impl Jobs {
             if let Some(c) = created_at {
                 self.metrics.job_duration.observe((unix_time() - c).max(0.0));
             }
-            self.refresh_gauges().await;
+            self.move_gauge(from, state);
         }
         Ok(())
     }
@@ -500,15 +507,23 @@ impl Jobs {
             .await
             .map_err(store_error)?;
         let Some(row) = row else { return Ok(()) };
-        self.metrics.jobs.with_label_values(&["queued"]).dec();
-        self.metrics.jobs.with_label_values(&["running"]).inc();
+        self.move_gauge(JobState::Queued, JobState::Running);
         self.emit(id, "running", row.attempts, row.task_type.clone(), None);
         let envelope: JobTask = match serde_json::from_str(&row.task) {
             Ok(t) => t,
             Err(e) => {
                 let e = TaskError::new(ErrorCode::Internal, format!("stored task of job {id} unreadable: {e}"));
                 return self
-                    .finish(id, row.attempts, JobState::Failed, None, Some(&e), row.task_type, Some(row.created_at))
+                    .finish(
+                        id,
+                        JobState::Running,
+                        row.attempts,
+                        JobState::Failed,
+                        None,
+                        Some(&e),
+                        row.task_type,
+                        Some(row.created_at),
+                    )
                     .await;
             }
         };
@@ -527,6 +542,7 @@ impl Jobs {
             Ok((output, route)) => {
                 self.finish(
                     id,
+                    JobState::Running,
                     row.attempts,
                     JobState::Done,
                     Some((output, route)),
@@ -569,7 +585,7 @@ impl Jobs {
                     code: Some(e.code.as_str()),
                     retry_in_seconds: Some(delay),
                 }));
-                self.refresh_gauges().await;
+                self.move_gauge(JobState::Running, JobState::Queued);
                 let (jobs, id, priority, seq) = (self.clone(), id.to_string(), row.priority, row.seq);
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs_f64(delay)).await;
@@ -580,8 +596,17 @@ impl Jobs {
             }
             Err(e) => {
                 tracing::info!(job_id = id, attempt = row.attempts, code = e.code.as_str(), error = %e.message, "job failed");
-                self.finish(id, row.attempts, JobState::Failed, None, Some(&e), row.task_type, Some(row.created_at))
-                    .await
+                self.finish(
+                    id,
+                    JobState::Running,
+                    row.attempts,
+                    JobState::Failed,
+                    None,
+                    Some(&e),
+                    row.task_type,
+                    Some(row.created_at),
+                )
+                .await
             }
         }
     }
