@@ -310,7 +310,9 @@ impl Jobs {
         }
         // Refuse now what could never run: an unknown agent or type, an input its type refuses.
         self.fleet.resolve(task.agent.as_deref(), task.task_type.as_deref())?;
-        if let Some(t) = &task.task_type {
+        // As the bus: a type with a schema must fit it (a type without one
+        // goes to `bus.default_agent`, resolved above).
+        if let Some(t) = task.task_type.as_deref().filter(|t| self.table.get(t).is_some()) {
             self.table.decode(t, &task.input)?;
         }
         let priority = priority.map_or(5, |p| p.0 as u8);

@@ -366,7 +366,9 @@ impl Inner {
             return Err(invalid("input of schedule.add: task needs type or agent".into()));
         }
         self.fleet.resolve(task.agent.as_deref(), task.task_type.as_deref())?;
-        if let Some(t) = &task.task_type {
+        // As the bus: a type with a schema must fit it (a type without one
+        // goes to `bus.default_agent`, resolved above).
+        if let Some(t) = task.task_type.as_deref().filter(|t| self.table.get(t).is_some()) {
             self.table.decode(t, &task.input)?;
         }
         let tz_name = timezone.map(|Name(n)| n).unwrap_or_else(|| "UTC".into());
