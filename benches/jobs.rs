@@ -66,7 +66,10 @@ async fn jobs(system: &System, ingress: &str, count: usize, rate: f64) {
     send(&mut bus, &json!({"id": "warm", "type": "utils.echo", "input": 0})).await;
     recv(&mut bus).await;
     let t0 = Instant::now();
-    let sent: HashMap<String, Instant> = {
+    // Sent at, Unix seconds: compared with each event's own `ts` (its
+    // emission), so reading the events after the run costs nothing.
+    let unix = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let sent: HashMap<String, f64> = {
         let (mut tx, mut rx) = bus.split();
         let sender = async {
             let mut sent = HashMap::new();
@@ -74,7 +77,7 @@ async fn jobs(system: &System, ingress: &str, count: usize, rate: f64) {
                 let due = t0 + Duration::from_secs_f64(i as f64 / rate);
                 tokio::time::sleep_until(due.into()).await;
                 let id = format!("s{i}");
-                sent.insert(id.clone(), Instant::now());
+                sent.insert(id.clone(), unix());
                 let v =
                     json!({"id": id, "type": "async.submit", "input": {"task": {"type": "utils.echo", "input": i}}});
                 tx.send(ZmqMessage::from(Bytes::from(serde_json::to_vec(&v).expect("json")))).await.expect("send");
@@ -96,19 +99,22 @@ async fn jobs(system: &System, ingress: &str, count: usize, rate: f64) {
         sent.into_iter().map(|(id, at)| (jobs[&id].clone(), at)).collect()
     };
     let submitted_in = t0.elapsed().as_secs_f64();
+    let t0_unix = unix() - t0.elapsed().as_secs_f64();
+    let mut ends = t0_unix;
     let mut samples = Samples::default();
     while samples.ok + samples.errors < count {
         let e =
             tokio::time::timeout(Duration::from_secs(30), events.recv()).await.expect("jobs finish").expect("event");
-        let Some(at) = e.str("job_id").and_then(|id| sent.get(id)) else { continue };
+        let Some(at) = e.str("job_id").and_then(|id| sent.get(id)).copied() else { continue };
+        ends = ends.max(e.ts);
         match e.topic {
             "job.done" => samples.ok += 1,
             "job.failed" | "job.cancelled" => samples.errors += 1,
             _ => continue,
         }
-        samples.latencies_ms.push(at.elapsed().as_secs_f64() * 1e3);
+        samples.latencies_ms.push((e.ts - at) * 1e3);
     }
-    samples.seconds = t0.elapsed().as_secs_f64();
+    samples.seconds = ends - t0_unix;
     let s = samples.summary();
     println!(
         "jobs: {count} no-op jobs submitted at {:.0}/s (asked {rate:.0}/s), {} done, {} failed; submit -> done p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {:.0} jobs/s end to end",
