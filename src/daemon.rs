@@ -35,6 +35,7 @@ use crate::models::manager::ModelManager;
 use crate::routing::router::{HybridRouter, LoadProbe, ROUTER_NAME, RouterArgs, RouterHandle, RouterMsg};
 use crate::store::Store;
 use crate::store::receipts::{self, ReceiptLog};
+use crate::store::resources::{Capacity, Ledger};
 use crate::supervisor::infra::{Component, Infra};
 use crate::supervisor::{AgentTable, Fleet};
 use crate::telemetry::metrics::Metrics;
@@ -102,6 +103,21 @@ impl System {
             tracing::warn!(types = ?undeclared, "task types without a schema take any input");
         }
         let tasks = Arc::new(tasks);
+        let resources = if plan.agents.contains("ResourceManager") {
+            let wanted = settings.resources.clone();
+            let capacity = tokio::task::spawn_blocking(move || Capacity::detect(&wanted))
+                .await
+                .context("capacity detection failed")?;
+            tracing::info!(capacity = ?capacity.amounts, "resource ledger capacity");
+            let ledger = Ledger::open(store.clone(), capacity, events.clone(), metrics.clone())
+                .await
+                .context("cannot open the resource ledger")?;
+            let ledger = Arc::new(ledger);
+            models.use_ledger(ledger.clone());
+            Some(ledger)
+        } else {
+            None
+        };
         let with_bus = plan.agents.contains("RequestCoordinator");
         let table = Arc::new(AgentTable::new(
             settings.clone(),
@@ -120,6 +136,7 @@ impl System {
             load: load.clone(),
             router: router.clone(),
             tasks: tasks.clone(),
+            resources,
         });
         let bus = Arc::new(BusStatus::default());
         let mut spawner = Spawner::new(services.clone());

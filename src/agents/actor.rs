@@ -49,6 +49,8 @@ pub struct AgentArgs {
 /// State of a running agent.
 pub struct AgentState {
     spec: Arc<AgentSpec>,
+    /// The daemon's services (the resource ledger, released at stop).
+    services: Arc<Services>,
     ctx: Arc<AgentTable>,
     child: Option<ProcessChild>,
     builtin: Option<Arc<dyn Behaviour>>,
@@ -68,7 +70,16 @@ impl Actor for AgentActor {
         let AgentArgs { spec, fleet, services, registered, deadline } = args;
         let ctx = fleet.ctx().clone();
         let child = match &spec.runtime {
-            RuntimeSpec::Process { .. } => Some(ProcessChild::start(&spec, &ctx, myself, deadline).await?),
+            RuntimeSpec::Process { .. } => {
+                super::resources::reserve(&spec, &services).await?;
+                match ProcessChild::start(&spec, &ctx, myself, deadline).await {
+                    Ok(child) => Some(child),
+                    Err(e) => {
+                        super::resources::release(&spec, &services);
+                        return Err(e.into());
+                    }
+                }
+            }
             RuntimeSpec::Builtin { .. } | RuntimeSpec::Llm { .. } => None,
         };
         let builtin = match registered {
@@ -78,7 +89,7 @@ impl Actor for AgentActor {
         if let Some(b) = &builtin {
             b.start().await?;
         }
-        Ok(AgentState { spec, ctx, child, builtin, tasks: JoinSet::new() })
+        Ok(AgentState { spec, services, ctx, child, builtin, tasks: JoinSet::new() })
     }
 
     async fn post_stop(&self, _myself: ActorRef<AgentMsg>, state: &mut AgentState) -> Result<(), ActorProcessingErr> {
@@ -88,6 +99,7 @@ impl Actor for AgentActor {
         }
         if let Some(child) = state.child.as_mut() {
             child.stop(state.ctx.settings.supervisor.shutdown_timeout_secs).await;
+            super::resources::release(&state.spec, &state.services);
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! - [`behaviour`]: the `Behaviour` trait builtin and llm agents implement.
 //! - [`services`]: what the composition root gives the agent layer.
 //! - [`process`]: `process` runtime — a supervised child program.
+//! - [`resources`]: a process agent's spec `resources:`, reserved before its child starts.
 //! - [`builtin`]: Rust behaviours, one file per behaviour.
 //! - [`llm`]: the `llm` runtime — role prompt → HybridRouter; the arbiter.
 //! - [`tasks`]: the task-type table — input and output JSON Schemas and
@@ -16,6 +17,7 @@ pub mod behaviour;
 pub mod builtin;
 pub mod llm;
 pub mod process;
+pub mod resources;
 pub mod services;
 pub mod tasks;
 

@@ -10,6 +10,7 @@ use crate::events::EventBus;
 use crate::models::manager::ModelManager;
 use crate::routing::router::{LoadProbe, RouterHandle};
 use crate::store::Store;
+use crate::store::resources::Ledger;
 use crate::supervisor::Fleet;
 use crate::telemetry::metrics::Metrics;
 
@@ -31,6 +32,9 @@ pub struct Services {
     pub router: RouterHandle,
     /// Every task type's schemas and example: the decoding layer.
     pub tasks: Arc<TaskTable>,
+    /// ResourceManager's ledger, when the profile includes ResourceManager
+    /// (the model manager and process agents reserve through it then).
+    pub resources: Option<Arc<Ledger>>,
 }
 
 /// Builds a behaviour registered by the composition root for an agent whose

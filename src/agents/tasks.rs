@@ -913,6 +913,7 @@ mod tests {
             max_concurrency: 16,
             restart: Default::default(),
             runtime,
+            resources: None,
         }
     }
 

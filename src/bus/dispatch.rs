@@ -226,38 +226,9 @@ impl Dispatcher {
         }
     }
 
-    /// Resolves the agent: `agent`, else `type` through the catalog's
-    /// `handles`, else `bus.default_agent`.
+    /// Resolves the agent ([`Fleet::resolve`]).
     fn resolve(&self, task: &ValidTask) -> Result<String, TaskError> {
-        let ctx = self.shared.fleet.ctx();
-        let in_plan = |a: &str| ctx.plan.agents.contains(a);
-        if let Some(agent) = &task.agent {
-            return if in_plan(agent) {
-                Ok(agent.clone())
-            } else if ctx.catalog.get(agent).is_some() {
-                Err(TaskError::new(
-                    ErrorCode::UnknownAgent,
-                    format!("agent {agent} is not in profile {}", ctx.plan.name),
-                ))
-            } else {
-                Err(TaskError::new(ErrorCode::UnknownAgent, format!("no agent named {agent}")))
-            };
-        }
-        let task_type = task.task_type.as_deref().unwrap_or_default();
-        match ctx.catalog.handlers.get(task_type) {
-            Some(agent) if in_plan(agent) => Ok(agent.clone()),
-            Some(agent) => Err(TaskError::new(
-                ErrorCode::UnknownTaskType,
-                format!(
-                    "task type {task_type} is handled by {agent}, which profile {} does not include",
-                    ctx.plan.name
-                ),
-            )),
-            None => match &ctx.settings.bus.default_agent {
-                Some(d) if in_plan(d) => Ok(d.clone()),
-                _ => Err(TaskError::new(ErrorCode::UnknownTaskType, format!("no agent handles task type {task_type}"))),
-            },
-        }
+        self.shared.fleet.resolve(task.agent.as_deref(), task.task_type.as_deref())
     }
 
     /// A task's `model` must name something a backend serves.

@@ -3,12 +3,13 @@
 //! This file holds the clap definitions ([`Cli`], [`Command`]), the global
 //! flags (`--config`, `--set`), settings loading and [`execute`], which hands
 //! each command to its own file: `run`, `check`, `agents`, `send`, `events`,
-//! `receipts`, `models`, `tasks`, and the `bench` folder (`bus`, `gateway`).
+//! `receipts`, `jobs`, `schedules`, `models`, `tasks`, and the `bench` folder (`bus`, `gateway`).
 
 mod agents;
 mod bench;
 mod check;
 mod events;
+mod jobs;
 mod models;
 mod receipts;
 mod run;
@@ -148,6 +149,30 @@ pub enum Command {
         /// How many, newest last.
         #[arg(long, default_value_t = 20)]
         last: u32,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Data directory (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// List AsyncProcessor's background jobs from the SQLite store (`data_dir/agentvisor.db`).
+    Jobs {
+        /// Only jobs in this state (queued, running, done, failed, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// How many, newest first.
+        #[arg(long, default_value_t = 50)]
+        last: u32,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Data directory (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// List TaskScheduler's schedules from the SQLite store (`data_dir/agentvisor.db`).
+    Schedules {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -351,6 +376,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Events { topic, count, endpoint } => events::events(&cli, topic, *count, endpoint.as_deref()).await,
         Command::Models { action, models_dir } => models::models(&cli, action, models_dir.as_deref()).await,
         Command::Receipts { last, json, data_dir } => receipts::receipts(&cli, *last, *json, data_dir.as_deref()),
+        Command::Jobs { state, last, json, data_dir } => {
+            jobs::jobs(&cli, state.as_deref(), *last, *json, data_dir.as_deref())
+        }
+        Command::Schedules { json, data_dir } => jobs::schedules(&cli, *json, data_dir.as_deref()),
         Command::Bench(args) => bench::bench(&cli, args).await,
     }
 }

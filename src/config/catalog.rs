@@ -460,6 +460,7 @@ mod tests {
                 max_concurrency: 16,
                 restart: Default::default(),
                 runtime: RuntimeSpec::Builtin { behaviour: None },
+                resources: None,
             },
         )
     }

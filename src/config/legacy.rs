@@ -119,5 +119,6 @@ fn to_spec(base: &Path, group: &str, name: String, a: LegacyAgent) -> AgentSpec 
             unconfigured_reason,
         },
         name,
+        resources: None,
     }
 }

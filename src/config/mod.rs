@@ -80,6 +80,74 @@ pub struct Settings {
     pub log: LogSettings,
     /// Switches that exist only for tests.
     pub testing: TestingSettings,
+    /// ResourceManager's capacities (detected at start; each key set here overrides).
+    pub resources: ResourceSettings,
+    /// AsyncProcessor's background jobs.
+    #[serde(rename = "async")]
+    pub jobs: JobSettings,
+}
+
+/// `resources:` — what ResourceManager's ledger grants. Each capacity is
+/// detected at start (CPU cores and host memory through `sysinfo`, GPUs and
+/// their memory through NVML where present, else 0) unless set here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourceSettings {
+    /// CPU cores (fractional); default: the cores the OS reports.
+    pub cpu: Option<f64>,
+    /// Host memory, bytes; default: total host memory.
+    pub memory_bytes: Option<u64>,
+    /// GPUs; default: NVML's device count (0 without a driver).
+    pub gpu: Option<u64>,
+    /// GPU memory, bytes; default: the devices' total memory through NVML (0 without).
+    pub gpu_memory_bytes: Option<u64>,
+    /// Ports granted by `ports` requests: the inclusive range `[first, last]`.
+    /// Default `[20000, 20999]`.
+    pub port_range: [u16; 2],
+}
+
+impl Default for ResourceSettings {
+    fn default() -> Self {
+        ResourceSettings {
+            cpu: None,
+            memory_bytes: None,
+            gpu: None,
+            gpu_memory_bytes: None,
+            port_range: [20000, 20999],
+        }
+    }
+}
+
+/// `async:` — AsyncProcessor's background jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobSettings {
+    /// Jobs running at once, at most; default (`null` or 0): the number of CPU cores.
+    pub max_running: Option<usize>,
+    /// Finished jobs (done, failed, cancelled) are deleted this many seconds
+    /// after they end; default 7 days.
+    pub retention_secs: f64,
+    /// First retry delay, seconds; doubles per attempt up to `retry_max_secs`
+    /// (with ±20 % jitter). Default 0.5.
+    pub retry_initial_secs: f64,
+    /// Longest retry delay, seconds. Default 30.
+    pub retry_max_secs: f64,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings { max_running: None, retention_secs: 7.0 * 86_400.0, retry_initial_secs: 0.5, retry_max_secs: 30.0 }
+    }
+}
+
+impl JobSettings {
+    /// `max_running`, or the number of CPU cores (at least 1).
+    pub fn max_running(&self) -> usize {
+        match self.max_running {
+            Some(n) if n > 0 => n,
+            _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -102,6 +170,8 @@ impl Default for Settings {
             executor: ExecutorSettings::default(),
             log: LogSettings::default(),
             testing: TestingSettings::default(),
+            resources: ResourceSettings::default(),
+            jobs: JobSettings::default(),
         }
     }
 }

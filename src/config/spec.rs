@@ -58,6 +58,33 @@ pub struct AgentSpec {
     pub restart: RestartSpec,
     /// How the agent does its work.
     pub runtime: RuntimeSpec,
+    /// Resources a `process` agent holds while it runs: reserved through
+    /// ResourceManager's ledger before its child starts (when the profile
+    /// includes ResourceManager) and released when it stops; more than the
+    /// machine has makes the agent `unavailable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceSpec>,
+}
+
+/// `resources:` of a spec, base units (as `resource.request`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSpec {
+    /// CPU cores (fractional).
+    #[serde(default)]
+    pub cpu: f64,
+    /// Host memory, bytes.
+    #[serde(default)]
+    pub memory_bytes: u64,
+    /// GPUs.
+    #[serde(default)]
+    pub gpu: u64,
+    /// GPU memory, bytes.
+    #[serde(default)]
+    pub gpu_memory_bytes: u64,
+    /// Ports from `resources.port_range`, a count.
+    #[serde(default)]
+    pub ports: u64,
 }
 
 /// The declared shape of one task type (`tasks.<type>` of a spec). Schemas

@@ -53,6 +53,11 @@ pub enum ErrorCode {
     BackendError,
     /// The model's answer did not match the agent's output schema, even after one repair.
     InvalidOutput,
+    /// A resource request cannot be granted: the message names each
+    /// resource that is short (asked, free, capacity).
+    ResourceDenied,
+    /// No reservation, job or schedule with that id.
+    NotFound,
     /// A bug or an unexpected condition.
     Internal,
 }
@@ -82,8 +87,31 @@ impl ErrorCode {
             ErrorCode::NoBackend => "no_backend",
             ErrorCode::BackendError => "backend_error",
             ErrorCode::InvalidOutput => "invalid_output",
+            ErrorCode::ResourceDenied => "resource_denied",
+            ErrorCode::NotFound => "not_found",
             ErrorCode::Internal => "internal",
         }
+    }
+}
+
+impl ErrorCode {
+    /// Whether a task that failed with this code may succeed when tried
+    /// again later (AsyncProcessor's retries): the agent or a backend was
+    /// down, busy or too slow, not the input wrong.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Busy
+                | ErrorCode::AgentNotRunning
+                | ErrorCode::AgentFailed
+                | ErrorCode::StartTimeout
+                | ErrorCode::StartFailed
+                | ErrorCode::DeadlineExceeded
+                | ErrorCode::ShuttingDown
+                | ErrorCode::NoBackend
+                | ErrorCode::BackendError
+                | ErrorCode::ResourceDenied
+        )
     }
 }
 

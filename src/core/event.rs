@@ -43,6 +43,29 @@ pub struct Transition {
     pub restart_with: Option<Vec<String>>,
 }
 
+/// A background job's state change (`job.<state>`, or `job.retrying`).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct JobChange {
+    /// The job.
+    pub job_id: String,
+    /// Its new state: `queued`, `running`, `done`, `failed`, `cancelled`.
+    pub state: &'static str,
+    /// The topic: `job.<state>`, or `job.retrying` for a retry's `queued`.
+    #[serde(skip)]
+    pub topic: &'static str,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// The task type, when the envelope named one.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub task_type: Option<String>,
+    /// The error code (`failed`, `job.retrying`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    /// Seconds until the next attempt (`job.retrying`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_in_seconds: Option<f64>,
+}
+
 /// One event. `topic()` names its topic; the fields are its JSON.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
@@ -278,6 +301,125 @@ pub enum Event {
         /// `requested`, or the missed heartbeats.
         reason: String,
     },
+    /// `resource.granted`: a reservation was granted (at once or after waiting).
+    ResourceGranted {
+        /// The reservation.
+        reservation_id: String,
+        /// Who holds it.
+        holder: String,
+        /// CPU cores.
+        cpu: f64,
+        /// Host memory, bytes.
+        memory_bytes: u64,
+        /// GPUs.
+        gpu: u64,
+        /// GPU memory, bytes.
+        gpu_memory_bytes: u64,
+        /// Ports granted.
+        ports: Vec<u16>,
+        /// Unix seconds; `null`: no expiry.
+        expires_at: Option<f64>,
+        /// Time spent waiting, seconds.
+        waited_seconds: f64,
+    },
+    /// `resource.waiting`: a request is short and waits (FIFO).
+    ResourceWaiting {
+        /// Who asks.
+        holder: String,
+        /// Requests waiting ahead of it.
+        ahead: usize,
+        /// Resources short, by name.
+        short: Vec<&'static str>,
+    },
+    /// `resource.denied`: a request was refused (at once, or after its wait).
+    ResourceDenied {
+        /// Who asked.
+        holder: String,
+        /// Resources short, by name.
+        short: Vec<&'static str>,
+        /// Time spent waiting, seconds.
+        waited_seconds: f64,
+    },
+    /// `resource.released`: a reservation ended (`requested`,
+    /// `holder_stopped`, `holder_failed`, `model_unloaded`, ...).
+    ResourceReleased {
+        /// The reservation.
+        reservation_id: String,
+        /// Who held it.
+        holder: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// `resource.expired`: a reservation reached its TTL.
+    ResourceExpired {
+        /// The reservation.
+        reservation_id: String,
+        /// Who held it.
+        holder: String,
+        /// Unix seconds.
+        expires_at: f64,
+    },
+    /// `resource.renewed`: a reservation's TTL was renewed.
+    ResourceRenewed {
+        /// The reservation.
+        reservation_id: String,
+        /// Who holds it.
+        holder: String,
+        /// Unix seconds; `null`: no expiry.
+        expires_at: Option<f64>,
+    },
+    /// `job.*`: a background job's state change.
+    Job(JobChange),
+    /// `schedule.added`.
+    ScheduleAdded {
+        /// The schedule.
+        schedule_id: String,
+        /// Its name, if given.
+        name: Option<String>,
+        /// `at`, `after`, `every` or `cron`.
+        kind: &'static str,
+        /// Unix seconds of the first firing.
+        next_fire_at: Option<f64>,
+    },
+    /// `schedule.fired`: a firing submitted its job.
+    ScheduleFired {
+        /// The schedule.
+        schedule_id: String,
+        /// The job submitted.
+        job_id: String,
+        /// Unix seconds the firing was due.
+        due_at: f64,
+        /// Firing time minus due time, seconds.
+        drift_seconds: f64,
+        /// A firing missed while the daemon was down, run once (`run_once`).
+        misfire: bool,
+    },
+    /// `schedule.skipped`: firings missed while the daemon was down were
+    /// skipped (`misfire: skip`).
+    ScheduleSkipped {
+        /// The schedule.
+        schedule_id: String,
+        /// Unix seconds of the first missed firing.
+        missed_since: f64,
+    },
+    /// `schedule.failed`: a firing could not submit its job.
+    ScheduleFailed {
+        /// The schedule.
+        schedule_id: String,
+        /// The error code.
+        code: &'static str,
+    },
+    /// `schedule.cancelled`.
+    ScheduleCancelled {
+        /// The schedule.
+        schedule_id: String,
+    },
+    /// `schedule.ended`: a one-shot schedule fired, or a recurring one has
+    /// no next firing.
+    ScheduleEnded {
+        /// The schedule.
+        schedule_id: String,
+    },
     /// `alert.heartbeat_missed`: a service missed its heartbeats.
     HeartbeatMissed {
         /// Service id.
@@ -326,6 +468,19 @@ impl Event {
             Event::RegistryPromoted { .. } => "registry.promoted",
             Event::RegistryDeregistered { .. } => "registry.deregistered",
             Event::HeartbeatMissed { .. } => "alert.heartbeat_missed",
+            Event::ResourceGranted { .. } => "resource.granted",
+            Event::ResourceWaiting { .. } => "resource.waiting",
+            Event::ResourceDenied { .. } => "resource.denied",
+            Event::ResourceReleased { .. } => "resource.released",
+            Event::ResourceExpired { .. } => "resource.expired",
+            Event::ResourceRenewed { .. } => "resource.renewed",
+            Event::Job(j) => j.topic,
+            Event::ScheduleAdded { .. } => "schedule.added",
+            Event::ScheduleFired { .. } => "schedule.fired",
+            Event::ScheduleSkipped { .. } => "schedule.skipped",
+            Event::ScheduleFailed { .. } => "schedule.failed",
+            Event::ScheduleCancelled { .. } => "schedule.cancelled",
+            Event::ScheduleEnded { .. } => "schedule.ended",
         }
     }
 
@@ -340,6 +495,7 @@ impl Event {
             | Event::LazyFailed { .. }
             | Event::ModelLoadFailed { .. }
             | Event::HeartbeatMissed { .. }
+            | Event::ScheduleFailed { .. }
             | Event::DependencyFatal { .. } => true,
             _ => false,
         }

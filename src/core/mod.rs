@@ -11,7 +11,7 @@ pub mod task;
 
 pub use chat::{ChatMessage, ChatRequest, ChatResponse, GenParams, Schedule};
 pub use error::{ErrorCode, TaskError};
-pub use event::Event;
+pub use event::{Event, JobChange};
 pub use receipt::Receipt;
 pub use task::{Fault, Prefer, Task, TaskOutput, TaskReply};
 

@@ -51,6 +51,7 @@ use super::memory::{self, MemoryProbe, MemoryReading};
 use crate::config::ModelSettings;
 use crate::core::{ChatMessage, Event, Fault, GenParams, Schedule};
 use crate::events::EventBus;
+use crate::store::resources::{Amounts, Ask, Ledger, LedgerError, Owner};
 use crate::telemetry::metrics::Metrics;
 
 #[cfg(feature = "embedded")]
@@ -228,6 +229,9 @@ struct Shared {
     /// `u64::MAX` until a reading or a fixed budget says otherwise.
     budget: AtomicU64,
     reading: RwLock<Option<MemoryReading>>,
+    /// ResourceManager's ledger, when the profile includes it: each loaded
+    /// model holds a reservation of its bytes (holder: the model's name).
+    ledger: OnceLock<Arc<Ledger>>,
     probe: OnceLock<Arc<dyn MemoryProbe>>,
     /// llama.cpp's worker threads, started with the first load.
     #[cfg(feature = "embedded")]
@@ -257,12 +261,22 @@ impl ModelManager {
                 budget: AtomicU64::new(budget),
                 reading: RwLock::new(None),
                 probe: OnceLock::new(),
+                ledger: OnceLock::new(),
                 #[cfg(feature = "embedded")]
                 engine: OnceLock::new(),
             }),
             tx: RwLock::new(None),
             seq: AtomicU64::new(0),
         }
+    }
+
+    /// Reserves each model's memory through ResourceManager's `ledger` from
+    /// now on (`gpu_memory_bytes` when the ledger has GPUs, else
+    /// `memory_bytes`; holder: the model's name), so that the budget and the
+    /// ledger agree. Without it, the manager keeps its own budget alone.
+    /// Set once, before the first load (a second call is ignored).
+    pub fn use_ledger(&self, ledger: Arc<Ledger>) {
+        let _ = self.shared.ledger.set(ledger);
     }
 
     /// Starts a fresh scheduler (the model table and the queue start
@@ -279,6 +293,9 @@ impl ModelManager {
     fn spawn_scheduler(&self) -> (mpsc::UnboundedSender<Cmd>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         // Models of a crashed scheduler were dropped with it.
+        if let Some(ledger) = self.shared.ledger.get() {
+            ledger.release_owned_now(Owner::Model, "model_unloaded");
+        }
         self.shared.metrics.models_loaded.set(0);
         self.shared.metrics.model_memory.reset();
         let sched = Sched {
@@ -667,7 +684,7 @@ impl Sched {
         let need = file.estimated_bytes_with(s.context_tokens, s.parallel.max(1) as u64);
         let used = self.used();
         if used.saturating_add(need) <= budget {
-            return Ok(());
+            return self.reserve(file, need, budget, used, over_budget_ok);
         }
         let victims = self.evictable();
         let freeable: u64 = victims.iter().filter_map(|v| self.slots.get(v)).map(|s| s.bytes).sum();
@@ -675,7 +692,7 @@ impl Sched {
             if over_budget_ok {
                 tracing::warn!(model = %file.name, need_bytes = need, budget_bytes = budget, used_bytes = used,
                     "loading the degrade target over the memory budget");
-                return Ok(());
+                return self.reserve(file, need, budget, used, true);
             }
             return Err(LocalError::MemoryExhausted {
                 model: file.name.clone(),
@@ -690,7 +707,54 @@ impl Sched {
             }
             self.unload(&victim, "evicted", Some(&file.name));
         }
-        Ok(())
+        let used = self.used();
+        self.reserve(file, need, budget, used, over_budget_ok)
+    }
+
+    /// Reserves `need` bytes for `file` in ResourceManager's ledger, when
+    /// there is one: a denial (other holders have the memory) refuses the
+    /// load like an exhausted budget, except for the degrade target
+    /// (`over_budget_ok`), which loads anyway.
+    fn reserve(
+        &self,
+        file: &ModelFile,
+        need: u64,
+        budget: u64,
+        used: u64,
+        over_budget_ok: bool,
+    ) -> Result<(), LocalError> {
+        let Some(ledger) = self.shared.ledger.get() else { return Ok(()) };
+        let on_gpu = ledger.capacity().amounts.gpu > 0;
+        let amounts = if on_gpu {
+            Amounts { gpu_memory_bytes: need, ..Default::default() }
+        } else {
+            Amounts { memory_bytes: need, ..Default::default() }
+        };
+        let ask =
+            Ask { holder: file.name.clone(), amounts, ttl_seconds: None, wait: Duration::ZERO, owner: Owner::Model };
+        match ledger.reserve_now(ask) {
+            Ok(_) => Ok(()),
+            Err(e @ LedgerError::Denied { .. }) if over_budget_ok => {
+                tracing::warn!(model = %file.name, error = %e, "loading the degrade target without a reservation");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(model = %file.name, error = %e, "the resource ledger refused the model's memory");
+                Err(LocalError::MemoryExhausted {
+                    model: file.name.clone(),
+                    need_bytes: need,
+                    budget_bytes: budget,
+                    held_bytes: used,
+                })
+            }
+        }
+    }
+
+    /// Releases `model`'s reservation in the ledger, when there is one.
+    fn release(&self, model: &str) {
+        if let Some(ledger) = self.shared.ledger.get() {
+            ledger.release_holder_now(model, "model_unloaded");
+        }
     }
 
     fn start_load(&mut self, file: ModelFile, waiters: Vec<Reply<Value>>) {
@@ -767,6 +831,7 @@ impl Sched {
                     Some(SlotState::Loading(w)) => w,
                     _ => Vec::new(),
                 };
+                self.release(&model);
                 m.model_loads.with_label_values(&[&model, "failed"]).inc();
                 tracing::error!(model = %model, error = %e, "model load failed");
                 self.shared.events.emit(Event::ModelLoadFailed { model: model.clone(), error: e.to_string() });
@@ -787,6 +852,7 @@ impl Sched {
     /// Removes `model` and frees it off the runtime; its bytes.
     fn unload(&mut self, model: &str, reason: &'static str, for_model: Option<&str>) -> u64 {
         let Some(slot) = self.slots.remove(model) else { return 0 };
+        self.release(model);
         let m = &self.shared.metrics;
         m.model_unloads.with_label_values(&[model, reason]).inc();
         m.model_memory.with_label_values(&[model]).set(0);

@@ -11,8 +11,11 @@
 //! commit), off the reply path.
 
 pub mod audit;
+pub mod jobs;
 pub mod memory;
 pub mod receipts;
+pub mod resources;
+pub mod schedules;
 pub mod services;
 
 use std::path::{Path, PathBuf};
@@ -108,6 +111,13 @@ const MIGRATIONS: &[&str] = &[
     // load that index was most of the pages every batch wrote (issue 12's
     // profile). Append-ordered `ts` and the few `user`s stay indexed.
     "DROP INDEX IF EXISTS receipts_task;",
+    // 7: ResourceManager's reservations (clients' only: agents' and models'
+    // are taken again when they start).
+    resources::MIGRATION,
+    // 8: AsyncProcessor's jobs.
+    jobs::MIGRATION,
+    // 9: TaskScheduler's schedules.
+    schedules::MIGRATION,
 ];
 
 /// Opens (creating when needed) and migrates the database at `path`.
@@ -156,6 +166,27 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Queues `f` on the store thread now (so calls queued in this order run
+    /// in this order, whoever awaits first) and returns the future of its
+    /// result. Used by callers that order writes under their own lock.
+    ///
+    /// # Errors
+    /// The future resolves to [`StoreError::Closed`] when the thread is
+    /// gone, or to `f`'s error.
+    pub fn enqueue<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.tx.send(Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        }));
+        async move {
+            sent.map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        }
     }
 
     /// Runs `f` on the store thread and returns its result.

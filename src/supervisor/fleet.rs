@@ -252,6 +252,46 @@ impl Fleet {
         self.inner.lazy.ensure(self, agent).await
     }
 
+    /// The agent a task goes to: `agent` when given (it must be in the
+    /// profile), else the agent whose `handles` has `task_type`, else
+    /// `bus.default_agent`. The bus dispatcher and AsyncProcessor's jobs
+    /// resolve through here.
+    ///
+    /// # Errors
+    /// `unknown_agent` (no such agent, or not in the profile),
+    /// `unknown_task_type` (nobody handles it, or its agent is not in the profile).
+    pub fn resolve(&self, agent: Option<&str>, task_type: Option<&str>) -> Result<String, TaskError> {
+        let ctx = self.ctx();
+        let in_plan = |a: &str| ctx.plan.agents.contains(a);
+        if let Some(agent) = agent {
+            return if in_plan(agent) {
+                Ok(agent.to_string())
+            } else if ctx.catalog.get(agent).is_some() {
+                Err(TaskError::new(
+                    ErrorCode::UnknownAgent,
+                    format!("agent {agent} is not in profile {}", ctx.plan.name),
+                ))
+            } else {
+                Err(TaskError::new(ErrorCode::UnknownAgent, format!("no agent named {agent}")))
+            };
+        }
+        let task_type = task_type.unwrap_or_default();
+        match ctx.catalog.handlers.get(task_type) {
+            Some(agent) if in_plan(agent) => Ok(agent.clone()),
+            Some(agent) => Err(TaskError::new(
+                ErrorCode::UnknownTaskType,
+                format!(
+                    "task type {task_type} is handled by {agent}, which profile {} does not include",
+                    ctx.plan.name
+                ),
+            )),
+            None => match &ctx.settings.bus.default_agent {
+                Some(d) if in_plan(d) => Ok(d.clone()),
+                _ => Err(TaskError::new(ErrorCode::UnknownTaskType, format!("no agent handles task type {task_type}"))),
+            },
+        }
+    }
+
     /// Sends `task` to `agent`, starting it on demand first when it is
     /// dormant, stopped or failed (or stopping: the start waits for the stop,
     /// so a task arriving during an operator restart is served by the new

@@ -6,7 +6,8 @@
 //! text, ids or URLs.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Buckets for start durations, seconds: 100 µs to 30 s (the start SLA).
@@ -102,6 +103,23 @@ pub struct Metrics {
     pub audit_rows: IntCounterVec,
     /// `agentvisor_audit_batch_rows{log}`: rows per committed audit batch (one transaction each).
     pub audit_batch_rows: HistogramVec,
+    /// `agentvisor_resource_capacity{resource}`: what the machine has, base units (cores, bytes, counts);
+    /// resource cpu|memory_bytes|gpu|gpu_memory_bytes|ports.
+    pub resource_capacity: GaugeVec,
+    /// `agentvisor_resource_reserved{resource}`: what the ledger's reservations hold, base units.
+    pub resource_reserved: GaugeVec,
+    /// `agentvisor_resource_requests_total{outcome}`; outcome granted|waited|denied|timed_out.
+    pub resource_requests: IntCounterVec,
+    /// `agentvisor_resource_waiting`: requests waiting for resources (FIFO).
+    pub resource_waiting: IntGauge,
+    /// `agentvisor_jobs{state}`: background jobs per state (queued|running|done|failed|cancelled).
+    pub jobs: IntGaugeVec,
+    /// `agentvisor_job_attempts_total{outcome}`: job attempts by outcome (ok, or the error code).
+    pub job_attempts: IntCounterVec,
+    /// `agentvisor_job_duration_seconds`: submission to end of finished jobs (retries included).
+    pub job_duration: prometheus::Histogram,
+    /// `agentvisor_schedule_firings_total{outcome}`; outcome submitted|misfire_run|skipped|failed.
+    pub schedule_firings: IntCounterVec,
 }
 
 impl Metrics {
@@ -130,6 +148,11 @@ impl Metrics {
         };
         let histogram_vec =
             |name: &str, help: &str, labels: &[&str]| histogram_vec_with(name, help, labels, START_BUCKETS);
+        let float_gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
             registry.register(Box::new(g.clone())).expect("unique metric");
@@ -306,6 +329,45 @@ impl Metrics {
                 "Rows per committed audit batch (one SQLite transaction each).",
                 &["log"],
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
+            ),
+            resource_capacity: float_gauge_vec(
+                "agentvisor_resource_capacity",
+                "What the machine has for ResourceManager, base units (cores, bytes, counts).",
+                &["resource"],
+            ),
+            resource_reserved: float_gauge_vec(
+                "agentvisor_resource_reserved",
+                "What ResourceManager's reservations hold, base units (cores, bytes, counts).",
+                &["resource"],
+            ),
+            resource_requests: counter_vec(
+                "agentvisor_resource_requests_total",
+                "Resource requests by outcome: granted at once, waited (then granted), denied, timed_out (waited, then denied).",
+                &["outcome"],
+            ),
+            resource_waiting: gauge("agentvisor_resource_waiting", "Resource requests waiting (FIFO)."),
+            jobs: gauge_vec("agentvisor_jobs", "Background jobs (AsyncProcessor) per state.", &["state"]),
+            job_attempts: counter_vec(
+                "agentvisor_job_attempts_total",
+                "Background job attempts by outcome (ok, or the error code).",
+                &["outcome"],
+            ),
+            job_duration: {
+                let h = prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "agentvisor_job_duration_seconds",
+                        "Submission to end of finished background jobs, retries included.",
+                    )
+                    .buckets(TASK_BUCKETS.to_vec()),
+                )
+                .expect("valid metric");
+                registry.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            schedule_firings: counter_vec(
+                "agentvisor_schedule_firings_total",
+                "Schedule firings by outcome: submitted, misfire_run (missed while down, run once), skipped, failed.",
+                &["outcome"],
             ),
             registry,
         }

@@ -22,7 +22,6 @@ const PENDING: &[&str] = &[
     "ActiveLearningMonitor",        // learning loop
     "AdvancedRouter",               // knowledge and tool agents
     "AgentTrustScorer",             // learning loop
-    "AsyncProcessor",               // resources, jobs, schedules
     "AuthenticationAgent",          // locks on every door
     "CacheManager",                 // token governor and response tiers
     "ContextManager",               // token governor
@@ -42,12 +41,10 @@ const PENDING: &[&str] = &[
     "ProactiveAgent",               // conversation agents
     "ProactiveContextMonitor",      // token governor
     "RemoteConnectorAgent",         // knowledge and tool agents
-    "ResourceManager",              // resources, jobs, schedules
     "Responder",                    // conversation agents
     "StreamingInterruptHandler",    // ears and eyes
     "StreamingLanguageAnalyzer",    // ears and eyes
     "StreamingSpeechRecognition",   // ears and eyes
-    "TaskScheduler",                // resources, jobs, schedules
     "TieredResponder",              // token governor and response tiers
     "TutoringAgent",                // conversation agents
     "UnifiedWebAgent",              // knowledge and tool agents

@@ -122,9 +122,10 @@ async fn tasks_start_dormant_agents_and_never_get_fake_answers() {
     assert!(err.message.contains("no model backend is configured"), "{err:?}");
     assert_eq!(fleet.ctx().state("CognitiveModelAgent"), Some(AgentState::Running));
     // A builtin agent whose behaviour is not written yet says so.
-    let err = fleet.call("ResourceManager", Task::new("t3", "resource.status", json!("x"))).await.unwrap_err();
+    let err =
+        fleet.call("ContextManager", Task::new("t3", "context.usage", json!({"session": "abc"}))).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::NotImplemented, "{err:?}");
-    assert!(err.message.contains("ResourceManager (builtin runtime)"), "{err:?}");
+    assert!(err.message.contains("ContextManager (builtin runtime)"), "{err:?}");
     let err = fleet.call("NoSuchAgent", task("t2")).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::UnknownAgent);
     fleet.shutdown(Duration::from_secs(10)).await;

@@ -24,6 +24,7 @@ mod local_models;
 mod memory;
 mod models;
 mod nothing_lost;
+mod pc2_jobs;
 mod receipts_log;
 mod registry;
 mod session;

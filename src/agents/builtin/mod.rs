@@ -18,14 +18,20 @@
 //! | ModelManagerSuite | [`models`] | `models.list`, `models.load`, `models.unload`, `models.status` |
 //! | VRAMOptimizerAgent | [`models`] | `vram.status`, `vram.evict_idle`; polls GPU (NVML) or host memory |
 //! | TinyLlamaServiceEnhanced | [`models`] | `tiny_generation`, `tiny.status` |
+//! | ResourceManager | [`resources`] | `resource.request`, `resource.release`, `resource.renew`, `resource.status`; TTL expiry, holder-down release |
+//! | AsyncProcessor | [`jobs`] | `async.submit`, `async.status`, `async.result`, `async.cancel`, `async.list`; durable jobs |
+//! | TaskScheduler | [`schedules`] | `schedule.add`, `schedule.list`, `schedule.cancel`; durable schedules |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
 //! issue lands — never with a made-up answer.
 
 pub mod digital_twin;
+pub mod jobs;
 pub mod lazy_loader;
 pub mod memory;
 pub mod models;
+pub mod resources;
+pub mod schedules;
 pub mod service_registry;
 pub mod session_memory;
 pub mod streaming_tts;
@@ -58,6 +64,9 @@ pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
         ("ModelManagerSuite", models::suite_tasks()),
         ("VRAMOptimizerAgent", models::vram_tasks()),
         ("TinyLlamaServiceEnhanced", models::tiny_tasks()),
+        (resources::AGENT, resources::tasks()),
+        (jobs::AGENT, jobs::tasks()),
+        (schedules::AGENT, schedules::tasks()),
     ])
 }
 
@@ -79,6 +88,24 @@ pub(crate) fn behaviour_for(name: &str, services: &Services, fleet: &Fleet) -> O
         }
         "SessionMemoryAgent" => Some(Arc::new(session_memory::SessionMemory { store: services.store.clone() })),
         "StreamingTTSAgent" => Some(Arc::new(streaming_tts::StreamingTts { peers: Arc::new(fleet.clone()) })),
+        jobs::AGENT => Some(Arc::new(jobs::AsyncProcessor::new(
+            services.store.clone(),
+            fleet.clone(),
+            services.tasks.clone(),
+            services.settings.jobs.clone(),
+            services.events.clone(),
+            services.metrics.clone(),
+        ))),
+        schedules::AGENT => Some(Arc::new(schedules::TaskScheduler::new(
+            services.store.clone(),
+            fleet.clone(),
+            services.tasks.clone(),
+            services.events.clone(),
+            services.metrics.clone(),
+        ))),
+        resources::AGENT => {
+            services.resources.clone().map(|l| Arc::new(resources::ResourceManager::new(l)) as Arc<dyn Behaviour>)
+        }
         _ => None,
     }
 }
