@@ -3,7 +3,7 @@
 //! in batches — group commit — on the store thread.
 //!
 //! Shapes and guarantees, for a log of batch size `B` (1 ≤ `B` ≤
-//! [`MAX_BATCH`]; receipts: `store.receipts_batch`, default 64):
+//! [`MAX_BATCH`]; receipts: `store.receipts_batch`, default 1024):
 //!
 //! - **Queue**: a bounded channel of capacity `B`. [`AuditLog::append`]
 //!   returns as soon as the row is queued (microseconds), so the caller's
@@ -32,7 +32,9 @@
 //!   `store_closed`) is logged (warn, with the code and the row count) and
 //!   its rows counted as `agentvisor_audit_rows_total{log,outcome="failed"}`.
 //!   Stored rows count as `outcome="batched"` or `"direct"`; batch sizes go
-//!   to `agentvisor_audit_batch_rows{log}`.
+//!   to `agentvisor_audit_batch_rows{log}`, commit times (seconds, the
+//!   wait for the store thread included) to
+//!   `agentvisor_audit_commit_seconds{log}`; a commit over 1 s is logged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +70,7 @@ struct Counters {
     direct: IntCounter,
     failed: IntCounter,
     batch_rows: Histogram,
+    commit_seconds: Histogram,
 }
 
 impl Counters {
@@ -79,6 +82,7 @@ impl Counters {
             direct: rows("direct"),
             failed: rows("failed"),
             batch_rows: metrics.audit_batch_rows.with_label_values(&[log]),
+            commit_seconds: metrics.audit_commit_seconds.with_label_values(&[log]),
         }
     }
 }
@@ -273,7 +277,18 @@ impl<T: Send + 'static> Writer<T> {
     async fn commit(&self, rows: Vec<T>) {
         let n = rows.len();
         let insert = self.insert;
+        let t0 = std::time::Instant::now();
         let result = self.store.call(move |conn| commit(conn, insert, &rows)).await;
+        let took = t0.elapsed();
+        self.counters.commit_seconds.observe(took.as_secs_f64());
+        if took > Duration::from_secs(1) {
+            tracing::info!(
+                log = self.name,
+                rows = n,
+                seconds = took.as_secs_f64(),
+                "slow audit commit (the disk or the store thread)"
+            );
+        }
         self.counters.batch_rows.observe(n as f64);
         match result {
             Ok(()) => self.counters.batched.inc_by(n as u64),

@@ -120,6 +120,31 @@ const MIGRATIONS: &[&str] = &[
     schedules::MIGRATION,
 ];
 
+/// How often the checkpointer copies the WAL into the database file.
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The checkpointer thread: a `PASSIVE` checkpoint every
+/// [`CHECKPOINT_INTERVAL`] on its own connection, until the store thread
+/// ends. The store's connection has `wal_autocheckpoint = 0`, so a
+/// checkpoint's writes and fsync never stall a commit — under load, or when
+/// the disk is slow, they held the store thread for seconds, and through
+/// the receipts queue's back-pressure the replies behind it (issue 12). A
+/// passive checkpoint waits for no reader or writer; the WAL holds at most
+/// about one interval of writes beyond what readers still use.
+fn checkpointer(conn: &Connection, store_gone: &std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    while let Err(RecvTimeoutError::Timeout) = store_gone.recv_timeout(CHECKPOINT_INTERVAL) {
+        let t0 = std::time::Instant::now();
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed; retrying at the next interval");
+        }
+        let took = t0.elapsed();
+        if took > CHECKPOINT_INTERVAL {
+            tracing::info!(seconds = took.as_secs_f64(), "slow WAL checkpoint (off the store thread)");
+        }
+    }
+}
+
 /// Opens (creating when needed) and migrates the database at `path`.
 ///
 /// # Errors
@@ -151,15 +176,28 @@ impl Store {
             .map_err(|e| StoreError::Open { path: data_dir.to_path_buf(), reason: e.to_string() })?;
         let path = data_dir.join("agentvisor.db");
         let mut conn = open_connection(&path)?;
+        // Checkpoints (copying the WAL into the database file, with its
+        // fsync) run on their own thread, never inside a commit of this one.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| StoreError::Open { path: path.clone(), reason: e.to_string() })?;
+        let (alive, store_gone) = std::sync::mpsc::channel::<()>();
+        let spawn_err = |e: std::io::Error| StoreError::Open { path: path.clone(), reason: e.to_string() };
+        let checkpoints =
+            Connection::open(&path).map_err(|e| StoreError::Open { path: path.clone(), reason: e.to_string() })?;
+        std::thread::Builder::new()
+            .name("agentvisor-checkpoint".into())
+            .spawn(move || checkpointer(&checkpoints, &store_gone))
+            .map_err(spawn_err)?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         std::thread::Builder::new()
             .name("agentvisor-store".into())
             .spawn(move || {
+                let _alive = alive; // dropped when this thread ends: the checkpointer ends too
                 while let Some(job) = rx.blocking_recv() {
                     job(&mut conn);
                 }
             })
-            .map_err(|e| StoreError::Open { path: path.clone(), reason: e.to_string() })?;
+            .map_err(spawn_err)?;
         Ok(Store { tx, path })
     }
 
@@ -204,5 +242,36 @@ impl Store {
             }))
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_checkpointer_copies_the_wal_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let autocheckpoint: i64 =
+            store.call(|conn| Ok(conn.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))?)).await.unwrap();
+        assert_eq!(autocheckpoint, 0, "commits on the store thread never checkpoint");
+        let db = dir.path().join("agentvisor.db");
+        let before = std::fs::metadata(&db).unwrap().len();
+        store
+            .call(|conn| {
+                conn.execute_batch("CREATE TABLE t (x BLOB); INSERT INTO t VALUES (zeroblob(1000000));")?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        // The megabyte sits in the WAL until the checkpointer's next pass.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::metadata(&db).unwrap().len() < before + 1_000_000 {
+            assert!(Instant::now() < deadline, "no checkpoint within 30 s (interval {CHECKPOINT_INTERVAL:?})");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

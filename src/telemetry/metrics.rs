@@ -103,6 +103,8 @@ pub struct Metrics {
     pub audit_rows: IntCounterVec,
     /// `agentvisor_audit_batch_rows{log}`: rows per committed audit batch (one transaction each).
     pub audit_batch_rows: HistogramVec,
+    /// `agentvisor_audit_commit_seconds{log}`: time one audit batch took on the store thread (waiting for it included).
+    pub audit_commit_seconds: HistogramVec,
     /// `agentvisor_resource_capacity{resource}`: what the machine has, base units (cores, bytes, counts);
     /// resource cpu|memory_bytes|gpu|gpu_memory_bytes|ports.
     pub resource_capacity: GaugeVec,
@@ -329,6 +331,12 @@ impl Metrics {
                 "Rows per committed audit batch (one SQLite transaction each).",
                 &["log"],
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
+            ),
+            audit_commit_seconds: histogram_vec_with(
+                "agentvisor_audit_commit_seconds",
+                "Seconds one audit batch took on the SQLite store thread, its wait for the thread included.",
+                &["log"],
+                &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
             ),
             resource_capacity: float_gauge_vec(
                 "agentvisor_resource_capacity",

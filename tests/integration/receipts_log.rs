@@ -350,17 +350,21 @@ async fn in_process(
 
 /// Holds the store thread (a slow disk, a long checkpoint) until the
 /// returned sender sends or drops.
-fn hold_store(fleet: &agentvisor::daemon::System) -> std::sync::mpsc::Sender<()> {
+async fn hold_store(fleet: &agentvisor::daemon::System) -> std::sync::mpsc::Sender<()> {
     let (release, held) = std::sync::mpsc::channel::<()>();
+    let (holding, is_held) = tokio::sync::oneshot::channel::<()>();
     let store = fleet.services.store.clone();
     tokio::spawn(async move {
         store
             .call(move |_| {
+                let _ = holding.send(());
                 let _ = held.recv();
                 Ok(())
             })
             .await
     });
+    // Held from here on: the receipts writer's next commit waits.
+    is_held.await.expect("the store thread runs the holding call");
     release
 }
 
@@ -390,7 +394,7 @@ async fn a_full_receipt_queue_holds_replies_back_counted_and_loses_nothing() {
     fake.set_default(Behaviour::Answer("ok".into()));
     let dir = tempfile::tempdir().unwrap();
     let (fleet, url, server) = in_process(dir.path(), &fake, 1).await;
-    let release = hold_store(&fleet);
+    let release = hold_store(&fleet).await;
     let answered = Arc::new(AtomicUsize::new(0));
     let calls = fire(&url, CALLS, &answered);
 
@@ -421,12 +425,12 @@ async fn a_full_receipt_queue_holds_replies_back_counted_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_returns_only_after_every_queued_receipt_is_committed() {
-    const CALLS: usize = 40; // fewer than 2 × the default batch: all answered with the store held
+    const CALLS: usize = 40; // fewer than 2 × the batch of 64: all answered with the store held
     let fake = FakeOpenAi::start().await;
     fake.set_default(Behaviour::Answer("ok".into()));
     let dir = tempfile::tempdir().unwrap();
     let (fleet, url, server) = in_process(dir.path(), &fake, 64).await;
-    let release = hold_store(&fleet);
+    let release = hold_store(&fleet).await;
     let answered = Arc::new(AtomicUsize::new(0));
     let mut replied = BTreeSet::new();
     for c in fire(&url, CALLS, &answered) {
