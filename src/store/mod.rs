@@ -13,6 +13,7 @@
 pub mod audit;
 pub mod jobs;
 pub mod memory;
+pub mod personas;
 pub mod receipts;
 pub mod resources;
 pub mod schedules;
@@ -118,6 +119,8 @@ const MIGRATIONS: &[&str] = &[
     jobs::MIGRATION,
     // 9: TaskScheduler's schedules.
     schedules::MIGRATION,
+    // 10: DynamicIdentityAgent's personas and the sessions using them.
+    personas::MIGRATION,
 ];
 
 /// Opens (creating when needed) and migrates the database at `path`.

@@ -26,7 +26,6 @@ const PENDING: &[&str] = &[
     "CacheManager",                 // token governor and response tiers
     "ContextManager",               // token governor
     "DreamingModeAgent",            // knowledge and tool agents
-    "DynamicIdentityAgent",         // conversation agents
     "FeedbackHandler",              // learning loop
     "FileSystemAssistantAgent",     // knowledge and tool agents
     "FusedAudioPreprocessor",       // ears and eyes

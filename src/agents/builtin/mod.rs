@@ -21,11 +21,13 @@
 //! | ResourceManager | [`resources`] | `resource.request`, `resource.release`, `resource.renew`, `resource.status`; TTL expiry, holder-down release |
 //! | AsyncProcessor | [`jobs`] | `async.submit`, `async.status`, `async.result`, `async.cancel`, `async.list`; durable jobs |
 //! | TaskScheduler | [`schedules`] | `schedule.add`, `schedule.list`, `schedule.cancel`; durable schedules |
+//! | DynamicIdentityAgent | [`identity`] | `identity.set`, `identity.get`, `identity.list`; personas put first in llm prompts |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
 //! issue lands — never with a made-up answer.
 
 pub mod digital_twin;
+pub mod identity;
 pub mod jobs;
 pub mod lazy_loader;
 pub mod memory;
@@ -67,6 +69,7 @@ pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
         (resources::AGENT, resources::tasks()),
         (jobs::AGENT, jobs::tasks()),
         (schedules::AGENT, schedules::tasks()),
+        (identity::AGENT, identity::tasks()),
     ])
 }
 
@@ -100,6 +103,12 @@ pub(crate) fn behaviour_for(name: &str, services: &Services, fleet: &Fleet) -> O
             services.store.clone(),
             fleet.clone(),
             services.tasks.clone(),
+            services.events.clone(),
+            services.metrics.clone(),
+        ))),
+        identity::AGENT => Some(Arc::new(identity::DynamicIdentity::new(
+            services.store.clone(),
+            services.settings.identity.clone(),
             services.events.clone(),
             services.metrics.clone(),
         ))),
