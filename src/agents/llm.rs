@@ -370,7 +370,7 @@ impl LlmAgent {
 }
 
 /// Extracts the JSON object of a model answer (tolerating code fences and prose around it).
-fn extract_json(text: &str) -> Option<Value> {
+pub(crate) fn extract_json(text: &str) -> Option<Value> {
     if let Ok(v) = serde_json::from_str::<Value>(text.trim()) {
         return Some(v);
     }

@@ -11,6 +11,7 @@
 //! commit), off the reply path.
 
 pub mod audit;
+pub mod goals;
 pub mod jobs;
 pub mod memory;
 pub mod personas;
@@ -121,6 +122,8 @@ const MIGRATIONS: &[&str] = &[
     schedules::MIGRATION,
     // 10: DynamicIdentityAgent's personas and the sessions using them.
     personas::MIGRATION,
+    // 11: GoalManager's goals.
+    goals::MIGRATION,
 ];
 
 /// Opens (creating when needed) and migrates the database at `path`.

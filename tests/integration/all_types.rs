@@ -29,7 +29,6 @@ const PENDING: &[&str] = &[
     "FeedbackHandler",              // learning loop
     "FileSystemAssistantAgent",     // knowledge and tool agents
     "FusedAudioPreprocessor",       // ears and eyes
-    "GoalManager",                  // conversation agents
     "LearningAdjusterAgent",        // learning loop
     "LearningManager",              // learning loop
     "LearningOrchestrationService", // learning loop

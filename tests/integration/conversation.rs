@@ -156,3 +156,139 @@ async fn a_sessions_persona_reaches_every_llm_agents_system_prompt() {
     assert_eq!(code(&mut bus, "identity.list", json!({"all": true})).await, "invalid_field");
     fleet.shutdown(Duration::from_secs(10)).await;
 }
+
+/// A fleet of the full profile whose `local` backend is `fake` (every model
+/// call goes there), with `tweak` on the settings.
+async fn fake_fleet(
+    data: &std::path::Path,
+    fake: &FakeOpenAi,
+    tweak: impl FnOnce(&mut agentvisor::config::Settings),
+) -> (agentvisor::daemon::System, zeromq::DealerSocket) {
+    let base = fake.base_url();
+    let (fleet, ingress) = util::bus_fleet(data, "full", |s| {
+        s.backends = [("local".to_string(), backend_settings(Tier::L1, "fake-local", base))].into();
+        s.routing.rules.clear();
+        tweak(s);
+    })
+    .await;
+    let bus = util::dealer(&ingress).await;
+    (fleet, bus)
+}
+
+/// Polls `goal.status` until the goal is in `state` (at most `secs`); its status.
+async fn goal_until(bus: &mut zeromq::DealerSocket, goal: &str, state: &str, secs: u64) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = ok(bus, "goal.status", json!(goal)).await;
+        if s["state"] == state {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "goal {goal} not {state}: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The arbiter's choice, then the specialist's plan: recorded outputs.
+fn push_plan(fake: &FakeOpenAi, subtasks: Value) {
+    fake.push(Behaviour::AnswerJson(json!({"specialist": "reasoning", "reason": "a plan is step-by-step reasoning"})));
+    fake.push(Behaviour::AnswerJson(json!({"subtasks": subtasks})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goal_is_planned_by_the_arbiter_run_as_jobs_tracked_cancelled_and_kept_across_restarts() {
+    let fake = FakeOpenAi::start().await;
+    fake.set_default(Behaviour::Answer("Day 1: Alfama. Day 2: Belém. Day 3: Sintra.".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, mut bus) = fake_fleet(dir.path(), &fake, |_| {}).await;
+
+    // Three subtasks for three agents: UnifiedUtilsAgent twice, ChitchatAgent (a model call).
+    push_plan(
+        &fake,
+        json!([
+            {"type": "utils.echo", "input": "book the flights"},
+            {"type": "utils.hash", "input": {"text": "hotel near Rossio"}},
+            {"type": "simple_chat", "input": "Write a day-by-day itinerary for Lisbon."},
+        ]),
+    );
+    let goal = ok(&mut bus, "goal.create", json!({"text": "Plan a three-day trip to Lisbon in May."})).await;
+    let id = goal["goal_id"].as_str().unwrap().to_string();
+    assert_eq!(goal["state"], "running", "{goal}");
+    assert_eq!(goal["planner"], "ChainOfThoughtAgent", "{goal}");
+    assert_eq!(goal["subtasks"].as_array().unwrap().len(), 3, "{goal}");
+    assert!(goal["subtasks"].as_array().unwrap().iter().all(|s| s["job_id"].as_str().is_some()), "{goal}");
+    // The plan was asked through the arbiter, which forwarded it to the specialist.
+    let prompts: Vec<String> = fake.requests().iter().map(|r| r.body["messages"].to_string()).collect();
+    assert!(prompts.len() >= 2 && prompts.iter().all(|p| p.contains("Plan a three-day trip")), "{prompts:?}");
+
+    let done = goal_until(&mut bus, &id, "done", 30).await;
+    let subtasks = done["subtasks"].as_array().unwrap();
+    assert!(subtasks.iter().all(|s| s["state"] == "done"), "{done}");
+    assert_eq!(subtasks[0]["agent"], "UnifiedUtilsAgent");
+    assert_eq!(subtasks[2]["agent"], "ChitchatAgent");
+    assert_eq!(subtasks[2]["output"], "Day 1: Alfama. Day 2: Belém. Day 3: Sintra.", "{done}");
+    assert!(done["finished_at"].as_f64().is_some(), "{done}");
+    let job = ok(&mut bus, "async.status", subtasks[1]["job_id"].clone()).await;
+    assert_eq!(job["state"], "done", "{job}");
+
+    // A long goal, cancelled: its jobs too.
+    push_plan(&fake, json!([{"type": "utils.sleep", "input": 30}, {"type": "utils.sleep", "input": 30}]));
+    let long = ok(&mut bus, "goal.create", json!({"text": "Wait a long time."})).await;
+    let long_id = long["goal_id"].as_str().unwrap().to_string();
+    let c = ok(&mut bus, "goal.cancel", json!({"goal_id": long_id})).await;
+    assert_eq!((c["cancelled"].as_bool(), c["state"].as_str()), (Some(true), Some("cancelled")), "{c}");
+    let again = ok(&mut bus, "goal.cancel", json!(long_id)).await;
+    assert_eq!(again["cancelled"], false, "{again}");
+    let job = long["subtasks"][0]["job_id"].clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ok(&mut bus, "async.status", job.clone()).await["state"] != "cancelled" {
+        assert!(std::time::Instant::now() < deadline, "job not cancelled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A goal still running when the daemon stops.
+    push_plan(
+        &fake,
+        json!([{"type": "utils.sleep", "input": 0.3}, {"type": "utils.sleep", "input": 0.3}, {"type": "utils.echo", "input": "x"}]),
+    );
+    let pending = ok(&mut bus, "goal.create", json!({"text": "Three short waits."})).await;
+    let pending_id = pending["goal_id"].as_str().unwrap().to_string();
+    let listed = ok(&mut bus, "goal.list", json!({"state": "done"})).await;
+    assert_eq!(listed["goals"][0]["goal_id"], json!(id), "{listed}");
+    assert_eq!(
+        (listed["goals"][0]["subtasks_done"].as_u64(), listed["goals"][0]["subtasks_total"].as_u64()),
+        (Some(3), Some(3))
+    );
+
+    // Bad inputs and unusable plans: stable codes, no goal stored.
+    for (input, want) in [
+        (json!({}), "invalid_field"),
+        (json!({"text": "  "}), "invalid_field"),
+        (json!({"text": "x", "deadline": 3}), "invalid_field"),
+        (json!("just text"), "invalid_field"),
+    ] {
+        assert_eq!(code(&mut bus, "goal.create", input.clone()).await, want, "{input}");
+    }
+    push_plan(&fake, json!([{"type": "system.stop", "input": "ChitchatAgent"}]));
+    assert_eq!(code(&mut bus, "goal.create", json!({"text": "Stop the chat."})).await, "invalid_output");
+    push_plan(&fake, json!([{"type": "utils.hash", "input": {"text": "a", "algorithm": "md4"}}]));
+    assert_eq!(code(&mut bus, "goal.create", json!({"text": "Hash it badly."})).await, "invalid_output");
+    push_plan(&fake, json!([]));
+    assert_eq!(code(&mut bus, "goal.create", json!({"text": "Nothing to do."})).await, "invalid_output");
+    assert_eq!(code(&mut bus, "goal.status", json!("goal-nope")).await, "not_found");
+    assert_eq!(code(&mut bus, "goal.cancel", json!({"goal_id": "goal-nope"})).await, "not_found");
+    assert_eq!(code(&mut bus, "goal.list", json!({"state": "sleeping"})).await, "invalid_field");
+    assert_eq!(code(&mut bus, "goal.list", json!({"limit": -1})).await, "invalid_field");
+    assert_eq!(ok(&mut bus, "goal.list", json!(null)).await["goals"].as_array().unwrap().len(), 3);
+    let metrics = fleet.services.metrics.render();
+    assert!(metrics.contains("agentvisor_goals_total{state=\"done\"} 1"), "{metrics}");
+    fleet.shutdown(Duration::from_secs(10)).await;
+
+    // After a restart: every goal as it was, and the running one finishes.
+    let (fleet, mut bus) = fake_fleet(dir.path(), &fake, |_| {}).await;
+    assert_eq!(ok(&mut bus, "goal.status", json!(id)).await["state"], "done");
+    assert_eq!(ok(&mut bus, "goal.status", json!(long_id)).await["state"], "cancelled");
+    let resumed = goal_until(&mut bus, &pending_id, "done", 30).await;
+    assert!(resumed["subtasks"].as_array().unwrap().iter().all(|s| s["state"] == "done"), "{resumed}");
+    assert_eq!(ok(&mut bus, "goal.list", json!({})).await["goals"].as_array().unwrap().len(), 3);
+    fleet.shutdown(Duration::from_secs(10)).await;
+}

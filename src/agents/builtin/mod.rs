@@ -21,12 +21,14 @@
 //! | ResourceManager | [`resources`] | `resource.request`, `resource.release`, `resource.renew`, `resource.status`; TTL expiry, holder-down release |
 //! | AsyncProcessor | [`jobs`] | `async.submit`, `async.status`, `async.result`, `async.cancel`, `async.list`; durable jobs |
 //! | TaskScheduler | [`schedules`] | `schedule.add`, `schedule.list`, `schedule.cancel`; durable schedules |
+//! | GoalManager | [`goals`] | `goal.create`, `goal.status`, `goal.list`, `goal.cancel`; subtasks planned through the arbiter, run as jobs |
 //! | DynamicIdentityAgent | [`identity`] | `identity.set`, `identity.get`, `identity.list`; personas put first in llm prompts |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
 //! issue lands — never with a made-up answer.
 
 pub mod digital_twin;
+pub mod goals;
 pub mod identity;
 pub mod jobs;
 pub mod lazy_loader;
@@ -70,6 +72,7 @@ pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
         (jobs::AGENT, jobs::tasks()),
         (schedules::AGENT, schedules::tasks()),
         (identity::AGENT, identity::tasks()),
+        (goals::AGENT, goals::tasks()),
     ])
 }
 
@@ -102,6 +105,13 @@ pub(crate) fn behaviour_for(name: &str, services: &Services, fleet: &Fleet) -> O
         schedules::AGENT => Some(Arc::new(schedules::TaskScheduler::new(
             services.store.clone(),
             fleet.clone(),
+            services.tasks.clone(),
+            services.events.clone(),
+            services.metrics.clone(),
+        ))),
+        goals::AGENT => Some(Arc::new(goals::GoalManager::new(
+            services.store.clone(),
+            Arc::new(fleet.clone()),
             services.tasks.clone(),
             services.events.clone(),
             services.metrics.clone(),
