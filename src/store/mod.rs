@@ -14,6 +14,7 @@ pub mod audit;
 pub mod goals;
 pub mod jobs;
 pub mod memory;
+pub mod mood;
 pub mod personas;
 pub mod receipts;
 pub mod resources;
@@ -124,6 +125,8 @@ const MIGRATIONS: &[&str] = &[
     personas::MIGRATION,
     // 11: GoalManager's goals.
     goals::MIGRATION,
+    // 12: MoodTrackerAgent's recorded emotions.
+    mood::MIGRATION,
 ];
 
 /// Opens (creating when needed) and migrates the database at `path`.

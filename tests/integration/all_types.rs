@@ -32,7 +32,6 @@ const PENDING: &[&str] = &[
     "LearningAdjusterAgent",        // learning loop
     "LearningManager",              // learning loop
     "LearningOrchestrationService", // learning loop
-    "MoodTrackerAgent",             // conversation agents
     "ObservabilityHub",             // token governor and response tiers
     "ObservabilityHub_PC2",         // token governor and response tiers
     "PredictiveHealthMonitor",      // learning loop

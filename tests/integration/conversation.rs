@@ -292,3 +292,69 @@ async fn a_goal_is_planned_by_the_arbiter_run_as_jobs_tracked_cancelled_and_kept
     assert_eq!(ok(&mut bus, "goal.list", json!({})).await["goals"].as_array().unwrap().len(), 3);
     fleet.shutdown(Duration::from_secs(10)).await;
 }
+
+/// Sends `task_type` for `user` and returns the output of its `ok` reply.
+async fn ok_as(bus: &mut zeromq::DealerSocket, user: &str, task_type: &str, input: Value) -> Value {
+    let r = call(bus, json!({"id": uuid::Uuid::new_v4().to_string(), "type": task_type, "input": input, "user": user}))
+        .await;
+    assert_eq!(r["status"], "ok", "{task_type}: {r}");
+    r["output"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mood_is_recorded_per_user_and_decays_with_the_half_life_setting() {
+    let fake = FakeOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, mut bus) = fake_fleet(dir.path(), &fake, |s| s.mood.half_life_secs = 0.5).await;
+
+    let now =
+        ok_as(&mut bus, "ann", "mood.record", json!({"label": "joy", "intensity": 1.0, "text": "I passed!"})).await;
+    assert_eq!((now["user"].as_str(), now["label"].as_str()), (Some("ann"), Some("joy")), "{now}");
+    assert!(now["intensity"].as_f64().unwrap() > 0.8, "{now}");
+    assert_eq!(now["half_life_seconds"], 0.5);
+    let recorded = std::time::Instant::now();
+    // Decay: the weight halves per half-life (0.5 s).
+    loop {
+        let m = ok_as(&mut bus, "ann", "mood.current", json!({})).await;
+        if m["scores"]["joy"].as_f64().unwrap() <= 0.5 {
+            assert!(recorded.elapsed() >= Duration::from_millis(450), "decayed too fast: {m}");
+            break;
+        }
+        assert!(recorded.elapsed() < Duration::from_secs(10), "no decay: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A fresh, weaker sadness now outweighs the old joy.
+    let m = ok_as(&mut bus, "ann", "mood.record", json!({"label": "sadness", "intensity": 0.6})).await;
+    assert_eq!(m["label"], "sadness", "{m}");
+    // Per user: Bob has none, anonymous has none.
+    let bob = ok_as(&mut bus, "bob", "mood.current", json!(null)).await;
+    assert_eq!(
+        (bob["label"].as_str(), bob["intensity"].as_f64(), &bob["updated_at"]),
+        (Some("neutral"), Some(0.0), &Value::Null)
+    );
+    assert_eq!(ok(&mut bus, "mood.current", json!({})).await["user"], Value::Null);
+    let h = ok_as(&mut bus, "ann", "mood.history", json!({})).await;
+    let labels: Vec<&str> = h["entries"].as_array().unwrap().iter().map(|e| e["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["sadness", "joy"]);
+    assert_eq!(h["entries"][1]["text"], "I passed!");
+    assert_eq!(
+        ok_as(&mut bus, "ann", "mood.history", json!({"limit": 1})).await["entries"].as_array().unwrap().len(),
+        1
+    );
+    let later = h["entries"][0]["ts"].as_f64().unwrap();
+    assert_eq!(ok_as(&mut bus, "ann", "mood.history", json!({"since": later})).await["entries"], json!([]));
+    assert!(fleet.services.metrics.render().contains("agentvisor_mood_records_total{label=\"joy\"} 1"));
+
+    for (t, input) in [
+        ("mood.record", json!({"label": "happy", "intensity": 0.5})),
+        ("mood.record", json!({"label": "joy", "intensity": 1.5})),
+        ("mood.record", json!({"label": "joy"})),
+        ("mood.record", json!({"label": "joy", "intensity": 0.5, "user": "eve"})),
+        ("mood.current", json!({"user": "ann"})),
+        ("mood.history", json!({"limit": 0})),
+        ("mood.history", json!({"since": "yesterday"})),
+    ] {
+        assert_eq!(code(&mut bus, t, input.clone()).await, "invalid_field", "{t} {input}");
+    }
+    fleet.shutdown(Duration::from_secs(10)).await;
+}

@@ -22,6 +22,7 @@
 //! | AsyncProcessor | [`jobs`] | `async.submit`, `async.status`, `async.result`, `async.cancel`, `async.list`; durable jobs |
 //! | TaskScheduler | [`schedules`] | `schedule.add`, `schedule.list`, `schedule.cancel`; durable schedules |
 //! | GoalManager | [`goals`] | `goal.create`, `goal.status`, `goal.list`, `goal.cancel`; subtasks planned through the arbiter, run as jobs |
+//! | MoodTrackerAgent | [`mood`] | `mood.record`, `mood.current`, `mood.history`; exponential decay (`mood.half_life_secs`) |
 //! | DynamicIdentityAgent | [`identity`] | `identity.set`, `identity.get`, `identity.list`; personas put first in llm prompts |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
@@ -34,6 +35,7 @@ pub mod jobs;
 pub mod lazy_loader;
 pub mod memory;
 pub mod models;
+pub mod mood;
 pub mod resources;
 pub mod schedules;
 pub mod service_registry;
@@ -73,6 +75,7 @@ pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
         (schedules::AGENT, schedules::tasks()),
         (identity::AGENT, identity::tasks()),
         (goals::AGENT, goals::tasks()),
+        (mood::AGENT, mood::tasks()),
     ])
 }
 
@@ -113,6 +116,12 @@ pub(crate) fn behaviour_for(name: &str, services: &Services, fleet: &Fleet) -> O
             services.store.clone(),
             Arc::new(fleet.clone()),
             services.tasks.clone(),
+            services.events.clone(),
+            services.metrics.clone(),
+        ))),
+        mood::AGENT => Some(Arc::new(mood::MoodTracker::new(
+            services.store.clone(),
+            services.settings.mood.half_life_secs,
             services.events.clone(),
             services.metrics.clone(),
         ))),
