@@ -38,7 +38,6 @@ const PENDING: &[&str] = &[
     "ProactiveAgent",               // conversation agents
     "ProactiveContextMonitor",      // token governor
     "RemoteConnectorAgent",         // knowledge and tool agents
-    "Responder",                    // conversation agents
     "StreamingInterruptHandler",    // ears and eyes
     "StreamingLanguageAnalyzer",    // ears and eyes
     "StreamingSpeechRecognition",   // ears and eyes

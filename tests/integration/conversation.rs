@@ -358,3 +358,98 @@ async fn mood_is_recorded_per_user_and_decays_with_the_half_life_setting() {
     }
     fleet.shutdown(Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_responder_fits_the_answer_to_the_emotion_and_persona_and_speaks_it() {
+    let fake = FakeOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, mut bus) = fake_fleet(dir.path(), &fake, |_| {}).await;
+
+    // Neither emotion nor persona: the answer as given, no model call.
+    let plain = ok(&mut bus, "response.compose", json!({"answer": "It is 18:40."})).await;
+    assert_eq!(plain, json!({"text": "It is 18:40.", "emotion": null, "persona": null, "rewritten": false}));
+    assert!(fake.requests().is_empty());
+
+    // The emotion detected by EmotionEngine, the answer rewritten by EmpathyAgent (recorded outputs).
+    fake.push(Behaviour::AnswerJson(json!({"label": "anger", "intensity": 0.8})));
+    fake.push(Behaviour::Answer("Sorry for the wait: your flight now leaves at 18:40.".into()));
+    let r = ok(
+        &mut bus,
+        "response.compose",
+        json!({"answer": "Your flight is delayed; it leaves at 18:40.", "user_text": "Ugh, late again?"}),
+    )
+    .await;
+    assert_eq!(r["text"], "Sorry for the wait: your flight now leaves at 18:40.", "{r}");
+    assert_eq!(r["emotion"], json!({"label": "anger", "intensity": 0.8}));
+    assert_eq!(r["rewritten"], true);
+    let asked = fake.requests();
+    assert!(asked[0].body["messages"].to_string().contains("Ugh, late again?"));
+    let draft = asked[1].body["messages"].to_string();
+    assert!(draft.contains("leaves at 18:40") && draft.contains("anger"), "{draft}");
+
+    // The session's persona: EmpathyAgent's system prompt starts with it.
+    ok(
+        &mut bus,
+        "identity.set",
+        json!({"persona": "coach", "definition": {"system_prompt": COACH, "voice": "en-us"}, "session": "gym-2"}),
+    )
+    .await;
+    fake.push(Behaviour::Answer("Great news, champ: it is 18:40!".into()));
+    let r = call(
+        &mut bus,
+        json!({"id": "p1", "type": "response.compose", "session": "gym-2",
+               "input": {"answer": "It is 18:40.", "emotion": {"label": "neutral", "intensity": 0.1}}}),
+    )
+    .await;
+    assert_eq!(
+        (r["output"]["persona"].as_str(), r["output"]["rewritten"].as_bool()),
+        (Some("coach"), Some(true)),
+        "{r}"
+    );
+    let system = fake.requests().last().unwrap().body["messages"][0]["content"].as_str().unwrap().to_string();
+    assert!(system.starts_with(COACH), "{system}");
+
+    // Speech through StreamingTTSAgent and the real TTSService (espeak-ng), one chunk per sentence.
+    if fleet.ctx().state("TTSService").is_some() {
+        util::send_json(
+            &mut bus,
+            &json!({"id": "sp", "type": "response.speak", "stream": true,
+                    "input": {"answer": "The oven is ready. Put the bread in.", "emotion": {"label": "neutral", "intensity": 0.0}}}),
+        )
+        .await;
+        let mut chunks = 0;
+        let reply = loop {
+            let v = util::recv_json_within(&mut bus, Duration::from_secs(60)).await;
+            if v["event"] == "chunk" {
+                chunks += 1;
+            } else if v["id"] == "sp" {
+                break v;
+            }
+        };
+        if reply["status"] == "ok" || std::env::var_os("CI").is_some() {
+            assert_eq!(reply["status"], "ok", "{reply}");
+            let out = &reply["output"];
+            assert_eq!(
+                (out["text"].as_str(), out["sentences"].as_u64()),
+                (Some("The oven is ready. Put the bread in."), Some(2))
+            );
+            assert!(out["duration_seconds"].as_f64().unwrap() > 0.2, "{out}");
+            assert_eq!(chunks, 2);
+        } else {
+            eprintln!("no speech here ({reply}); skipping the speech check");
+        }
+    }
+
+    for (t, input, want) in [
+        ("response.compose", json!({}), "invalid_field"),
+        ("response.compose", json!({"answer": " "}), "invalid_field"),
+        ("response.compose", json!({"answer": "x", "emotion": {"label": "happy", "intensity": 0.5}}), "invalid_field"),
+        ("response.compose", json!({"answer": "x", "emotion": {"label": "joy", "intensity": 2}}), "invalid_field"),
+        ("response.compose", json!({"answer": "x", "tone": "warm"}), "invalid_field"),
+        ("response.compose", json!({"answer": "x", "persona": "ghost"}), "not_found"),
+        ("response.speak", json!({"answer": "x", "speed": 10}), "invalid_field"),
+    ] {
+        assert_eq!(code(&mut bus, t, input.clone()).await, want, "{t} {input}");
+    }
+    fleet.shutdown(Duration::from_secs(10)).await;
+}

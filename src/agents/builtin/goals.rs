@@ -682,6 +682,7 @@ struct ListInput {
     state: Option<GoalState>,
     /// Most goals returned, 1–1000; default 50.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
     limit: Option<u32>,
 }
 

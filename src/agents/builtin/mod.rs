@@ -23,6 +23,7 @@
 //! | TaskScheduler | [`schedules`] | `schedule.add`, `schedule.list`, `schedule.cancel`; durable schedules |
 //! | GoalManager | [`goals`] | `goal.create`, `goal.status`, `goal.list`, `goal.cancel`; subtasks planned through the arbiter, run as jobs |
 //! | MoodTrackerAgent | [`mood`] | `mood.record`, `mood.current`, `mood.history`; exponential decay (`mood.half_life_secs`) |
+//! | Responder | [`responder`] | `response.compose` (EmotionEngine, persona, EmpathyAgent), `response.speak` (StreamingTTSAgent) |
 //! | DynamicIdentityAgent | [`identity`] | `identity.set`, `identity.get`, `identity.list`; personas put first in llm prompts |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
@@ -37,6 +38,7 @@ pub mod memory;
 pub mod models;
 pub mod mood;
 pub mod resources;
+pub mod responder;
 pub mod schedules;
 pub mod service_registry;
 pub mod session_memory;
@@ -76,6 +78,7 @@ pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
         (identity::AGENT, identity::tasks()),
         (goals::AGENT, goals::tasks()),
         (mood::AGENT, mood::tasks()),
+        (responder::AGENT, responder::tasks()),
     ])
 }
 
@@ -124,6 +127,11 @@ pub(crate) fn behaviour_for(name: &str, services: &Services, fleet: &Fleet) -> O
             services.settings.mood.half_life_secs,
             services.events.clone(),
             services.metrics.clone(),
+        ))),
+        responder::AGENT => Some(Arc::new(responder::Responder::new(
+            Arc::new(fleet.clone()),
+            services.store.clone(),
+            services.settings.identity.clone(),
         ))),
         identity::AGENT => Some(Arc::new(identity::DynamicIdentity::new(
             services.store.clone(),
