@@ -20,6 +20,7 @@ pub mod receipts;
 pub mod resources;
 pub mod schedules;
 pub mod services;
+pub mod tutoring;
 
 use std::path::{Path, PathBuf};
 
@@ -127,6 +128,8 @@ const MIGRATIONS: &[&str] = &[
     goals::MIGRATION,
     // 12: MoodTrackerAgent's recorded emotions.
     mood::MIGRATION,
+    // 13: TutoringAgent's sessions and mastery.
+    tutoring::MIGRATION,
 ];
 
 /// Opens (creating when needed) and migrates the database at `path`.

@@ -42,7 +42,6 @@ const PENDING: &[&str] = &[
     "StreamingLanguageAnalyzer",    // ears and eyes
     "StreamingSpeechRecognition",   // ears and eyes
     "TieredResponder",              // token governor and response tiers
-    "TutoringAgent",                // conversation agents
     "UnifiedWebAgent",              // knowledge and tool agents
     "VoiceProfilingAgent",          // ears and eyes
     "WakeWordDetector",             // ears and eyes

@@ -453,3 +453,81 @@ async fn the_responder_fits_the_answer_to_the_emotion_and_persona_and_speaks_it(
     }
     fleet.shutdown(Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_question_tutoring_session_adapts_difficulty_to_right_and_wrong_answers() {
+    let fake = FakeOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, mut bus) = fake_fleet(dir.path(), &fake, |_| {}).await;
+    let question = |n: u32| {
+        Behaviour::AnswerJson(
+            json!({"question": format!("What is {n} + {n}?"), "expected_answer": format!("{}", 2 * n)}),
+        )
+    };
+    let grade = |correct: bool| {
+        Behaviour::AnswerJson(json!({"correct": correct, "feedback": if correct { "Right." } else { "Not quite." }}))
+    };
+
+    fake.push(question(1));
+    let start = ok_as(&mut bus, "lea", "tutoring.session_start", json!({"topic": "addition"})).await;
+    let id = start["session_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        (start["question"]["difficulty"].as_str(), start["mastery"].as_f64()),
+        (Some("medium"), Some(0.5)),
+        "{start}"
+    );
+    assert!(!start.to_string().contains("expected_answer"), "the expected answer is kept from the learner: {start}");
+    assert!(fake.requests()[0].body["messages"].to_string().contains("medium question about addition"));
+
+    // Right, right, wrong, wrong, right (recorded gradings).
+    let mut levels = vec![start["question"]["difficulty"].as_str().unwrap().to_string()];
+    let mut prompts_seen = 1;
+    for (n, correct) in [true, true, false, false, true].into_iter().enumerate() {
+        fake.push(grade(correct));
+        fake.push(question(n as u32 + 2));
+        let answer = if correct { format!("{}", 2 * (n + 1)) } else { "no idea".to_string() };
+        let p = ok_as(&mut bus, "lea", "tutoring.progress", json!({"session_id": id, "answer": answer})).await;
+        assert_eq!(p["graded"]["correct"], correct, "{p}");
+        assert_eq!(p["graded"]["expected_answer"], format!("{}", 2 * (n + 1)));
+        let grading = fake.requests()[prompts_seen].body["messages"].to_string();
+        assert!(grading.contains(&format!("Learner's answer: {answer}")), "{grading}");
+        // The next question is asked at the level the new mastery picks.
+        let level = p["next_question"]["difficulty"].as_str().unwrap().to_string();
+        assert!(fake.requests()[prompts_seen + 1].body["messages"].to_string().contains(&format!("{level} question")));
+        prompts_seen += 2;
+        levels.push(level);
+    }
+    // Harder after right answers, easier after wrong ones.
+    assert_eq!(levels, ["medium", "medium", "hard", "medium", "easy", "medium"]);
+    let p = ok_as(&mut bus, "lea", "tutoring.progress", json!({"session_id": id})).await;
+    assert_eq!(
+        (p["questions_asked"].as_u64(), p["correct_answers"].as_u64(), &p["graded"]),
+        (Some(6), Some(3), &Value::Null)
+    );
+
+    let end = ok_as(&mut bus, "lea", "tutoring.session_end", json!({"session_id": id})).await;
+    assert_eq!((end["questions_asked"].as_u64(), end["correct_answers"].as_u64()), (Some(5), Some(3)), "{end}");
+    let mastery = end["mastery"].as_f64().unwrap();
+    assert!((mastery - 0.5594).abs() < 0.001, "{end}");
+    assert!(end["summary"].as_str().unwrap().contains("3 of 5"), "{end}");
+    // Persisted: the learner's mastery starts the next session (medium), another learner starts fresh.
+    fake.push(question(9));
+    let again = ok_as(&mut bus, "lea", "tutoring.session_start", json!({"topic": "addition"})).await;
+    assert_eq!(again["mastery"].as_f64(), Some(mastery));
+
+    for (t, input, want) in [
+        ("tutoring.session_start", json!({}), "invalid_field"),
+        ("tutoring.session_start", json!({"topic": "x", "difficulty": "extreme"}), "invalid_field"),
+        ("tutoring.progress", json!({"session_id": "tut-nope", "answer": "4"}), "not_found"),
+        ("tutoring.progress", json!({"session_id": id, "answer": ""}), "invalid_field"),
+        ("tutoring.progress", json!({"session_id": id, "answer": "4"}), "invalid_field"), // ended
+        ("tutoring.session_end", json!({"session_id": "tut-nope"}), "not_found"),
+        ("tutoring.session_end", json!({"session": id}), "invalid_field"),
+    ] {
+        assert_eq!(code(&mut bus, t, input.clone()).await, want, "{t} {input}");
+    }
+    // TutorAgent answering without the JSON asked for.
+    fake.push(Behaviour::Answer("Here is a question: what is 2 + 2?".into()));
+    assert_eq!(code(&mut bus, "tutoring.session_start", json!({"topic": "addition"})).await, "invalid_output");
+    fleet.shutdown(Duration::from_secs(10)).await;
+}

@@ -24,6 +24,7 @@
 //! | GoalManager | [`goals`] | `goal.create`, `goal.status`, `goal.list`, `goal.cancel`; subtasks planned through the arbiter, run as jobs |
 //! | MoodTrackerAgent | [`mood`] | `mood.record`, `mood.current`, `mood.history`; exponential decay (`mood.half_life_secs`) |
 //! | Responder | [`responder`] | `response.compose` (EmotionEngine, persona, EmpathyAgent), `response.speak` (StreamingTTSAgent) |
+//! | TutoringAgent | [`tutoring`] | `tutoring.session_start`, `tutoring.progress`, `tutoring.session_end`; questions and grading by TutorAgent, mastery picks the difficulty |
 //! | DynamicIdentityAgent | [`identity`] | `identity.set`, `identity.get`, `identity.list`; personas put first in llm prompts |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
@@ -44,6 +45,7 @@ pub mod service_registry;
 pub mod session_memory;
 pub mod streaming_tts;
 pub mod system;
+pub mod tutoring;
 pub mod utils;
 
 use std::collections::BTreeMap;
@@ -79,6 +81,7 @@ pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
         (goals::AGENT, goals::tasks()),
         (mood::AGENT, mood::tasks()),
         (responder::AGENT, responder::tasks()),
+        (tutoring::AGENT, tutoring::tasks()),
     ])
 }
 
@@ -133,6 +136,7 @@ pub(crate) fn behaviour_for(name: &str, services: &Services, fleet: &Fleet) -> O
             services.store.clone(),
             services.settings.identity.clone(),
         ))),
+        tutoring::AGENT => Some(Arc::new(tutoring::Tutoring::new(Arc::new(fleet.clone()), services.store.clone()))),
         identity::AGENT => Some(Arc::new(identity::DynamicIdentity::new(
             services.store.clone(),
             services.settings.identity.clone(),
