@@ -5,8 +5,9 @@
 //!
 //! Model outputs here are **recorded/fixed outputs** of the project's fake
 //! OpenAI server (`fake_openai.rs`), not a real model: these tests are about
-//! what the agents send and do with an answer. The real-model versions are
-//! in [`embedded`] (built with the `embedded` feature only).
+//! what the agents send and do with an answer. The real-model check is
+//! `conversation_agents_with_the_real_model` (run in the `embedded` build
+//! only: the lean build has no llama.cpp).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -530,4 +531,52 @@ async fn a_five_question_tutoring_session_adapts_difficulty_to_right_and_wrong_a
     fake.push(Behaviour::Answer("Here is a question: what is 2 + 2?".into()));
     assert_eq!(code(&mut bus, "tutoring.session_start", json!({"topic": "addition"})).await, "invalid_output");
     fleet.shutdown(Duration::from_secs(10)).await;
+}
+
+/// The conversation agents with the real default model (SmolLM2 through
+/// llama.cpp): a session's persona, the responder's rewrite, a tutoring
+/// question and a goal's plan. The small model may not write the JSON a
+/// question or a plan needs: then the stable `invalid_output`, never
+/// anything else. Built here (so it type-checks in every build); run by
+/// [`conversation_agents_with_the_real_model`] in the `embedded` build.
+#[cfg_attr(not(feature = "embedded"), allow(dead_code))]
+async fn real_model_checks() {
+    let data = tempfile::tempdir().unwrap();
+    let (fleet, ingress) = util::bus_fleet(data.path(), "full", |s| {
+        s.models_dir = util::models_dir();
+        s.models.threads = 2;
+        s.backends = agentvisor::config::Settings::default().backends; // `local`: embedded, L1
+        if let Some(local) = s.backends.get_mut("local") {
+            local.total_timeout_secs = 300.0;
+        }
+    })
+    .await;
+    let mut bus = util::dealer(&ingress).await;
+    ok(&mut bus, "identity.set", json!({"persona": "pirate", "definition": {"system_prompt": "You are a pirate. Answer in one short sentence."}, "session": "real-1"})).await;
+    let r = call(&mut bus, json!({"id": "chat", "type": "simple_chat", "input": "Say hello.", "session": "real-1", "deadline_ms": 300_000})).await;
+    assert_eq!(r["status"], "ok", "{r}");
+    assert!(!r["output"].as_str().unwrap_or_default().trim().is_empty(), "{r}");
+    let r = call(
+        &mut bus,
+        json!({"id": "compose", "type": "response.compose", "deadline_ms": 300_000,
+        "input": {"answer": "Your parcel arrives on Friday.", "emotion": {"label": "anger", "intensity": 0.8}}}),
+    )
+    .await;
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["output"]["rewritten"], true, "{r}");
+    assert!(!r["output"]["text"].as_str().unwrap_or_default().trim().is_empty(), "{r}");
+    for (t, input) in [
+        ("tutoring.session_start", json!({"topic": "adding small numbers", "difficulty": "easy"})),
+        ("goal.create", json!({"text": "Write a haiku about the sea and translate it into French."})),
+    ] {
+        let r = call(&mut bus, json!({"id": t, "type": t, "input": input, "deadline_ms": 300_000})).await;
+        assert!(r["status"] == "ok" || r["error"]["code"] == "invalid_output", "{t}: {r}");
+    }
+    fleet.shutdown(Duration::from_secs(10)).await;
+}
+
+#[cfg(feature = "embedded")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_agents_with_the_real_model() {
+    real_model_checks().await;
 }
