@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+use super::behaviour::extract_json;
 use super::builtin::Behaviour;
 use super::services::Services;
 use crate::config::Settings;
@@ -367,16 +368,6 @@ impl LlmAgent {
         };
         Ok(json!({"specialist": specialist, "reason": reason, "answer": answer}))
     }
-}
-
-/// Extracts the JSON object of a model answer (tolerating code fences and prose around it).
-pub(crate) fn extract_json(text: &str) -> Option<Value> {
-    if let Ok(v) = serde_json::from_str::<Value>(text.trim()) {
-        return Some(v);
-    }
-    let start = text.find('{')?;
-    let end = text.rfind('}')?;
-    serde_json::from_str(text.get(start..=end)?).ok()
 }
 
 fn check(text: &str, schema: &jsonschema::Validator) -> Result<Value, String> {

@@ -51,7 +51,7 @@ pub mod utils;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub(crate) use super::behaviour::{AgentInput, Answer, Behaviour, Name, Text, unknown_type};
+pub(crate) use super::behaviour::{AgentInput, Answer, Behaviour, Name, Text, extract_json, unknown_type};
 use super::services::Services;
 use super::tasks::RustTask;
 use crate::supervisor::Fleet;

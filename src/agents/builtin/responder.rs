@@ -28,8 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::mood::Label;
-use super::{Answer, Behaviour, Name, Text, unknown_type};
-use crate::agents::llm::extract_json;
+use super::{Answer, Behaviour, Name, Text, extract_json, unknown_type};
 use crate::agents::tasks::{RustTask, decode, encode, rust_task};
 use crate::config::IdentitySettings;
 use crate::core::{ErrorCode, Task, TaskError};

@@ -27,8 +27,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Answer, Behaviour, Name, Text, unknown_type};
-use crate::agents::llm::extract_json;
+use super::{Answer, Behaviour, Name, Text, extract_json, unknown_type};
 use crate::agents::tasks::{RustTask, decode, encode, rust_task};
 use crate::core::{ErrorCode, Task, TaskError, unix_time};
 use crate::store::{Store, StoreError};
