@@ -47,6 +47,16 @@ pub(crate) fn unknown_type(agent: &str, task: &Task) -> TaskError {
     TaskError::new(ErrorCode::UnknownTaskType, format!("{agent} does not handle task type {}", task.task_type))
 }
 
+/// Extracts the JSON object of a model answer (tolerating code fences and prose around it).
+pub(crate) fn extract_json(text: &str) -> Option<Value> {
+    if let Ok(v) = serde_json::from_str::<Value>(text.trim()) {
+        return Some(v);
+    }
+    let start = text.find('{')?;
+    let end = text.rfind('}')?;
+    serde_json::from_str(text.get(start..=end)?).ok()
+}
+
 /// White space as JSON Schema patterns see it (ECMA-262 `\s`: Unicode `Zs`,
 /// tab, line ends, BOM), so that [`Name`] and [`Text`] refuse what their
 /// schema's `\S` refuses (Rust's `char::is_whitespace` differs on U+0085

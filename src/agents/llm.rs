@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+use super::behaviour::extract_json;
 use super::builtin::Behaviour;
 use super::services::Services;
 use crate::config::Settings;
@@ -32,7 +33,9 @@ use crate::core::{
     ChatMessage, ErrorCode, GenParams, Receipt, Task, TaskError, TaskOutput, TaskReply, estimate_tokens,
 };
 use crate::routing::router::{ModelCall, RouterHandle, resolve_model};
+use crate::store::{Store, personas};
 use crate::supervisor::{Fleet, Peers};
+use crate::telemetry::metrics::Metrics;
 
 /// Most tokens of session history put into a request (estimated), so long
 /// sessions stay within small models' context.
@@ -59,6 +62,24 @@ pub struct LlmAgent {
     /// A model call's limit when the task has no deadline (`tasks.call_timeout_secs`).
     call_timeout: Duration,
     schema: Option<jsonschema::Validator>,
+    /// The store: the session's persona.
+    store: Store,
+    /// `agentvisor_persona_prompts_total`.
+    metrics: Metrics,
+}
+
+/// What goes into a prompt besides the agent's role prompt and the task
+/// input, in prompt order (see the module docs).
+#[derive(Default)]
+struct PromptContext {
+    /// The session persona's system text (system prompt and tone).
+    persona: Option<String>,
+    /// The token governor's summary of older turns.
+    summary: Option<String>,
+    /// The session's recent turns, oldest first.
+    history: Vec<ChatMessage>,
+    /// Memory retrieved for the task.
+    memory: Option<String>,
 }
 
 impl LlmAgent {
@@ -80,6 +101,8 @@ impl LlmAgent {
             router: services.router.clone(),
             call_timeout: services.settings.tasks.call_timeout(),
             schema,
+            store: services.store.clone(),
+            metrics: services.metrics.clone(),
         }))
     }
 
@@ -155,13 +178,67 @@ impl LlmAgent {
         }
     }
 
-    fn messages(&self, task: &Task, history: &[ChatMessage]) -> Vec<ChatMessage> {
+    /// The prompt, in the documented order: persona, governor summary,
+    /// recent turns, retrieved memory, task input.
+    fn messages(&self, task: &Task, ctx: &PromptContext) -> Vec<ChatMessage> {
         let (_, _, prompt) = self.runtime();
-        let mut m = Vec::with_capacity(history.len() + 2);
-        m.push(ChatMessage::new("system", prompt));
-        m.extend_from_slice(history);
+        let mut m = Vec::with_capacity(ctx.history.len() + 4);
+        let system = match &ctx.persona {
+            Some(persona) if prompt.is_empty() => persona.clone(),
+            Some(persona) => format!("{persona}\n\n{prompt}"),
+            None => prompt.to_string(),
+        };
+        m.push(ChatMessage::new("system", system));
+        if let Some(summary) = &ctx.summary {
+            m.push(ChatMessage::new("system", format!("Summary of the earlier conversation: {summary}")));
+        }
+        m.extend_from_slice(&ctx.history);
+        if let Some(memory) = &ctx.memory {
+            m.push(ChatMessage::new("system", format!("Relevant memory: {memory}")));
+        }
         m.push(ChatMessage::new("user", task.input_text()));
         m
+    }
+
+    /// Everything a prompt of `task` needs besides the role prompt and the
+    /// input; `with_history`: the session's turns too.
+    async fn context(&self, task: &Task, with_history: bool) -> PromptContext {
+        PromptContext {
+            persona: self.persona(task).await,
+            summary: self.governor_summary(task).await,
+            history: if with_history { self.history(task).await } else { Vec::new() },
+            memory: self.retrieved_memory(task).await,
+        }
+    }
+
+    /// The system text of the persona the task's session uses, if any
+    /// (a store failure is logged and the prompt goes without it).
+    async fn persona(&self, task: &Task) -> Option<String> {
+        let session = task.session.clone()?;
+        let yaml = self.settings.identity.clone();
+        match self.store.call(move |conn| personas::of_session(conn, &yaml, &session)).await {
+            Ok(Some(p)) => {
+                self.metrics.persona_prompts.with_label_values(&[&self.spec.name]).inc();
+                Some(p.prompt())
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(agent = %self.spec.name, task_id = %task.id, error = %e, "session persona not read");
+                None
+            }
+        }
+    }
+
+    /// The token governor's summary of the session's older turns. Hook: the
+    /// governor (ContextManager) is not built yet, so there is none.
+    async fn governor_summary(&self, _task: &Task) -> Option<String> {
+        None
+    }
+
+    /// Memory retrieved for the task when it asks for it. Hook: no task
+    /// field asks for retrieval yet, so there is none.
+    async fn retrieved_memory(&self, _task: &Task) -> Option<String> {
+        None
     }
 
     /// The session's recent turns (newest that fit the token budget), oldest first.
@@ -222,10 +299,10 @@ impl LlmAgent {
         &self,
         task: &Task,
         schema: &jsonschema::Validator,
-        history: &[ChatMessage],
+        ctx: &PromptContext,
         route: &mut Option<Receipt>,
     ) -> Result<Value, TaskError> {
-        let mut messages = self.messages(task, history);
+        let mut messages = self.messages(task, ctx);
         let first = self.ask(task, messages.clone(), true, false, route).await?;
         let problem = match check(&first, schema) {
             Ok(v) => return Ok(v),
@@ -244,7 +321,8 @@ impl LlmAgent {
     }
 
     async fn arbitrate(&self, task: &Task, route: &mut Option<Receipt>) -> Result<Value, TaskError> {
-        let raw = self.ask(task, self.messages(task, &[]), true, false, route).await?;
+        let ctx = self.context(task, false).await;
+        let raw = self.ask(task, self.messages(task, &ctx), true, false, route).await?;
         let (specialist, reason) = match choice(&raw) {
             Some(c) => c,
             None => {
@@ -259,6 +337,9 @@ impl LlmAgent {
                 );
                 repair.deadline = task.deadline;
                 repair.cancel = task.cancel.clone();
+                // The repair answers in the same session (its persona too) for the same user.
+                repair.session = task.session.clone();
+                repair.user = task.user.clone();
                 let repaired = self.peers.call("NLUAgent", repair).await?.output;
                 choice(&repaired.get("entities").cloned().unwrap_or(repaired.clone()).to_string()).ok_or_else(|| {
                     TaskError::new(
@@ -289,16 +370,6 @@ impl LlmAgent {
     }
 }
 
-/// Extracts the JSON object of a model answer (tolerating code fences and prose around it).
-fn extract_json(text: &str) -> Option<Value> {
-    if let Ok(v) = serde_json::from_str::<Value>(text.trim()) {
-        return Some(v);
-    }
-    let start = text.find('{')?;
-    let end = text.rfind('}')?;
-    serde_json::from_str(text.get(start..=end)?).ok()
-}
-
 fn check(text: &str, schema: &jsonschema::Validator) -> Result<Value, String> {
     let v = extract_json(text).ok_or_else(|| "it is not a JSON object".to_string())?;
     schema.validate(&v).map_err(|e| e.to_string())?;
@@ -322,13 +393,12 @@ impl LlmAgent {
         if self.spec.role.as_deref() == Some("arbiter") {
             return self.arbitrate(task, route).await;
         }
-        let history = self.history(task).await;
+        let ctx = self.context(task, true).await;
         let answer = match &self.schema {
-            Some(schema) => self.json_answer(task, schema, &history, route).await,
-            None => self
-                .ask(task, self.messages(task, &history), false, task.chunks.is_some(), route)
-                .await
-                .map(Value::String),
+            Some(schema) => self.json_answer(task, schema, &ctx, route).await,
+            None => {
+                self.ask(task, self.messages(task, &ctx), false, task.chunks.is_some(), route).await.map(Value::String)
+            }
         }?;
         self.remember(task, &answer).await;
         Ok(answer)

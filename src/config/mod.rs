@@ -85,6 +85,49 @@ pub struct Settings {
     /// AsyncProcessor's background jobs.
     #[serde(rename = "async")]
     pub jobs: JobSettings,
+    /// DynamicIdentityAgent's personas defined in YAML (read-only).
+    pub identity: IdentitySettings,
+    /// MoodTrackerAgent's decay.
+    pub mood: MoodSettings,
+}
+
+/// `identity:` — personas defined in YAML, by name (`identity: {personas:
+/// {butler: {system_prompt: "...", voice: en-gb, tone: formal}}}`). Tasks
+/// cannot change them; `identity.set` may create others.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitySettings {
+    /// The personas, by name.
+    pub personas: BTreeMap<String, PersonaSettings>,
+}
+
+/// One persona defined in YAML.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonaSettings {
+    /// Put before every llm agent's own system prompt in the sessions using it.
+    pub system_prompt: String,
+    /// TTS voice (e.g. `en-us`).
+    #[serde(default)]
+    pub voice: Option<String>,
+    /// Tone (e.g. `friendly`, `formal`).
+    #[serde(default)]
+    pub tone: Option<String>,
+}
+
+/// `mood:` — MoodTrackerAgent's exponential decay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MoodSettings {
+    /// Seconds after which a recorded emotion weighs half as much; default
+    /// 3600 (one hour). Values ≤ 0 are read as 1 ms.
+    pub half_life_secs: f64,
+}
+
+impl Default for MoodSettings {
+    fn default() -> Self {
+        MoodSettings { half_life_secs: 3600.0 }
+    }
 }
 
 /// `resources:` — what ResourceManager's ledger grants. Each capacity is
@@ -172,6 +215,8 @@ impl Default for Settings {
             testing: TestingSettings::default(),
             resources: ResourceSettings::default(),
             jobs: JobSettings::default(),
+            identity: IdentitySettings::default(),
+            mood: MoodSettings::default(),
         }
     }
 }

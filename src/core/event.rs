@@ -420,6 +420,44 @@ pub enum Event {
         /// The schedule.
         schedule_id: String,
     },
+    /// `identity.set`: a persona was defined and/or made a session's persona.
+    PersonaSet {
+        /// The persona's name.
+        persona: String,
+        /// The session now using it, when one was given.
+        session: Option<String>,
+        /// Whether the persona was created or replaced.
+        defined: bool,
+    },
+    /// `goal.created`: a goal was decomposed and its subtasks submitted.
+    GoalCreated {
+        /// The goal.
+        goal_id: String,
+        /// Its number of subtasks.
+        subtasks: usize,
+    },
+    /// `goal.finished`: every subtask of a goal ended, or it was cancelled.
+    GoalFinished {
+        /// The goal.
+        goal_id: String,
+        /// `done`, `failed` or `cancelled`.
+        state: &'static str,
+        /// Subtasks done.
+        subtasks_done: usize,
+        /// All its subtasks.
+        subtasks_total: usize,
+    },
+    /// `mood.recorded`: an emotion was recorded for a user.
+    MoodRecorded {
+        /// The user (null: anonymous).
+        user: Option<String>,
+        /// The emotion.
+        label: &'static str,
+        /// Its intensity, 0..=1.
+        intensity: f64,
+        /// The user's dominant emotion after it.
+        current: &'static str,
+    },
     /// `alert.heartbeat_missed`: a service missed its heartbeats.
     HeartbeatMissed {
         /// Service id.
@@ -481,6 +519,10 @@ impl Event {
             Event::ScheduleFailed { .. } => "schedule.failed",
             Event::ScheduleCancelled { .. } => "schedule.cancelled",
             Event::ScheduleEnded { .. } => "schedule.ended",
+            Event::PersonaSet { .. } => "identity.set",
+            Event::GoalCreated { .. } => "goal.created",
+            Event::GoalFinished { .. } => "goal.finished",
+            Event::MoodRecorded { .. } => "mood.recorded",
         }
     }
 

@@ -11,12 +11,16 @@
 //! commit), off the reply path.
 
 pub mod audit;
+pub mod goals;
 pub mod jobs;
 pub mod memory;
+pub mod mood;
+pub mod personas;
 pub mod receipts;
 pub mod resources;
 pub mod schedules;
 pub mod services;
+pub mod tutoring;
 
 use std::path::{Path, PathBuf};
 
@@ -118,6 +122,14 @@ const MIGRATIONS: &[&str] = &[
     jobs::MIGRATION,
     // 9: TaskScheduler's schedules.
     schedules::MIGRATION,
+    // 10: DynamicIdentityAgent's personas and the sessions using them.
+    personas::MIGRATION,
+    // 11: GoalManager's goals.
+    goals::MIGRATION,
+    // 12: MoodTrackerAgent's recorded emotions.
+    mood::MIGRATION,
+    // 13: TutoringAgent's sessions and mastery.
+    tutoring::MIGRATION,
 ];
 
 /// How often the checkpointer copies the WAL into the database file.

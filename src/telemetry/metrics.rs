@@ -122,6 +122,15 @@ pub struct Metrics {
     pub job_duration: prometheus::Histogram,
     /// `agentvisor_schedule_firings_total{outcome}`; outcome submitted|misfire_run|skipped|failed.
     pub schedule_firings: IntCounterVec,
+    /// `agentvisor_persona_changes_total{kind}`; kind defined (a persona created or replaced) |
+    /// switched (a session's persona set without a definition).
+    pub persona_changes: IntCounterVec,
+    /// `agentvisor_persona_prompts_total{agent}`: llm prompts that began with a session's persona.
+    pub persona_prompts: IntCounterVec,
+    /// `agentvisor_goals_total{state}`: goals by the state they reached (running|done|failed|cancelled).
+    pub goals: IntCounterVec,
+    /// `agentvisor_mood_records_total{label}`: emotions recorded by MoodTrackerAgent.
+    pub mood_records: IntCounterVec,
 }
 
 impl Metrics {
@@ -376,6 +385,26 @@ impl Metrics {
                 "agentvisor_schedule_firings_total",
                 "Schedule firings by outcome: submitted, misfire_run (missed while down, run once), skipped, failed.",
                 &["outcome"],
+            ),
+            persona_changes: counter_vec(
+                "agentvisor_persona_changes_total",
+                "Persona changes: defined (created or replaced by task), switched (a session's persona set).",
+                &["kind"],
+            ),
+            persona_prompts: counter_vec(
+                "agentvisor_persona_prompts_total",
+                "llm prompts that began with the session's persona, by agent.",
+                &["agent"],
+            ),
+            goals: counter_vec(
+                "agentvisor_goals_total",
+                "Goals (GoalManager) by the state they reached: running, done, failed, cancelled.",
+                &["state"],
+            ),
+            mood_records: counter_vec(
+                "agentvisor_mood_records_total",
+                "Emotions recorded by MoodTrackerAgent, by label.",
+                &["label"],
             ),
             registry,
         }

@@ -26,27 +26,22 @@ const PENDING: &[&str] = &[
     "CacheManager",                 // token governor and response tiers
     "ContextManager",               // token governor
     "DreamingModeAgent",            // knowledge and tool agents
-    "DynamicIdentityAgent",         // conversation agents
     "FeedbackHandler",              // learning loop
     "FileSystemAssistantAgent",     // knowledge and tool agents
     "FusedAudioPreprocessor",       // ears and eyes
-    "GoalManager",                  // conversation agents
     "LearningAdjusterAgent",        // learning loop
     "LearningManager",              // learning loop
     "LearningOrchestrationService", // learning loop
-    "MoodTrackerAgent",             // conversation agents
     "ObservabilityHub",             // token governor and response tiers
     "ObservabilityHub_PC2",         // token governor and response tiers
     "PredictiveHealthMonitor",      // learning loop
     "ProactiveAgent",               // conversation agents
     "ProactiveContextMonitor",      // token governor
     "RemoteConnectorAgent",         // knowledge and tool agents
-    "Responder",                    // conversation agents
     "StreamingInterruptHandler",    // ears and eyes
     "StreamingLanguageAnalyzer",    // ears and eyes
     "StreamingSpeechRecognition",   // ears and eyes
     "TieredResponder",              // token governor and response tiers
-    "TutoringAgent",                // conversation agents
     "UnifiedWebAgent",              // knowledge and tool agents
     "VoiceProfilingAgent",          // ears and eyes
     "WakeWordDetector",             // ears and eyes

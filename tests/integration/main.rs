@@ -11,6 +11,7 @@ mod bus;
 mod cancel_process;
 mod chaos;
 mod check;
+mod conversation;
 mod crash;
 mod daemon;
 mod drain;

@@ -21,27 +21,37 @@
 //! | ResourceManager | [`resources`] | `resource.request`, `resource.release`, `resource.renew`, `resource.status`; TTL expiry, holder-down release |
 //! | AsyncProcessor | [`jobs`] | `async.submit`, `async.status`, `async.result`, `async.cancel`, `async.list`; durable jobs |
 //! | TaskScheduler | [`schedules`] | `schedule.add`, `schedule.list`, `schedule.cancel`; durable schedules |
+//! | GoalManager | [`goals`] | `goal.create`, `goal.status`, `goal.list`, `goal.cancel`; subtasks planned through the arbiter, run as jobs |
+//! | MoodTrackerAgent | [`mood`] | `mood.record`, `mood.current`, `mood.history`; exponential decay (`mood.half_life_secs`) |
+//! | Responder | [`responder`] | `response.compose` (EmotionEngine, persona, EmpathyAgent), `response.speak` (StreamingTTSAgent) |
+//! | TutoringAgent | [`tutoring`] | `tutoring.session_start`, `tutoring.progress`, `tutoring.session_end`; questions and grading by TutorAgent, mastery picks the difficulty |
+//! | DynamicIdentityAgent | [`identity`] | `identity.set`, `identity.get`, `identity.list`; personas put first in llm prompts |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
 //! issue lands — never with a made-up answer.
 
 pub mod digital_twin;
+pub mod goals;
+pub mod identity;
 pub mod jobs;
 pub mod lazy_loader;
 pub mod memory;
 pub mod models;
+pub mod mood;
 pub mod resources;
+pub mod responder;
 pub mod schedules;
 pub mod service_registry;
 pub mod session_memory;
 pub mod streaming_tts;
 pub mod system;
+pub mod tutoring;
 pub mod utils;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub(crate) use super::behaviour::{AgentInput, Answer, Behaviour, Name, Text, unknown_type};
+pub(crate) use super::behaviour::{AgentInput, Answer, Behaviour, Name, Text, extract_json, unknown_type};
 use super::services::Services;
 use super::tasks::RustTask;
 use crate::supervisor::Fleet;
@@ -67,6 +77,11 @@ pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
         (resources::AGENT, resources::tasks()),
         (jobs::AGENT, jobs::tasks()),
         (schedules::AGENT, schedules::tasks()),
+        (identity::AGENT, identity::tasks()),
+        (goals::AGENT, goals::tasks()),
+        (mood::AGENT, mood::tasks()),
+        (responder::AGENT, responder::tasks()),
+        (tutoring::AGENT, tutoring::tasks()),
     ])
 }
 
@@ -100,6 +115,31 @@ pub(crate) fn behaviour_for(name: &str, services: &Services, fleet: &Fleet) -> O
             services.store.clone(),
             fleet.clone(),
             services.tasks.clone(),
+            services.events.clone(),
+            services.metrics.clone(),
+        ))),
+        goals::AGENT => Some(Arc::new(goals::GoalManager::new(
+            services.store.clone(),
+            Arc::new(fleet.clone()),
+            services.tasks.clone(),
+            services.events.clone(),
+            services.metrics.clone(),
+        ))),
+        mood::AGENT => Some(Arc::new(mood::MoodTracker::new(
+            services.store.clone(),
+            services.settings.mood.half_life_secs,
+            services.events.clone(),
+            services.metrics.clone(),
+        ))),
+        responder::AGENT => Some(Arc::new(responder::Responder::new(
+            Arc::new(fleet.clone()),
+            services.store.clone(),
+            services.settings.identity.clone(),
+        ))),
+        tutoring::AGENT => Some(Arc::new(tutoring::Tutoring::new(Arc::new(fleet.clone()), services.store.clone()))),
+        identity::AGENT => Some(Arc::new(identity::DynamicIdentity::new(
+            services.store.clone(),
+            services.settings.identity.clone(),
             services.events.clone(),
             services.metrics.clone(),
         ))),
