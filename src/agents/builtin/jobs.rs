@@ -931,8 +931,9 @@ struct ListInput {
     /// Only jobs in this state.
     #[serde(default)]
     state: Option<JobState>,
-    /// Most jobs to list (default 100, at most 10 000).
+    /// Most jobs to list, 1–10 000; default 100.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 10000))]
     limit: Option<u32>,
 }
 
