@@ -18,12 +18,18 @@ use serde_json::{Value, json};
 use crate::fake_openai::{Behaviour, FakeOpenAi, backend_settings};
 use crate::util;
 
-/// Sends one task, returns its reply (streamed chunks skipped).
+/// Sends one task, returns its reply (streamed chunks skipped); waits at
+/// most 60 s for each message.
 pub(crate) async fn call(bus: &mut zeromq::DealerSocket, envelope: Value) -> Value {
+    call_within(bus, envelope, Duration::from_secs(60)).await
+}
+
+/// [`call`] waiting at most `wait` for each message (real model calls).
+async fn call_within(bus: &mut zeromq::DealerSocket, envelope: Value, wait: Duration) -> Value {
     let id = envelope["id"].clone();
     util::send_json(bus, &envelope).await;
     loop {
-        let r = util::recv_json_within(bus, Duration::from_secs(60)).await;
+        let r = util::recv_json_within(bus, wait).await;
         if r.get("event").is_none() && r["id"] == id {
             return r;
         }
@@ -554,25 +560,22 @@ async fn real_model_checks() {
     .await;
     let mut bus = util::dealer(&ingress).await;
     ok(&mut bus, "identity.set", json!({"persona": "pirate", "definition": {"system_prompt": "You are a pirate. Answer in one short sentence."}, "session": "real-1"})).await;
-    let r = call(&mut bus, json!({"id": "chat", "type": "simple_chat", "input": "Say hello.", "session": "real-1", "deadline_ms": 300_000})).await;
+    // A real model on two shared cores: minutes, not seconds, per answer at worst.
+    let wait = Duration::from_secs(300);
+    let chat = json!({"id": "chat", "type": "simple_chat", "input": "Say hello.", "session": "real-1", "deadline_ms": 300_000});
+    let r = call_within(&mut bus, chat, wait).await;
     assert_eq!(r["status"], "ok", "{r}");
     assert!(!r["output"].as_str().unwrap_or_default().trim().is_empty(), "{r}");
-    let r = call(
-        &mut bus,
-        json!({"id": "compose", "type": "response.compose", "deadline_ms": 300_000,
-        "input": {"answer": "Your parcel arrives on Friday.", "emotion": {"label": "anger", "intensity": 0.8}}}),
-    )
-    .await;
+    let compose = json!({"id": "compose", "type": "response.compose", "deadline_ms": 300_000,
+        "input": {"answer": "Your parcel arrives on Friday.", "emotion": {"label": "anger", "intensity": 0.8}}});
+    let r = call_within(&mut bus, compose, wait).await;
     assert_eq!(r["status"], "ok", "{r}");
     assert_eq!(r["output"]["rewritten"], true, "{r}");
     assert!(!r["output"]["text"].as_str().unwrap_or_default().trim().is_empty(), "{r}");
-    for (t, input) in [
-        ("tutoring.session_start", json!({"topic": "adding small numbers", "difficulty": "easy"})),
-        ("goal.create", json!({"text": "Write a haiku about the sea and translate it into French."})),
-    ] {
-        let r = call(&mut bus, json!({"id": t, "type": t, "input": input, "deadline_ms": 300_000})).await;
-        assert!(r["status"] == "ok" || r["error"]["code"] == "invalid_output", "{t}: {r}");
-    }
+    // Tutoring questions and goal plans with the real model are JSON the
+    // 135M default rarely writes (issue 15's constrained choices fix that);
+    // their paths are covered with fixed outputs above, and left out here
+    // to keep this test to two model answers.
     fleet.shutdown(Duration::from_secs(10)).await;
 }
 
