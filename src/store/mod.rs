@@ -15,6 +15,7 @@ pub mod goals;
 pub mod jobs;
 pub mod memory;
 pub mod mood;
+pub mod proactive;
 pub mod personas;
 pub mod receipts;
 pub mod resources;
@@ -130,6 +131,8 @@ const MIGRATIONS: &[&str] = &[
     mood::MIGRATION,
     // 13: TutoringAgent's sessions and mastery.
     tutoring::MIGRATION,
+    // 14: ProactiveAgent's suggestions and when each rule last fired.
+    proactive::MIGRATION,
 ];
 
 /// How often the checkpointer copies the WAL into the database file.
