@@ -230,7 +230,10 @@ impl ProactiveSettings {
                 w.context_above.is_some(),
             ];
             match kinds.iter().filter(|k| **k).count() {
-                0 => bad("when names no condition (every_seconds, cron, mood_below, idle_seconds or context_above)".into()),
+                0 => {
+                    bad("when names no condition (every_seconds, cron, mood_below, idle_seconds or context_above)"
+                        .into())
+                }
                 1 => {}
                 n => bad(format!("when names {n} conditions; one per rule")),
             }

@@ -70,8 +70,7 @@ pub(crate) const AGENT: &str = "ProactiveAgent";
 const MOOD_AGENT: &str = "MoodTrackerAgent";
 
 /// What a context rule waits for.
-const CONTEXT_WAITS_FOR: &str =
-    "context.usage events from ContextManager (issue 14), which does not publish them yet";
+const CONTEXT_WAITS_FOR: &str = "context.usage events from ContextManager (issue 14), which does not publish them yet";
 
 /// How often schedules and idle users are checked.
 const TICK: Duration = Duration::from_millis(200);
@@ -495,9 +494,9 @@ impl Inner {
         let now = unix_time();
         self.fired(&rule.name, now).await;
         let agent = self.agent_of(rule).to_string();
-        let task_type = self.task_type_of(&agent).ok_or_else(|| {
-            TaskError::new(ErrorCode::AgentUnavailable, format!("{agent} has no llm task type"))
-        })?;
+        let task_type = self
+            .task_type_of(&agent)
+            .ok_or_else(|| TaskError::new(ErrorCode::AgentUnavailable, format!("{agent} has no llm task type")))?;
         let id = format!("sug-{}", uuid::Uuid::new_v4().simple());
         let prompt = format!(
             "{}\n\n(Why now: {detail}.) Answer with only the suggestion, in one or two short sentences.",
