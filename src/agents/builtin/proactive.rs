@@ -302,6 +302,17 @@ impl Behaviour for Proactive {
     }
 }
 
+/// Edge trigger: `true` when `on` and `key` was not latched (it is now);
+/// `on == false` releases it.
+fn latch(latched: &mut BTreeSet<(String, String)>, key: (String, String), on: bool) -> bool {
+    if on {
+        latched.insert(key)
+    } else {
+        latched.remove(&key);
+        false
+    }
+}
+
 /// The first match of `cron` in `tz` strictly after `t`.
 fn next_cron(cron: &Cron, tz: Tz, t: f64) -> Option<f64> {
     let start = tz.timestamp_opt(t.floor() as i64, 0).single()?;
@@ -396,7 +407,7 @@ impl Inner {
                     let above = ratio > level;
                     let fire = {
                         let mut st = self.state.lock();
-                        if above { st.latched.insert(key) } else { st.latched.remove(&key) && false }
+                        latch(&mut st.latched, key, above)
                     };
                     if fire {
                         self.fire(r.clone(), user.clone(), format!("context usage is {ratio:.2}, above {level}"));
@@ -421,7 +432,7 @@ impl Inner {
         let key = (rule.name.clone(), user.clone().unwrap_or_default());
         let fire = {
             let mut st = self.state.lock();
-            if level < below { st.latched.insert(key) } else { st.latched.remove(&key) && false }
+            latch(&mut st.latched, key, level < below)
         };
         if fire {
             let who = user.as_deref().unwrap_or("anonymous");
