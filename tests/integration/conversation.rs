@@ -739,3 +739,58 @@ fn bad_proactive_rules_are_named_when_the_settings_load() {
     let e = agentvisor::config::Settings::load(Some(&path), &[]).unwrap_err().to_string();
     assert!(e.contains("every_minutes"), "{e}");
 }
+
+/// A firing whose model call fails is logged, counted and published as
+/// `proactive.failed`; nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proactive_firing_that_fails_is_published_and_counted() {
+    let fake = FakeOpenAi::start().await;
+    fake.set_default(Behaviour::Status(400));
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, mut bus) = fake_fleet(dir.path(), &fake, |s| {
+        s.proactive.rules = vec![rule(
+            "water",
+            agentvisor::config::ProactiveWhen { every_seconds: Some(1.0), ..Default::default() },
+            None,
+        )];
+    })
+    .await;
+    let mut events = fleet.services.events.subscribe();
+    ok(&mut bus, "proactive.triggers", json!({})).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let failed = loop {
+        let p = tokio::time::timeout_at(deadline, events.recv()).await.expect("no proactive.failed").unwrap();
+        assert_ne!(p.topic, "proactive.suggestion");
+        if p.topic == "proactive.failed" {
+            break p.data().clone();
+        }
+    };
+    assert_eq!(failed["trigger"], "water", "{failed:?}");
+    assert!(failed["code"].as_str().is_some_and(|c| !c.is_empty()), "{failed:?}");
+    assert_eq!(ok(&mut bus, "proactive.suggest", json!({})).await["suggestions"], json!([]));
+    let t = ok(&mut bus, "proactive.triggers", json!({})).await;
+    assert!(t["triggers"][0]["last_fired_at"].is_number(), "{t}");
+    let metrics = fleet.services.metrics.render();
+    assert!(metrics.contains("agentvisor_proactive_firings_total{outcome=\"failed\",rule=\"water\"}"), "{metrics}");
+    fleet.shutdown(Duration::from_secs(10)).await;
+}
+
+/// A rule naming an agent that is not an llm agent of the fleet: the agent
+/// does not start, and the reply names the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proactive_rule_with_an_unknown_agent_is_named_when_the_agent_starts() {
+    let fake = FakeOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, mut bus) = fake_fleet(dir.path(), &fake, |s| {
+        let mut r =
+            rule("odd", agentvisor::config::ProactiveWhen { every_seconds: Some(60.0), ..Default::default() }, None);
+        r.agent = Some("MoodTrackerAgent".into());
+        s.proactive.rules = vec![r];
+    })
+    .await;
+    let r = call(&mut bus, json!({"id": "p1", "type": "proactive.triggers", "input": {}})).await;
+    assert_eq!((r["status"].as_str(), r["error"]["code"].as_str()), (Some("error"), Some("agent_unavailable")), "{r}");
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("rule \"odd\": agent \"MoodTrackerAgent\" is not an llm agent"), "{r}");
+    fleet.shutdown(Duration::from_secs(10)).await;
+}
