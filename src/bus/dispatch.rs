@@ -290,6 +290,7 @@ impl Dispatcher {
             agent: agent.clone(),
             task_type: task.task_type.clone(),
             priority: task.priority,
+            user: task.user.clone(),
         });
         self.seq += 1;
         let (priority, seq) = (task.priority, self.seq);

@@ -89,6 +89,8 @@ pub struct Settings {
     pub identity: IdentitySettings,
     /// MoodTrackerAgent's decay.
     pub mood: MoodSettings,
+    /// ProactiveAgent's trigger rules.
+    pub proactive: ProactiveSettings,
 }
 
 /// `identity:` — personas defined in YAML, by name (`identity: {personas:
@@ -127,6 +129,154 @@ pub struct MoodSettings {
 impl Default for MoodSettings {
     fn default() -> Self {
         MoodSettings { half_life_secs: 3600.0 }
+    }
+}
+
+/// `proactive:` — ProactiveAgent's trigger rules and its suggestion store.
+/// Checked when the settings load ([`ProactiveSettings::problems`]: every
+/// bad rule named) and again when the agent starts (the rule's agent must be
+/// in the fleet).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProactiveSettings {
+    /// The rules, each fired independently.
+    pub rules: Vec<ProactiveRule>,
+    /// Suggestions kept in SQLite (the newest; older ones are deleted); default 200.
+    pub keep: u32,
+    /// The llm agent asked for a suggestion's text when a rule names none;
+    /// default `ChitchatAgent` (the agent of `simple_chat`).
+    pub default_agent: String,
+}
+
+impl Default for ProactiveSettings {
+    fn default() -> Self {
+        ProactiveSettings { rules: Vec::new(), keep: 200, default_agent: "ChitchatAgent".into() }
+    }
+}
+
+/// One trigger rule: when it fires, `agent` is asked to write a suggestion from `prompt`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProactiveRule {
+    /// Unique name (the `trigger` of its suggestions).
+    pub name: String,
+    /// When it fires: exactly one kind.
+    pub when: ProactiveWhen,
+    /// What the llm agent is asked (the user, mood level or idle time is appended).
+    pub prompt: String,
+    /// The llm agent that writes the text; default `proactive.default_agent`.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// The session its suggestions are for (optional).
+    #[serde(default)]
+    pub session: Option<String>,
+    /// `false`: listed, never fired. Default `true`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+/// A rule's condition: exactly one of `every_seconds`, `cron`, `mood_below`,
+/// `idle_seconds`, `context_above`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProactiveWhen {
+    /// Schedule: every this many seconds (> 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub every_seconds: Option<f64>,
+    /// Schedule: a cron pattern (5 fields, or 6 with seconds first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// The cron pattern's IANA zone; default UTC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Mood drop: fires when a user's mood level (−1 … 1: decayed joy minus
+    /// decayed sadness, anger, fear and disgust) falls below this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mood_below: Option<f64>,
+    /// Idle user: fires when no task from the user was accepted for this many seconds (> 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_seconds: Option<f64>,
+    /// Context usage: fires when a `context.usage` event's ratio (0 … 1) is
+    /// above this. ContextManager (issue 14) does not publish them yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_above: Option<f64>,
+    /// `mood_below` and `idle_seconds`: only this user (default: every user seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl ProactiveSettings {
+    /// Every problem of the rules, each naming its rule; empty: all good.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let name = if r.name.trim().is_empty() { format!("#{i}") } else { format!("{:?}", r.name) };
+            let mut bad = |m: String| out.push(format!("proactive.rules[{i}] ({name}): {m}"));
+            if r.name.trim().is_empty() {
+                bad("name is empty".into());
+            } else if !seen.insert(r.name.clone()) {
+                bad("name is used by an earlier rule".into());
+            }
+            if r.prompt.trim().is_empty() {
+                bad("prompt is empty".into());
+            }
+            let w = &r.when;
+            let kinds = [
+                w.every_seconds.is_some(),
+                w.cron.is_some(),
+                w.mood_below.is_some(),
+                w.idle_seconds.is_some(),
+                w.context_above.is_some(),
+            ];
+            match kinds.iter().filter(|k| **k).count() {
+                0 => {
+                    bad("when names no condition (every_seconds, cron, mood_below, idle_seconds or context_above)"
+                        .into())
+                }
+                1 => {}
+                n => bad(format!("when names {n} conditions; one per rule")),
+            }
+            if let Some(e) = w.every_seconds.filter(|e| !(e.is_finite() && *e > 0.0)) {
+                bad(format!("every_seconds {e} is not > 0"));
+            }
+            if let Some(c) = &w.cron {
+                let parsed = croner::parser::CronParser::builder()
+                    .seconds(croner::parser::Seconds::Optional)
+                    .year(croner::parser::Year::Disallowed)
+                    .build()
+                    .parse(c);
+                if let Err(e) = parsed {
+                    bad(format!("cron {c:?}: {e}"));
+                }
+            }
+            if let Some(tz) = &w.timezone {
+                if w.cron.is_none() {
+                    bad("timezone is only for cron".into());
+                } else if tz.parse::<chrono_tz::Tz>().is_err() {
+                    bad(format!("unknown timezone {tz:?} (IANA, e.g. Europe/Berlin)"));
+                }
+            }
+            if let Some(l) = w.mood_below.filter(|l| !(-1.0..=1.0).contains(l)) {
+                bad(format!("mood_below {l} is not within -1..=1"));
+            }
+            if let Some(s) = w.idle_seconds.filter(|s| !(s.is_finite() && *s > 0.0)) {
+                bad(format!("idle_seconds {s} is not > 0"));
+            }
+            if let Some(l) = w.context_above.filter(|l| !(0.0..=1.0).contains(l)) {
+                bad(format!("context_above {l} is not within 0..=1"));
+            }
+            if w.user.is_some() && w.mood_below.is_none() && w.idle_seconds.is_none() {
+                bad("user is only for mood_below and idle_seconds".into());
+            }
+            if r.agent.as_deref().is_some_and(|a| a.trim().is_empty()) {
+                bad("agent is empty".into());
+            }
+        }
+        if self.keep == 0 {
+            out.push("proactive.keep must be ≥ 1".into());
+        }
+        out
     }
 }
 
@@ -217,6 +367,7 @@ impl Default for Settings {
             jobs: JobSettings::default(),
             identity: IdentitySettings::default(),
             mood: MoodSettings::default(),
+            proactive: ProactiveSettings::default(),
         }
     }
 }
@@ -767,7 +918,12 @@ impl Settings {
         for (key, value) in overrides {
             builder = builder.set_override(key.as_str(), value.as_str()).map_err(invalid)?;
         }
-        builder.build().map_err(invalid)?.try_deserialize().map_err(invalid)
+        let settings: Settings = builder.build().map_err(invalid)?.try_deserialize().map_err(invalid)?;
+        let problems = settings.proactive.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems.join("; ")));
+        }
+        Ok(settings)
     }
 
     /// Environment variables derived from these settings for the process

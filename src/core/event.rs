@@ -193,6 +193,8 @@ pub enum Event {
         task_type: Option<String>,
         /// Priority 0–9.
         priority: u8,
+        /// Who asks (the envelope's `user`); null: anonymous.
+        user: Option<String>,
     },
     /// `task.completed`.
     TaskCompleted {
@@ -458,6 +460,30 @@ pub enum Event {
         /// The user's dominant emotion after it.
         current: &'static str,
     },
+    /// `proactive.suggestion`: a ProactiveAgent rule fired and an llm agent wrote its text.
+    ProactiveSuggestion {
+        /// The suggestion.
+        id: String,
+        /// The rule that fired.
+        trigger: String,
+        /// The suggestion's text.
+        text: String,
+        /// The session it is for (the rule's), if any.
+        session: Option<String>,
+        /// The user it is about (mood drop, idle), if any.
+        user: Option<String>,
+    },
+    /// `proactive.failed`: a rule fired but no suggestion was made.
+    ProactiveFailed {
+        /// The rule that fired.
+        trigger: String,
+        /// The error code.
+        code: &'static str,
+        /// Why.
+        message: String,
+        /// The user it was about, if any.
+        user: Option<String>,
+    },
     /// `alert.heartbeat_missed`: a service missed its heartbeats.
     HeartbeatMissed {
         /// Service id.
@@ -523,6 +549,8 @@ impl Event {
             Event::GoalCreated { .. } => "goal.created",
             Event::GoalFinished { .. } => "goal.finished",
             Event::MoodRecorded { .. } => "mood.recorded",
+            Event::ProactiveSuggestion { .. } => "proactive.suggestion",
+            Event::ProactiveFailed { .. } => "proactive.failed",
         }
     }
 
@@ -538,6 +566,7 @@ impl Event {
             | Event::ModelLoadFailed { .. }
             | Event::HeartbeatMissed { .. }
             | Event::ScheduleFailed { .. }
+            | Event::ProactiveFailed { .. }
             | Event::DependencyFatal { .. } => true,
             _ => false,
         }

@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod memory;
 pub mod mood;
 pub mod personas;
+pub mod proactive;
 pub mod receipts;
 pub mod resources;
 pub mod schedules;
@@ -130,6 +131,8 @@ const MIGRATIONS: &[&str] = &[
     mood::MIGRATION,
     // 13: TutoringAgent's sessions and mastery.
     tutoring::MIGRATION,
+    // 14: ProactiveAgent's suggestions and when each rule last fired.
+    proactive::MIGRATION,
 ];
 
 /// How often the checkpointer copies the WAL into the database file.

@@ -131,6 +131,8 @@ pub struct Metrics {
     pub goals: IntCounterVec,
     /// `agentvisor_mood_records_total{label}`: emotions recorded by MoodTrackerAgent.
     pub mood_records: IntCounterVec,
+    /// `agentvisor_proactive_firings_total{rule,outcome}`: ProactiveAgent rule firings; outcome ok|failed.
+    pub proactive_firings: IntCounterVec,
 }
 
 impl Metrics {
@@ -405,6 +407,11 @@ impl Metrics {
                 "agentvisor_mood_records_total",
                 "Emotions recorded by MoodTrackerAgent, by label.",
                 &["label"],
+            ),
+            proactive_firings: counter_vec(
+                "agentvisor_proactive_firings_total",
+                "ProactiveAgent rule firings, by rule and outcome: ok (a suggestion stored and published), failed.",
+                &["rule", "outcome"],
             ),
             registry,
         }

@@ -35,7 +35,6 @@ const PENDING: &[&str] = &[
     "ObservabilityHub",             // token governor and response tiers
     "ObservabilityHub_PC2",         // token governor and response tiers
     "PredictiveHealthMonitor",      // learning loop
-    "ProactiveAgent",               // conversation agents
     "ProactiveContextMonitor",      // token governor
     "RemoteConnectorAgent",         // knowledge and tool agents
     "StreamingInterruptHandler",    // ears and eyes

@@ -584,3 +584,216 @@ async fn real_model_checks() {
 async fn conversation_agents_with_the_real_model() {
     real_model_checks().await;
 }
+
+/// The fake model's fixed text for every proactive suggestion (a recorded output, not a real model).
+const SUGGESTION: &str = "FAKE MODEL OUTPUT: time for a glass of water.";
+
+fn rule(
+    name: &str,
+    when: agentvisor::config::ProactiveWhen,
+    session: Option<&str>,
+) -> agentvisor::config::ProactiveRule {
+    agentvisor::config::ProactiveRule {
+        name: name.into(),
+        when,
+        prompt: format!("Suggest something helpful ({name})."),
+        agent: None,
+        session: session.map(str::to_string),
+        enabled: true,
+    }
+}
+
+/// The next `proactive.suggestion` event of `trigger` (at most `secs`): its fields.
+async fn suggestion_event(
+    events: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<agentvisor::events::Published>>,
+    trigger: &str,
+    secs: u64,
+) -> serde_json::Map<String, Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let p = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no proactive.suggestion of {trigger} within {secs} s"))
+            .expect("event stream");
+        assert_ne!(p.topic, "proactive.failed", "{:?}", p.data());
+        if p.topic == "proactive.suggestion" && p.str("trigger") == Some(trigger) {
+            return p.data().clone();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proactive_rules_fire_on_a_schedule_a_mood_drop_and_an_idle_user() {
+    use agentvisor::config::ProactiveWhen;
+    let fake = FakeOpenAi::start().await;
+    fake.set_default(Behaviour::Answer(SUGGESTION.into()));
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, mut bus) = fake_fleet(dir.path(), &fake, |s| {
+        s.proactive.rules = vec![
+            rule("water", ProactiveWhen { every_seconds: Some(1.0), ..Default::default() }, Some("kitchen-1")),
+            rule(
+                "cheer-ann",
+                ProactiveWhen { mood_below: Some(-0.3), user: Some("ann".into()), ..Default::default() },
+                None,
+            ),
+            rule(
+                "nudge-bob",
+                ProactiveWhen { idle_seconds: Some(1.5), user: Some("bob".into()), ..Default::default() },
+                None,
+            ),
+            rule("compact", ProactiveWhen { context_above: Some(0.8), ..Default::default() }, None),
+        ];
+    })
+    .await;
+    let mut events = fleet.services.events.subscribe();
+
+    // The first task starts the agent (and is bob's last activity).
+    let t = ok_as(&mut bus, "bob", "proactive.triggers", json!({})).await;
+    let kinds: Vec<(&str, &str)> = t["triggers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("water", "schedule"), ("cheer-ann", "mood_drop"), ("nudge-bob", "idle"), ("compact", "context_usage")]
+    );
+    assert!(t["triggers"].as_array().unwrap().iter().all(|r| r["last_fired_at"].is_null()), "{t}");
+    assert!(t["triggers"][3]["waiting_for"].as_str().unwrap().contains("ContextManager"), "{t}");
+    assert_eq!(t["triggers"][0]["agent"], "ChitchatAgent");
+
+    // A negative mood for ann: her level drops below −0.3.
+    ok_as(&mut bus, "ann", "mood.record", json!({"label": "sadness", "intensity": 0.9, "text": "Rough day."})).await;
+    let mood = suggestion_event(&mut events, "cheer-ann", 10).await;
+    assert_eq!((mood["text"].as_str(), mood["user"].as_str()), (Some(SUGGESTION), Some("ann")), "{mood:?}");
+    let water = suggestion_event(&mut fleet.services.events.subscribe(), "water", 5).await;
+    assert_eq!((water["text"].as_str(), water["session"].as_str()), (Some(SUGGESTION), Some("kitchen-1")));
+    let idle = suggestion_event(&mut fleet.services.events.subscribe(), "nudge-bob", 5).await;
+    assert_eq!(idle["user"], "bob", "{idle:?}");
+
+    // The model was asked with the rule's prompt and the reason.
+    let prompts: Vec<String> = fake.requests().iter().map(|r| r.body["messages"].to_string()).collect();
+    assert!(prompts.iter().any(|p| p.contains("(cheer-ann)") && p.contains("mood level is -0.90")), "{prompts:?}");
+
+    let s = ok(&mut bus, "proactive.suggest", json!({"session": "kitchen-1", "limit": 1})).await;
+    let list = s["suggestions"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{s}");
+    assert_eq!((list[0]["trigger"].as_str(), list[0]["text"].as_str()), (Some("water"), Some(SUGGESTION)));
+    let all = ok(&mut bus, "proactive.suggest", json!(null)).await;
+    let at: Vec<f64> =
+        all["suggestions"].as_array().unwrap().iter().map(|s| s["created_at"].as_f64().unwrap()).collect();
+    assert!(at.len() >= 3 && at.windows(2).all(|w| w[0] >= w[1]), "newest first: {all}");
+    let anns = ok_as(&mut bus, "ann", "proactive.suggest", json!({})).await;
+    assert!(
+        anns["suggestions"].as_array().unwrap().iter().all(|s| s["user"].is_null() || s["user"] == "ann"),
+        "{anns}"
+    );
+
+    let t = ok(&mut bus, "proactive.triggers", json!(null)).await;
+    let fired: Vec<bool> = t["triggers"].as_array().unwrap().iter().map(|r| r["last_fired_at"].is_number()).collect();
+    assert_eq!(fired, [true, true, true, false], "{t}");
+    let metrics = fleet.services.metrics.render();
+    assert!(metrics.contains("agentvisor_proactive_firings_total{outcome=\"ok\",rule=\"cheer-ann\"} 1"), "{metrics}");
+
+    for (t, input, want) in [
+        ("proactive.suggest", json!({"limit": 0}), "invalid_field"),
+        ("proactive.suggest", json!({"limit": 101}), "invalid_field"),
+        ("proactive.suggest", json!({"session": " "}), "invalid_field"),
+        ("proactive.suggest", json!({"user": "ann"}), "invalid_field"),
+        ("proactive.suggest", json!("kitchen-1"), "invalid_field"),
+        ("proactive.triggers", json!({"all": true}), "invalid_field"),
+    ] {
+        assert_eq!(code(&mut bus, t, input.clone()).await, want, "{t} {input}");
+    }
+    fleet.shutdown(Duration::from_secs(10)).await;
+}
+
+/// Bad rules are refused when the settings load, every one named.
+#[test]
+fn bad_proactive_rules_are_named_when_the_settings_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agentvisor.yaml");
+    std::fs::write(
+        &path,
+        r#"proactive:
+  rules:
+    - {name: nothing, when: {}, prompt: "hi"}
+    - {name: both, when: {every_seconds: 5, cron: "0 8 * * *"}, prompt: "hi"}
+    - {name: badcron, when: {cron: "99 * * * *"}, prompt: "hi"}
+    - {name: moody, when: {mood_below: -3}, prompt: "hi"}
+    - {name: moody, when: {idle_seconds: 0}, prompt: ""}
+"#,
+    )
+    .unwrap();
+    let e = agentvisor::config::Settings::load(Some(&path), &[]).unwrap_err().to_string();
+    for part in [
+        "rules[0] (\"nothing\"): when names no condition",
+        "rules[1] (\"both\"): when names 2 conditions",
+        "rules[2] (\"badcron\"): cron \"99 * * * *\"",
+        "rules[3] (\"moody\"): mood_below -3 is not within -1..=1",
+        "rules[4] (\"moody\"): name is used by an earlier rule",
+        "rules[4] (\"moody\"): prompt is empty",
+        "rules[4] (\"moody\"): idle_seconds 0 is not > 0",
+    ] {
+        assert!(e.contains(part), "{part:?} not in {e}");
+    }
+    std::fs::write(&path, "proactive:\n  rules:\n    - {name: x, when: {every_minutes: 5}, prompt: hi}\n").unwrap();
+    let e = agentvisor::config::Settings::load(Some(&path), &[]).unwrap_err().to_string();
+    assert!(e.contains("every_minutes"), "{e}");
+}
+
+/// A firing whose model call fails is logged, counted and published as
+/// `proactive.failed`; nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proactive_firing_that_fails_is_published_and_counted() {
+    let fake = FakeOpenAi::start().await;
+    fake.set_default(Behaviour::Status(400));
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, mut bus) = fake_fleet(dir.path(), &fake, |s| {
+        s.proactive.rules = vec![rule(
+            "water",
+            agentvisor::config::ProactiveWhen { every_seconds: Some(1.0), ..Default::default() },
+            None,
+        )];
+    })
+    .await;
+    let mut events = fleet.services.events.subscribe();
+    ok(&mut bus, "proactive.triggers", json!({})).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let failed = loop {
+        let p = tokio::time::timeout_at(deadline, events.recv()).await.expect("no proactive.failed").unwrap();
+        assert_ne!(p.topic, "proactive.suggestion");
+        if p.topic == "proactive.failed" {
+            break p.data().clone();
+        }
+    };
+    assert_eq!(failed["trigger"], "water", "{failed:?}");
+    assert!(failed["code"].as_str().is_some_and(|c| !c.is_empty()), "{failed:?}");
+    assert_eq!(ok(&mut bus, "proactive.suggest", json!({})).await["suggestions"], json!([]));
+    let t = ok(&mut bus, "proactive.triggers", json!({})).await;
+    assert!(t["triggers"][0]["last_fired_at"].is_number(), "{t}");
+    let metrics = fleet.services.metrics.render();
+    assert!(metrics.contains("agentvisor_proactive_firings_total{outcome=\"failed\",rule=\"water\"}"), "{metrics}");
+    fleet.shutdown(Duration::from_secs(10)).await;
+}
+
+/// A rule naming an agent that is not an llm agent of the fleet: the agent
+/// does not start, and the reply names the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proactive_rule_with_an_unknown_agent_is_named_when_the_agent_starts() {
+    let fake = FakeOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, mut bus) = fake_fleet(dir.path(), &fake, |s| {
+        let mut r =
+            rule("odd", agentvisor::config::ProactiveWhen { every_seconds: Some(60.0), ..Default::default() }, None);
+        r.agent = Some("MoodTrackerAgent".into());
+        s.proactive.rules = vec![r];
+    })
+    .await;
+    let r = call(&mut bus, json!({"id": "p1", "type": "proactive.triggers", "input": {}})).await;
+    assert_eq!((r["status"].as_str(), r["error"]["code"].as_str()), (Some("error"), Some("agent_unavailable")), "{r}");
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("rule \"odd\": agent \"MoodTrackerAgent\" is not an llm agent"), "{r}");
+    fleet.shutdown(Duration::from_secs(10)).await;
+}

@@ -25,6 +25,7 @@
 //! | MoodTrackerAgent | [`mood`] | `mood.record`, `mood.current`, `mood.history`; exponential decay (`mood.half_life_secs`) |
 //! | Responder | [`responder`] | `response.compose` (EmotionEngine, persona, EmpathyAgent), `response.speak` (StreamingTTSAgent) |
 //! | TutoringAgent | [`tutoring`] | `tutoring.session_start`, `tutoring.progress`, `tutoring.session_end`; questions and grading by TutorAgent, mastery picks the difficulty |
+//! | ProactiveAgent | [`proactive`] | `proactive.triggers`, `proactive.suggest`; rules (schedule, mood drop, idle user, context usage) from `proactive.rules`, texts by an llm agent |
 //! | DynamicIdentityAgent | [`identity`] | `identity.set`, `identity.get`, `identity.list`; personas put first in llm prompts |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
@@ -38,6 +39,7 @@ pub mod lazy_loader;
 pub mod memory;
 pub mod models;
 pub mod mood;
+pub mod proactive;
 pub mod resources;
 pub mod responder;
 pub mod schedules;
@@ -82,6 +84,7 @@ pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
         (mood::AGENT, mood::tasks()),
         (responder::AGENT, responder::tasks()),
         (tutoring::AGENT, tutoring::tasks()),
+        (proactive::AGENT, proactive::tasks()),
     ])
 }
 
@@ -135,6 +138,14 @@ pub(crate) fn behaviour_for(name: &str, services: &Services, fleet: &Fleet) -> O
             Arc::new(fleet.clone()),
             services.store.clone(),
             services.settings.identity.clone(),
+        ))),
+        proactive::AGENT => Some(Arc::new(proactive::Proactive::new(
+            services.store.clone(),
+            Arc::new(fleet.clone()),
+            services.tasks.clone(),
+            services.settings.proactive.clone(),
+            services.events.clone(),
+            services.metrics.clone(),
         ))),
         tutoring::AGENT => Some(Arc::new(tutoring::Tutoring::new(Arc::new(fleet.clone()), services.store.clone()))),
         identity::AGENT => Some(Arc::new(identity::DynamicIdentity::new(
