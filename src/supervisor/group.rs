@@ -421,16 +421,22 @@ impl GroupState {
                     _ => "failed",
                 };
                 metrics.starts.with_label_values(&[&agent, outcome]).inc();
-                self.reply_waiters(&agent, Err(e.clone()));
+                // The state first, then the waiters: a waiter (a lazy start
+                // rolling back) reads it as soon as it has the error.
                 match e {
-                    StartError::Unavailable { reason, .. } => {
+                    StartError::Unavailable { ref reason, .. } => {
                         self.restarting.remove(&agent);
-                        self.ctx.transition(&agent, AgentState::Unavailable, Transition::because(reason));
+                        self.ctx.transition(&agent, AgentState::Unavailable, Transition::because(reason.clone()));
+                        self.reply_waiters(&agent, Err(e));
                     }
                     e if restart_on_failure || self.restarting.contains(&agent) => {
+                        self.reply_waiters(&agent, Err(e.clone()));
                         self.on_failure(myself, &agent, e.to_string())
                     }
-                    e => self.ctx.transition(&agent, AgentState::Failed, Transition::because(e.to_string())),
+                    e => {
+                        self.ctx.transition(&agent, AgentState::Failed, Transition::because(e.to_string()));
+                        self.reply_waiters(&agent, Err(e));
+                    }
                 }
             }
         }
