@@ -159,6 +159,62 @@ impl Shorthand for AgentInput {
     }
 }
 
+/// Nothing: `null` (the short form of an input whose fields are all optional).
+pub(crate) struct Null;
+
+impl<'de> Deserialize<'de> for Null {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <()>::deserialize(deserializer).map(|()| Null)
+    }
+}
+
+impl JsonSchema for Null {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Null".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "null"})
+    }
+}
+
+/// No input: `{}` or `null`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Empty {}
+
+impl Shorthand for Empty {
+    type Short = Null;
+    const SHORT_DESCRIPTION: &'static str = "Nothing.";
+    fn expand(_: Null) -> Empty {
+        Empty {}
+    }
+}
+
+/// A behaviour's background task (a runner, a timer): started by the
+/// behaviour's `start` (a restart's start aborts the previous one), aborted
+/// by its `stop`.
+#[derive(Default)]
+pub(crate) struct Background(parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>);
+
+impl Background {
+    /// Runs `task`, aborting the one started before, if any.
+    pub(crate) fn start(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Some(old) = self.0.lock().replace(tokio::spawn(task)) {
+            old.abort();
+        }
+    }
+
+    /// Aborts the task, if any.
+    pub(crate) fn stop(&self) {
+        if let Some(task) = self.0.lock().take() {
+            task.abort();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -33,7 +33,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::jobs::Null;
+use super::Null;
 use super::{Answer, Behaviour, Name, Text, extract_json, unknown_type};
 use crate::agents::tasks::{OrShort, RustTask, Shorthand, TaskTable, decode, encode, rust_task};
 use crate::core::{ErrorCode, Event, Task, TaskError, unix_time};

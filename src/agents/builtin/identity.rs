@@ -20,7 +20,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::jobs::Null;
+use super::Null;
 use super::{Answer, Behaviour, Name, Text, unknown_type};
 use crate::agents::tasks::{OrShort, RustTask, Shorthand, decode, encode, rust_task};
 use crate::config::IdentitySettings;

@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Answer, Behaviour, Name, unknown_type};
+use super::{Answer, Background, Behaviour, Name, Null, unknown_type};
 use crate::agents::tasks::{OrShort, RustTask, Shorthand, TaskTable, decode, encode, rust_task};
 use crate::config::JobSettings;
 use crate::core::{ErrorCode, Event, JobChange, Schedule, Task, TaskError, unix_time};
@@ -96,7 +96,7 @@ pub(crate) fn tasks() -> Vec<RustTask> {
 pub struct AsyncProcessor {
     jobs: Arc<Jobs>,
     /// The runner while the agent runs (aborted on stop, with the jobs it runs).
-    runner: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    runner: Background,
 }
 
 impl AsyncProcessor {
@@ -121,7 +121,7 @@ impl AsyncProcessor {
                 state: Mutex::new(Queue::default()),
                 wake: Notify::new(),
             }),
-            runner: Mutex::new(None),
+            runner: Background::default(),
         }
     }
 }
@@ -171,17 +171,12 @@ impl Behaviour for AsyncProcessor {
         if recovered > 0 {
             tracing::info!(jobs = recovered, "jobs queued or running before the restart run again");
         }
-        let handle = tokio::spawn(self.jobs.clone().run());
-        if let Some(old) = self.runner.lock().replace(handle) {
-            old.abort();
-        }
+        self.runner.start(self.jobs.clone().run());
         Ok(())
     }
 
     async fn stop(&self) {
-        if let Some(h) = self.runner.lock().take() {
-            h.abort();
-        }
+        self.runner.stop();
     }
 
     async fn handle(&self, task: Task) -> Answer {
@@ -950,25 +945,4 @@ impl Shorthand for ListInput {
 struct ListOutput {
     /// Newest first.
     jobs: Vec<JobStatus>,
-}
-
-/// Nothing: `null` (the short form of an input whose fields are all optional).
-pub(crate) struct Null;
-
-impl<'de> Deserialize<'de> for Null {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        <()>::deserialize(deserializer).map(|()| Null)
-    }
-}
-
-impl JsonSchema for Null {
-    fn inline_schema() -> bool {
-        true
-    }
-    fn schema_name() -> Cow<'static, str> {
-        "Null".into()
-    }
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({"type": "null"})
-    }
 }

@@ -53,7 +53,9 @@ pub mod utils;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub(crate) use super::behaviour::{AgentInput, Answer, Behaviour, Name, Text, extract_json, unknown_type};
+pub(crate) use super::behaviour::{
+    AgentInput, Answer, Background, Behaviour, Empty, Name, Null, Text, extract_json, unknown_type,
+};
 use super::services::Services;
 use super::tasks::RustTask;
 use crate::supervisor::Fleet;

@@ -21,8 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::jobs::Null;
-use super::{Answer, Behaviour, unknown_type};
+use super::{Answer, Behaviour, Empty, Null, unknown_type};
 use crate::agents::tasks::{OrShort, RustTask, Shorthand, decode, encode, rust_task};
 use crate::core::{ErrorCode, Event, Task, TaskError, unix_time};
 use crate::events::EventBus;
@@ -242,19 +241,6 @@ struct RecordInput {
     /// The text the emotion was detected in (kept with the record).
     #[serde(default)]
     text: Option<String>,
-}
-
-/// Nothing.
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct Empty {}
-
-impl Shorthand for Empty {
-    type Short = Null;
-    const SHORT_DESCRIPTION: &'static str = "Nothing.";
-    fn expand(_: Null) -> Empty {
-        Empty {}
-    }
 }
 
 /// Which records to list.

@@ -53,8 +53,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::jobs::Null;
-use super::{Answer, Behaviour, Name, unknown_type};
+use super::{Answer, Background, Behaviour, Empty, Name, Null, unknown_type};
 use crate::agents::tasks::{OrShort, RustTask, Shorthand, TaskTable, decode, encode, rust_task};
 use crate::config::{ProactiveRule, ProactiveSettings};
 use crate::core::{ErrorCode, Event, Task, TaskError, unix_time};
@@ -97,7 +96,7 @@ pub(crate) fn tasks() -> Vec<RustTask> {
 /// The ProactiveAgent behaviour.
 pub struct Proactive {
     inner: Arc<Inner>,
-    runner: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    runner: Background,
 }
 
 impl Proactive {
@@ -121,7 +120,7 @@ impl Proactive {
                 metrics,
                 state: Mutex::new(State::default()),
             }),
-            runner: Mutex::new(None),
+            runner: Background::default(),
         }
     }
 }
@@ -247,17 +246,12 @@ impl Behaviour for Proactive {
             }
         }
         let events = self.inner.events.subscribe();
-        let handle = tokio::spawn(self.inner.clone().run(events));
-        if let Some(old) = self.runner.lock().replace(handle) {
-            old.abort();
-        }
+        self.runner.start(self.inner.clone().run(events));
         Ok(())
     }
 
     async fn stop(&self) {
-        if let Some(h) = self.runner.lock().take() {
-            h.abort();
-        }
+        self.runner.stop();
     }
 
     async fn handle(&self, task: Task) -> Answer {
@@ -579,19 +573,6 @@ impl Inner {
             message: e.message.clone(),
             user,
         });
-    }
-}
-
-/// Nothing.
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct Empty {}
-
-impl Shorthand for Empty {
-    type Short = Null;
-    const SHORT_DESCRIPTION: &'static str = "Nothing.";
-    fn expand(_: Null) -> Empty {
-        Empty {}
     }
 }
 

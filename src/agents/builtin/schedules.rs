@@ -36,8 +36,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use super::jobs::{JobTask, Null};
-use super::{Answer, Behaviour, Name, unknown_type};
+use super::Null;
+use super::jobs::JobTask;
+use super::{Answer, Background, Behaviour, Name, unknown_type};
 use crate::agents::tasks::{OrShort, RustTask, Shorthand, TaskTable, decode, encode, rust_task};
 use crate::core::{ErrorCode, Event, Task, TaskError, unix_time};
 use crate::events::EventBus;
@@ -86,7 +87,7 @@ pub(crate) fn tasks() -> Vec<RustTask> {
 /// The TaskScheduler behaviour.
 pub struct TaskScheduler {
     inner: Arc<Inner>,
-    runner: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    runner: Background,
 }
 
 impl TaskScheduler {
@@ -102,7 +103,7 @@ impl TaskScheduler {
                 schedules: Mutex::new(BTreeMap::new()),
                 wake: Notify::new(),
             }),
-            runner: Mutex::new(None),
+            runner: Background::default(),
         }
     }
 }
@@ -201,17 +202,12 @@ impl Behaviour for TaskScheduler {
             agent: AGENT.into(),
             reason: format!("cannot read the schedules table: {e}"),
         })?;
-        let handle = tokio::spawn(self.inner.clone().run());
-        if let Some(old) = self.runner.lock().replace(handle) {
-            old.abort();
-        }
+        self.runner.start(self.inner.clone().run());
         Ok(())
     }
 
     async fn stop(&self) {
-        if let Some(h) = self.runner.lock().take() {
-            h.abort();
-        }
+        self.runner.stop();
     }
 
     async fn handle(&self, task: Task) -> Answer {
