@@ -679,11 +679,24 @@ impl Ledger {
     /// `reason`, synchronously for memory-only ones; the number released.
     /// Clients' rows are deleted in the background.
     pub fn release_holder_now(&self, holder: &str, reason: &'static str) -> usize {
+        self.release_where_now(|r| r.holder == holder, reason)
+    }
+
+    /// Releases every memory-only reservation of `owner` (a crashed model
+    /// scheduler's models); the number released.
+    pub fn release_owned_now(&self, owner: Owner, reason: &'static str) -> usize {
+        debug_assert!(owner != Owner::Client);
+        self.release_where_now(|r| r.owner == owner, reason)
+    }
+
+    /// Releases every reservation `which` picks, with `reason`; the number
+    /// released.
+    fn release_where_now(&self, which: impl Fn(&Reservation) -> bool, reason: &'static str) -> usize {
         let mut after = After::default();
         let n = {
             let mut s = self.state.lock();
             let ids: Vec<String> =
-                s.reservations.values().filter(|r| r.holder == holder).map(|r| r.reservation_id.clone()).collect();
+                s.reservations.values().filter(|r| which(r)).map(|r| r.reservation_id.clone()).collect();
             for id in &ids {
                 self.remove(&mut s, id, Removal::Released(reason), &mut after);
             }
@@ -695,27 +708,6 @@ impl Ledger {
         if n > 0 || !after.events.is_empty() {
             self.emit_now_with_writes(after);
         }
-        n
-    }
-
-    /// Releases every memory-only reservation of `owner` (a crashed model
-    /// scheduler's models); the number released.
-    pub fn release_owned_now(&self, owner: Owner, reason: &'static str) -> usize {
-        debug_assert!(owner != Owner::Client);
-        let mut after = After::default();
-        let n = {
-            let mut s = self.state.lock();
-            let ids: Vec<String> =
-                s.reservations.values().filter(|r| r.owner == owner).map(|r| r.reservation_id.clone()).collect();
-            for id in &ids {
-                self.remove(&mut s, id, Removal::Released(reason), &mut after);
-            }
-            if !ids.is_empty() {
-                self.settle(&mut s, &mut after);
-            }
-            ids.len()
-        };
-        self.emit_now_with_writes(after);
         n
     }
 

@@ -20,9 +20,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::Null;
-use super::{Answer, Behaviour, Name, Text, unknown_type};
-use crate::agents::tasks::{OrShort, RustTask, Shorthand, decode, encode, rust_task};
+use super::{Answer, Behaviour, Empty, Name, Text, unknown_type};
+use crate::agents::tasks::{OrShort, RustTask, decode, encode, rust_task};
 use crate::config::IdentitySettings;
 use crate::core::{ErrorCode, Event, Task, TaskError, unix_time};
 use crate::events::EventBus;
@@ -49,7 +48,7 @@ pub(crate) fn tasks() -> Vec<RustTask> {
         rust_task::<GetInput, GetOutput>("identity.get", "A persona by name, or the persona a session uses", || {
             vec![json!({"session": "gym-42"}), json!({"persona": "coach"})]
         }),
-        rust_task::<OrShort<ListInput>, ListOutput>(
+        rust_task::<OrShort<Empty>, ListOutput>(
             "identity.list",
             "Every persona, from YAML and created by task",
             || vec![json!({}), json!(null)],
@@ -150,7 +149,7 @@ impl Behaviour for DynamicIdentity {
                 }
             }
             "identity.list" => {
-                let OrShort(ListInput {}) = decode(t, &task.input)?;
+                let OrShort(Empty {}) = decode(t, &task.input)?;
                 let yaml = self.yaml.clone();
                 let personas = self.store.call(move |conn| personas::list(conn, &yaml)).await.map_err(store_error)?;
                 encode(t, ListOutput { personas })
@@ -220,19 +219,6 @@ struct GetOutput {
     persona: Option<Persona>,
     /// The session asked about, if one was.
     session: Option<String>,
-}
-
-/// Nothing.
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct ListInput {}
-
-impl Shorthand for ListInput {
-    type Short = Null;
-    const SHORT_DESCRIPTION: &'static str = "Nothing.";
-    fn expand(_: Null) -> ListInput {
-        ListInput {}
-    }
 }
 
 /// Every persona.

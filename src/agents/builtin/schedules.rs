@@ -36,9 +36,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use super::Null;
 use super::jobs::JobTask;
-use super::{Answer, Background, Behaviour, Name, unknown_type};
+use super::{Answer, Background, Behaviour, Empty, Name, unknown_type};
 use crate::agents::tasks::{OrShort, RustTask, Shorthand, TaskTable, decode, encode, rust_task};
 use crate::core::{ErrorCode, Event, Task, TaskError, unix_time};
 use crate::events::EventBus;
@@ -71,7 +70,7 @@ pub(crate) fn tasks() -> Vec<RustTask> {
                 ]
             },
         ),
-        rust_task::<OrShort<ListInput>, ListOutput>(
+        rust_task::<OrShort<Empty>, ListOutput>(
             "schedule.list",
             "The schedules, with their next and last firing",
             || vec![json!({}), Value::Null],
@@ -218,7 +217,7 @@ impl Behaviour for TaskScheduler {
                 encode(t, self.inner.add(input).await?)
             }
             "schedule.list" => {
-                let OrShort(ListInput {}) = decode(t, &task.input)?;
+                let OrShort(Empty {}) = decode(t, &task.input)?;
                 encode(t, ListOutput { schedules: self.inner.list().await? })
             }
             "schedule.cancel" => {
@@ -645,19 +644,6 @@ struct AddOutput {
     name: Option<String>,
     /// The first firing, Unix seconds.
     next_fire_at: Option<f64>,
-}
-
-/// Nothing.
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct ListInput {}
-
-impl Shorthand for ListInput {
-    type Short = Null;
-    const SHORT_DESCRIPTION: &'static str = "Nothing.";
-    fn expand(_: Null) -> ListInput {
-        ListInput {}
-    }
 }
 
 /// One schedule.
