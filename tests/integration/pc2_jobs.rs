@@ -209,7 +209,7 @@ async fn jobs_survive_a_sigkill_every_one_ends_done_and_the_running_ones_ran_twi
     // A retried job: an agent that is not running yet answers after a start.
     let mut ids = Vec::new();
     for i in 0..JOBS {
-        let seconds = if i % 4 == 0 { 0.4 } else { 0.05 };
+        let seconds = if i % 4 == 0 { 0.8 } else { 0.1 };
         let out = ok(
             &mut bus,
             "async.submit",
@@ -219,10 +219,11 @@ async fn jobs_survive_a_sigkill_every_one_ends_done_and_the_running_ones_ran_twi
         ids.push(out["job_id"].as_str().unwrap().to_string());
     }
     // Kill while some run and some are still queued.
-    until!(20, "jobs running with some done", {
+    until!(20, "jobs running with some done and some queued", {
         let running = ok(&mut bus, "async.list", json!({"state": "running", "limit": 1})).await;
         let done = ok(&mut bus, "async.list", json!({"state": "done", "limit": 1})).await;
-        running["jobs"] != json!([]) && done["jobs"] != json!([])
+        let queued = ok(&mut bus, "async.list", json!({"state": "queued", "limit": 1})).await;
+        running["jobs"] != json!([]) && done["jobs"] != json!([]) && queued["jobs"] != json!([])
     });
     d.child.start_kill().unwrap();
     d.child.wait().await.unwrap();
