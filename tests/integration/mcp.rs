@@ -133,9 +133,9 @@ async fn the_mcp_python_sdk_uses_the_fleet_over_stdio_and_streamable_http() {
         assert!(receipts.iter().any(|x| x["backend"] == "cloud_fast"), "the _model call's receipt: {receipts:?}");
     }
 
-    // Both cancellations reached the task: utils.sleep failed `cancelled`.
+    // Both cancellations reached the task: utils.sleep ended `cancelled` (task.cancelled).
     let cancelled = |e: &agentvisor::events::Published| {
-        e.topic == "task.failed" && e.str("agent") == Some("UnifiedUtilsAgent") && e.str("code") == Some("cancelled")
+        e.topic == "task.cancelled" && e.str("agent") == Some("UnifiedUtilsAgent") && e.str("code") == Some("cancelled")
     };
     util::poll_until(Duration::from_secs(20), "two cancelled utils.sleep tasks", || {
         events.drain();
