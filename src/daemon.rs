@@ -204,6 +204,7 @@ impl System {
             bus: self.bus.clone(),
             gate: self.gate.clone(),
             infra: self.infra.clone(),
+            stop: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -279,8 +280,11 @@ pub async fn run(
     let deadline = Duration::from_secs_f64(settings.supervisor.shutdown_deadline_secs.max(1.0));
     let fleet = System::start(settings, catalog, plan).await?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(http::serve(listener, http::router(fleet.http_app()), async {
+    let app = fleet.http_app();
+    let stop = app.stop.clone();
+    let server = tokio::spawn(http::serve(listener, http::router(app), async move {
         let _ = http_stopped.await;
+        stop.cancel();
     }));
     println!("http: listening on {addr}");
     tracing::info!(%addr, profile = %fleet.ctx().plan.name, "agentvisor starting");

@@ -368,6 +368,15 @@ impl TaskDef {
         }
     }
 
+    /// `{"type", "agent", "runtime", "summary", "input_schema",
+    /// "output_schema", "example"}`: one entry of [`TaskTable::to_json`].
+    pub(crate) fn to_json(&self) -> Value {
+        json!({
+            "type": self.task_type, "agent": self.agent, "runtime": self.runtime, "summary": self.summary,
+            "input_schema": self.input_schema, "output_schema": self.output_schema, "example": self.example,
+        })
+    }
+
     /// Checks an answer against the output schema (for tests and for
     /// agents whose output comes from outside: process agents, models).
     ///
@@ -548,16 +557,7 @@ impl TaskTable {
     /// "output_schema", "example"}]`, sorted by type (what `agentvisor tasks
     /// --json` prints and `GET /tasks` serves).
     pub(crate) fn to_json(&self) -> Value {
-        Value::Array(
-            self.iter()
-                .map(|d| {
-                    json!({
-                        "type": d.task_type, "agent": d.agent, "runtime": d.runtime, "summary": d.summary,
-                        "input_schema": d.input_schema, "output_schema": d.output_schema, "example": d.example,
-                    })
-                })
-                .collect(),
-        )
+        Value::Array(self.iter().map(TaskDef::to_json).collect())
     }
 
     /// `docs/tasks.md`: a title, what generates the file, an index table

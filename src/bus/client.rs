@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
 use super::envelope::Reply;
@@ -28,7 +29,29 @@ pub async fn send(
     endpoint: &str,
     envelope: &Value,
     timeout: Duration,
+    on_chunk: impl FnMut(&Value),
+) -> anyhow::Result<Reply> {
+    call(endpoint, envelope, timeout, on_chunk, &CancellationToken::new()).await
+}
+
+/// Longest wait for the answer to a `{"cancel"}` (the daemon answers the
+/// cancelled task at once; a lost answer is not waited for longer).
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// [`send`] that `cancel` can stop: when it fires, a `{"cancel": id}` goes
+/// to the daemon on the same connection (only the sender may cancel a
+/// task), and the task's final reply (`cancelled`, or the answer when it
+/// won the race) is returned. The envelope must carry an `id` for that.
+///
+/// # Errors
+/// Connect failure, no final reply within `timeout` (or within 5 s of the
+/// cancel).
+pub async fn call(
+    endpoint: &str,
+    envelope: &Value,
+    timeout: Duration,
     mut on_chunk: impl FnMut(&Value),
+    cancel: &CancellationToken,
 ) -> anyhow::Result<Reply> {
     let mut socket = DealerSocket::new();
     tokio::time::timeout(Duration::from_secs(5), socket.connect(endpoint))
@@ -36,12 +59,22 @@ pub async fn send(
         .with_context(|| format!("cannot connect to {endpoint} within 5 s"))??;
     let id = envelope.get("id").and_then(Value::as_str).map(str::to_string);
     socket.send(ZmqMessage::from(serde_json::to_vec(envelope)?)).await?;
-    let deadline = Instant::now() + timeout;
+    let mut deadline = Instant::now() + timeout;
+    let mut cancel_sent = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let msg = tokio::time::timeout(left, socket.recv())
-            .await
-            .with_context(|| format!("no reply from {endpoint} within {:.1} s", timeout.as_secs_f64()))??;
+        let msg = tokio::select! {
+            m = tokio::time::timeout(left, socket.recv()) => m
+                .with_context(|| format!("no reply from {endpoint} within {:.1} s", timeout.as_secs_f64()))??,
+            () = cancel.cancelled(), if !cancel_sent && id.is_some() => {
+                cancel_sent = true;
+                let target = id.clone().unwrap_or_default();
+                let message = serde_json::json!({"cancel": target});
+                socket.send(ZmqMessage::from(serde_json::to_vec(&message)?)).await?;
+                deadline = deadline.min(Instant::now() + CANCEL_GRACE);
+                continue;
+            }
+        };
         let Some(body) = body_of(msg) else { continue };
         let value: Value = serde_json::from_slice(&body).context("reply is not JSON")?;
         if value.get("event").and_then(Value::as_str) == Some("chunk") {

@@ -8,6 +8,7 @@
 //! | type | input | output |
 //! | --- | --- | --- |
 //! | `coordinator.status` | `{}` | `{"ingress", "events", "queued", "running", "admission"}` (endpoints `null` without a bus) |
+//! | `coordinator.tasks` | `{}` | `{"profile", "types": [{"type", "agent", "runtime", "summary", "input_schema", "output_schema", "example"}]}`: the task types this run serves (an agent of the profile handles them), as `GET /tasks` shows each; what the MCP server's tools are made of |
 
 use std::sync::{Arc, OnceLock};
 
@@ -15,8 +16,9 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use super::Bus;
+use super::dispatch::Shared;
 use crate::agents::behaviour::{Behaviour, unknown_type};
-use crate::core::{Task, TaskError};
+use crate::core::{ErrorCode, Task, TaskError};
 
 /// The bus as others see it: the bound bus, once bound.
 #[derive(Default)]
@@ -73,7 +75,24 @@ impl Behaviour for Coordinator {
     async fn handle(&self, task: Task) -> Result<Value, TaskError> {
         match task.task_type.as_str() {
             "coordinator.status" => Ok(self.status.to_json()),
+            "coordinator.tasks" => match self.status.bus() {
+                Some(bus) => Ok(served_types(bus.shared())),
+                None => Err(TaskError::new(ErrorCode::Internal, "coordinator.tasks: the task bus is not bound yet")),
+            },
             _ => Err(unknown_type("RequestCoordinator", &task)),
         }
     }
+}
+
+/// The task types an agent of the run's profile handles (the others are
+/// answered `unknown_task_type`), each as `GET /tasks` shows it.
+fn served_types(shared: &Shared) -> Value {
+    let fleet = &shared.fleet;
+    let types: Vec<Value> = shared
+        .tasks
+        .iter()
+        .filter(|def| fleet.resolve(None, Some(&def.task_type)).is_ok())
+        .map(|def| def.to_json())
+        .collect();
+    json!({"profile": fleet.ctx().plan.name, "types": types})
 }

@@ -3,13 +3,14 @@
 //! This file holds the clap definitions ([`Cli`], [`Command`]), the global
 //! flags (`--config`, `--set`), settings loading and [`execute`], which hands
 //! each command to its own file: `run`, `check`, `agents`, `send`, `events`,
-//! `receipts`, `jobs`, `schedules`, `models`, `tasks`, and the `bench` folder (`bus`, `gateway`).
+//! `receipts`, `jobs`, `schedules`, `models`, `tasks`, `mcp`, and the `bench` folder (`bus`, `gateway`).
 
 mod agents;
 mod bench;
 mod check;
 mod events;
 mod jobs;
+mod mcp;
 mod models;
 mod receipts;
 mod run;
@@ -121,6 +122,18 @@ pub enum Command {
         /// ROUTER endpoint (default: `bus.ingress`).
         #[arg(long)]
         endpoint: Option<String>,
+    },
+    /// Serve MCP (Model Context Protocol) over stdin/stdout: every task type
+    /// of the running daemon as a tool (`utils.hash` is `utils_hash`), the
+    /// agent tree and recent receipts as resources. For assistants that
+    /// spawn it; the daemon serves the same at `/mcp` over HTTP.
+    Mcp {
+        /// The daemon's ROUTER endpoint (default: `bus.ingress`).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// The daemon's data directory, for the receipts (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Print the event stream as `TOPIC JSON` lines.
     Events {
@@ -373,6 +386,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             )
             .await
         }
+        Command::Mcp { endpoint, data_dir } => mcp::mcp(&cli, endpoint.as_deref(), data_dir.as_deref()).await,
         Command::Events { topic, count, endpoint } => events::events(&cli, topic, *count, endpoint.as_deref()).await,
         Command::Models { action, models_dir } => models::models(&cli, action, models_dir.as_deref()).await,
         Command::Receipts { last, json, data_dir } => receipts::receipts(&cli, *last, *json, data_dir.as_deref()),

@@ -445,11 +445,16 @@ impl Default for StoreSettings {
 pub struct HttpSettings {
     /// Listen address, `host:port` (port 0 picks a free port).
     pub listen: String,
+    /// `/v1/chat/completions` refuses a `model` no backend serves
+    /// (`400 invalid_field` listing the known ones). Off by default: such a
+    /// name (OpenAI clients send `gpt-4o` and the like) is routed as `auto`.
+    /// MCP's `_model` and the bus envelope's `model` are always strict.
+    pub strict_models: bool,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        HttpSettings { listen: "127.0.0.1:9000".into() }
+        HttpSettings { listen: "127.0.0.1:9000".into(), strict_models: false }
     }
 }
 

@@ -8,8 +8,9 @@
 //! | `GET /v1/models` | `{"object": "list", "data": [{"id", "object": "model", "owned_by"}]}`: `auto`, each backend's name, each backend's model |
 //!
 //! Request fields used: `model` (`auto`, a backend name to force that
-//! backend, a backend's model, or a GGUF file under `models_dir`; anything
-//! else is `400 invalid_field` listing the known ones), `messages` (string
+//! backend, a backend's model, or a GGUF file under `models_dir`; any other
+//! name is routed as `auto`, or with `http.strict_models: true` refused with
+//! `400 invalid_field` listing the known ones), `messages` (string
 //! content or text parts), `stream`, `max_tokens`/`max_completion_tokens`,
 //! `temperature`, `top_p`, `response_format: {"type": "json_object"}`,
 //! `user` (who asks: it reaches the receipt); other fields are accepted and
@@ -162,6 +163,10 @@ pub(crate) async fn chat_completions(State(app): State<App>, headers: HeaderMap,
         None | Some("auto") | Some("") => (None, None),
         Some(m) => match resolve_model(&settings.backends, &settings.models_dir, m) {
             Some((backend, model)) => (Some(backend), model),
+            None if !settings.http.strict_models => {
+                tracing::debug!(model = m, "model not served here: routed as auto (http.strict_models is off)");
+                (None, None)
+            }
             None => {
                 let known = known_models(&settings.backends).join(", ");
                 let message =

@@ -14,6 +14,7 @@
 //! | `POST /agents/{name}/start` / `stop` / `restart` | `200 AGENT` or `4xx/5xx {"error": {"code", "message"}}` |
 //! | `GET /tasks` | every task type: `[{"type", "agent", "runtime", "summary", "input_schema", "output_schema", "example"}]` (as `agentvisor tasks --json`) |
 //! | `POST /v1/chat/completions`, `GET /v1/models` | the OpenAI-compatible gateway ([`gateway`]) |
+//! | `POST`/`GET`/`DELETE /mcp` | the MCP server's streamable HTTP transport ([`mcp`]): every task type as a tool; only when the bus is bound |
 //! | `POST /registry/register`, `PUT /registry/heartbeat`, `GET /registry/discover`, `POST /registry/promote`, `DELETE /registry/{id}` | ServiceRegistry ([`registry`]) |
 //! | `POST /agents/{name}/fault` body `{"kind": "panic"\|"error"}` | an agent, or an infrastructure component (`HybridRouter`, `ModelScheduler`, `BusDispatcher`); only with `testing.fault_injection: true` (404 otherwise) |
 //!
@@ -21,6 +22,7 @@
 //! fixed-answer OpenAI-compatible upstream of the gateway benchmark.
 
 pub mod gateway;
+pub mod mcp;
 pub mod registry;
 pub mod upstream;
 
@@ -32,6 +34,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::agents::services::Services;
 use crate::bus::BusStatus;
@@ -54,6 +58,9 @@ pub struct App {
     pub gate: Arc<Gate>,
     /// The infrastructure components (states, fault injection).
     pub infra: Infra,
+    /// Cancelled when the HTTP server stops: ends the long-lived streams
+    /// (MCP sessions), which a graceful stop would otherwise wait for.
+    pub stop: CancellationToken,
 }
 
 /// The router over `app`.
@@ -74,7 +81,21 @@ pub fn router(app: App) -> Router {
     if app.fleet.ctx().settings.testing.fault_injection {
         r = r.route("/agents/{name}/fault", post(fault));
     }
+    if let Some(service) = mcp_service(&app) {
+        r = r.nest_service("/mcp", service);
+    }
     r.with_state(app)
+}
+
+/// The MCP server's streamable HTTP transport ([`mcp`]), over the bound
+/// bus; `None` without a bus.
+fn mcp_service(app: &App) -> Option<mcp::Service> {
+    let (ingress, _) = app.bus.endpoints()?;
+    let settings = &app.services.settings;
+    let door = mcp::Door::new(ingress, settings.data_dir.clone(), settings.tasks.call_timeout());
+    let server = mcp::McpServer::new(door, Some(app.services.metrics.clone()));
+    let host = settings.http.listen.rsplit_once(':').map_or(settings.http.listen.as_str(), |(h, _)| h);
+    Some(mcp::service(server, host.trim_start_matches('[').trim_end_matches(']'), app.stop.clone()))
 }
 
 async fn metrics(State(App { fleet, .. }): State<App>) -> Response {

@@ -22,6 +22,7 @@ mod lazy;
 mod legacy;
 mod llm;
 mod local_models;
+mod mcp;
 mod memory;
 mod models;
 mod nothing_lost;

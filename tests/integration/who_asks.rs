@@ -1,7 +1,8 @@
 //! One notion of who is asking: the envelope's `user` and `model` (and the
 //! `/v1` request's `user` and `model`) reach HybridRouter and the receipt —
 //! in the reply, the `route.decided` event and the SQLite `receipts` table.
-//! An unknown `model` is `invalid_field` listing the known ones.
+//! An unknown `model` is `invalid_field` listing the known ones (on `/v1`
+//! with `http.strict_models: true`).
 
 use std::time::Duration;
 
@@ -16,7 +17,12 @@ async fn user_and_model_reach_the_receipt_over_the_bus_and_v1() {
     let fake = FakeOpenAi::start().await;
     fake.set_default(Behaviour::Answer("an answer".into()));
     let dir = tempfile::tempdir().unwrap();
-    let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |s| local_and_cloud(s, &fake)).await;
+    // Strict models: /v1 refuses an unknown model too (by default it routes it as auto; see mcp.rs).
+    let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |s| {
+        local_and_cloud(s, &fake);
+        s.http.strict_models = true;
+    })
+    .await;
     let mut bus = util::dealer(&ingress).await;
 
     // `model` names the L2 backend's model: a light task goes there anyway.
