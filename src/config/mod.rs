@@ -91,6 +91,29 @@ pub struct Settings {
     pub mood: MoodSettings,
     /// ProactiveAgent's trigger rules.
     pub proactive: ProactiveSettings,
+    /// The arbiter's loop (ModelOrchestrator).
+    pub arbiter: ArbiterSettings,
+}
+
+/// `arbiter:` — the arbiter's loop (issue 15): consult a specialist, review
+/// its answer, revise, until accepted, `max_iterations` or the deadline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArbiterSettings {
+    /// Most specialist consultations per task (default 4; the earlier
+    /// system's 100 is a ceiling, not a default). 0 is read as 1.
+    pub max_iterations: u32,
+    /// Review each answer with the arbiter's model (accept, revise, change
+    /// phase, ask the user); `false`: the first answer is the answer.
+    pub review: bool,
+    /// Most tokens of the arbiter's own decisions (choice, review).
+    pub decision_max_tokens: u32,
+}
+
+impl Default for ArbiterSettings {
+    fn default() -> Self {
+        ArbiterSettings { max_iterations: 4, review: true, decision_max_tokens: 160 }
+    }
 }
 
 /// `identity:` — personas defined in YAML, by name (`identity: {personas:
@@ -368,6 +391,7 @@ impl Default for Settings {
             identity: IdentitySettings::default(),
             mood: MoodSettings::default(),
             proactive: ProactiveSettings::default(),
+            arbiter: ArbiterSettings::default(),
         }
     }
 }
@@ -563,6 +587,34 @@ pub struct RoutingSettings {
     pub failover: FailoverSettings,
     /// Circuit breaker per backend.
     pub breaker: BreakerSettings,
+    /// Content-aware routing (the estimate from what a request says).
+    pub content: ContentRoutingSettings,
+}
+
+/// `routing.content:` — content-aware routing (issue 15): for `auto`, `/v1`
+/// with `model: auto` (or none) and task types whose spec sets
+/// `content_routing: true`, the request's route and complexity are estimated
+/// from its text against labelled examples (`routing::content`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContentRoutingSettings {
+    /// Estimate at all (default true).
+    pub enabled: bool,
+    /// The routes and their example utterances (YAML); `None`: the shipped
+    /// `routes/content.yaml`.
+    pub routes_file: Option<PathBuf>,
+    /// Nearest examples that vote (default 5).
+    pub neighbours: usize,
+    /// Confidence 0.0–1.0 below which the estimate does not decide: the
+    /// arbiter asks its model, other calls keep their configured complexity
+    /// (default 0.5).
+    pub min_confidence: f64,
+}
+
+impl Default for ContentRoutingSettings {
+    fn default() -> Self {
+        ContentRoutingSettings { enabled: true, routes_file: None, neighbours: 5, min_confidence: 0.5 }
+    }
 }
 
 impl Default for RoutingSettings {
@@ -586,6 +638,7 @@ impl Default for RoutingSettings {
             chains: BTreeMap::new(),
             failover: FailoverSettings::default(),
             breaker: BreakerSettings::default(),
+            content: ContentRoutingSettings::default(),
         }
     }
 }
