@@ -37,8 +37,8 @@ use crate::config::spec::{AgentSpec, RuntimeSpec};
 use crate::core::{
     ChatMessage, ErrorCode, GenParams, Receipt, Task, TaskError, TaskOutput, TaskReply, estimate_tokens,
 };
-use crate::routing::router::{ModelCall, RouterHandle, resolve_model};
 use crate::routing::content::{self, ContentRouter};
+use crate::routing::router::{ModelCall, RouterHandle, resolve_model};
 use crate::store::{Store, personas};
 use crate::supervisor::{Fleet, Peers};
 use crate::telemetry::metrics::Metrics;

@@ -536,10 +536,11 @@ fn request_body(request: &ChatRequest, stream: bool) -> Result<bytes::Bytes, ser
         tools: request.params.json_schema.as_ref().map(|schema| {
             [WireTool { kind: "function", function: WireFunction { name: tool_name(schema), parameters: schema } }]
         }),
-        tool_choice: request.params.json_schema.as_ref().map(|schema| WireToolChoice {
-            kind: "function",
-            function: WireFunctionName { name: tool_name(schema) },
-        }),
+        tool_choice: request
+            .params
+            .json_schema
+            .as_ref()
+            .map(|schema| WireToolChoice { kind: "function", function: WireFunctionName { name: tool_name(schema) } }),
     };
     serde_json::to_vec(&wire).map(bytes::Bytes::from)
 }
@@ -548,8 +549,7 @@ fn request_body(request: &ChatRequest, stream: bool) -> Result<bytes::Bytes, ser
 /// `[A-Za-z0-9_-]` dropped, at most 64, the OpenAI limits), else `answer`.
 fn tool_name(schema: &serde_json::Value) -> String {
     let title = schema.get("title").and_then(|t| t.as_str()).unwrap_or_default();
-    let name: String =
-        title.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').take(64).collect();
+    let name: String = title.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').take(64).collect();
     if name.is_empty() { "answer".to_string() } else { name }
 }
 
@@ -775,7 +775,8 @@ struct WireMessage {
 impl WireMessage {
     /// The answer's text: the first tool call's arguments, else the content.
     fn into_text(self) -> String {
-        let args = self.tool_calls.and_then(|c| c.into_iter().next()).and_then(|c| c.function).and_then(|f| f.arguments);
+        let args =
+            self.tool_calls.and_then(|c| c.into_iter().next()).and_then(|c| c.function).and_then(|f| f.arguments);
         args.or(self.content).unwrap_or_default()
     }
 }
@@ -1039,8 +1040,14 @@ mod tests {
             ..Default::default()
         };
         let body: serde_json::Value = serde_json::from_slice(&request_body(&request, false).unwrap()).unwrap();
-        assert_eq!(body["tools"], serde_json::json!([{"type": "function", "function": {"name": "consultspecialist", "parameters": schema}}]));
-        assert_eq!(body["tool_choice"], serde_json::json!({"type": "function", "function": {"name": "consultspecialist"}}));
+        assert_eq!(
+            body["tools"],
+            serde_json::json!([{"type": "function", "function": {"name": "consultspecialist", "parameters": schema}}])
+        );
+        assert_eq!(
+            body["tool_choice"],
+            serde_json::json!({"type": "function", "function": {"name": "consultspecialist"}})
+        );
         assert!(body.get("response_format").is_none(), "{body}");
         assert_eq!(tool_name(&serde_json::json!({"type": "object"})), "answer");
         let m: WireMessage = serde_json::from_value(serde_json::json!({"content": null,

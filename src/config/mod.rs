@@ -611,6 +611,24 @@ pub struct ContentRoutingSettings {
     pub min_confidence: f64,
 }
 
+impl ContentRoutingSettings {
+    /// Every problem of these settings (the routes file's content is
+    /// checked when the router loads it).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(0.0..=1.0).contains(&self.min_confidence) {
+            problems.push(format!("routing.content.min_confidence {} is outside 0.0-1.0", self.min_confidence));
+        }
+        if self.neighbours == 0 {
+            problems.push("routing.content.neighbours must be at least 1".to_string());
+        }
+        if let Some(path) = self.routes_file.as_ref().filter(|p| !p.is_file()) {
+            problems.push(format!("routing.content.routes_file {} is not a file", path.display()));
+        }
+        problems
+    }
+}
+
 impl Default for ContentRoutingSettings {
     fn default() -> Self {
         ContentRoutingSettings { enabled: true, routes_file: None, neighbours: 5, min_confidence: 0.5 }
@@ -972,7 +990,8 @@ impl Settings {
             builder = builder.set_override(key.as_str(), value.as_str()).map_err(invalid)?;
         }
         let settings: Settings = builder.build().map_err(invalid)?.try_deserialize().map_err(invalid)?;
-        let problems = settings.proactive.problems();
+        let mut problems = settings.proactive.problems();
+        problems.extend(settings.routing.content.problems());
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems.join("; ")));
         }
@@ -1034,6 +1053,22 @@ mod tests {
         assert_eq!(s.store.receipts_batch.get(), 8);
         let err = Settings::load(None, &[("store.receipts_batch".into(), "0".into())]).unwrap_err();
         assert!(err.to_string().contains("receipts_batch") || err.to_string().contains("nonzero"), "{err}");
+    }
+
+    #[test]
+    fn arbiter_and_content_routing_settings_have_their_defaults_and_bad_values_are_named() {
+        let s = Settings::default();
+        assert_eq!((s.arbiter.max_iterations, s.arbiter.review), (4, true));
+        assert!(s.routing.content.enabled);
+        let s = Settings::load(None, &[("arbiter.max_iterations".into(), "2".into())]).unwrap();
+        assert_eq!(s.arbiter.max_iterations, 2);
+        let overrides = [
+            ("routing.content.min_confidence".to_string(), "1.5".to_string()),
+            ("routing.content.neighbours".to_string(), "0".to_string()),
+            ("routing.content.routes_file".to_string(), "/nonexistent/routes.yaml".to_string()),
+        ];
+        let err = Settings::load(None, &overrides).unwrap_err().to_string();
+        assert!(err.contains("min_confidence") && err.contains("neighbours") && err.contains("routes_file"), "{err}");
     }
 
     #[test]

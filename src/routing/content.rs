@@ -153,7 +153,11 @@ impl ContentRouter {
                 problems.push(format!("{name}: complexity {} is outside 0.0-1.0", r.complexity));
             }
             if !specialists.contains(&r.specialist.as_str()) {
-                problems.push(format!("{name}: specialist {:?} is not one of {}", r.specialist, specialists.join(", ")));
+                problems.push(format!(
+                    "{name}: specialist {:?} is not one of {}",
+                    r.specialist,
+                    specialists.join(", ")
+                ));
             }
             if r.examples.iter().all(|e| e.trim().is_empty()) {
                 problems.push(format!("{name}: no examples"));
@@ -174,7 +178,8 @@ impl ContentRouter {
             }
         }
         let n = counts.len() as f32;
-        let idf: HashMap<u64, f32> = df.into_iter().map(|(h, d)| (h, ((1.0 + n) / (1.0 + d as f32)).ln() + 1.0)).collect();
+        let idf: HashMap<u64, f32> =
+            df.into_iter().map(|(h, d)| (h, ((1.0 + n) / (1.0 + d as f32)).ln() + 1.0)).collect();
         let examples = counts.into_iter().map(|(i, f)| (i, vectorise(f, &idf))).collect();
         Ok(ContentRouter { routes, examples, idf, k: k.max(1) })
     }
@@ -216,11 +221,8 @@ impl ContentRouter {
             votes[*r] += s.max(0.0);
         }
         let total: f32 = votes.iter().sum();
-        let (best, weight) = votes
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map_or((0, 0.0), |(i, w)| (i, *w));
+        let (best, weight) =
+            votes.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or((0, 0.0), |(i, w)| (i, *w));
         let route = &self.routes[best];
         RouteEstimate {
             route: route.name.clone(),
@@ -317,6 +319,14 @@ fn dot(a: &Sparse, b: &Sparse) -> f32 {
     s
 }
 
+impl RouteEstimate {
+    /// Marks the estimate `used` when its confidence reaches `min_confidence`.
+    fn decided(mut self, min_confidence: f64) -> RouteEstimate {
+        self.used = self.confidence > 0.0 && self.confidence >= min_confidence;
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,7 +411,7 @@ mod tests {
         assert_eq!(e.route, "coding");
         assert_eq!(e.specialist, "CodeGenerator");
         assert!(e.confidence > 0.5, "{e:?}");
-        let e = r.estimate("zzzz qqqq");
+        let e = r.estimate("жжж ыыы");
         assert_eq!(e.confidence, 0.0, "nothing in common: no confidence");
         assert!(r.estimate("").confidence == 0.0);
     }
@@ -417,13 +427,5 @@ mod tests {
             ContentRouter::from_file(Path::new("/nonexistent/routes.yaml"), 3, SPECIALISTS).unwrap_err().code(),
             "config_not_found"
         );
-    }
-}
-
-impl RouteEstimate {
-    /// Marks the estimate `used` when its confidence reaches `min_confidence`.
-    fn decided(mut self, min_confidence: f64) -> RouteEstimate {
-        self.used = self.confidence > 0.0 && self.confidence >= min_confidence;
-        self
     }
 }

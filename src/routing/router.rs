@@ -297,9 +297,9 @@ impl RouterState {
         input.local_load_percent = self.args.load.percent();
         // Content-aware routing: a confident estimate replaces the configured complexity.
         let estimate = match &self.content {
-            Some(c) if call.content_routing && call.complexity.is_none() => Some(
-                c.estimate_with(content::request_text(&call.messages), self.args.routing.content.min_confidence),
-            ),
+            Some(c) if call.content_routing && call.complexity.is_none() => {
+                Some(c.estimate_with(content::request_text(&call.messages), self.args.routing.content.min_confidence))
+            }
             _ => None,
         };
         if let Some(e) = estimate.as_ref().filter(|e| e.used) {
@@ -327,7 +327,12 @@ impl RouterState {
             ..Default::default()
         };
         let estimated = |reason: String, e: &Option<crate::core::RouteEstimate>| match e {
-            Some(e) => format!("{reason}; content: {} ({:.2}{})", e.route, e.confidence, if e.used { "" } else { ", not used" }),
+            Some(e) => format!(
+                "{reason}; content: {} ({:.2}{})",
+                e.route,
+                e.confidence,
+                if e.used { "" } else { ", not used" }
+            ),
             None => reason,
         };
         match decision {

@@ -84,7 +84,9 @@ async fn the_arbiter_chooses_by_a_forced_tool_reviews_revises_and_asks_the_user(
         json!({"verdict": "revise", "score": 2, "specialist": "CognitiveModelAgent", "note": "the brother is David himself"}),
     ));
     fake.push(Behaviour::Answer("David is the sisters' one brother: he has no brothers. Answer: 0".into()));
-    fake.push(Behaviour::ToolCall(json!({"verdict": "accept", "score": 9, "specialist": "CognitiveModelAgent", "note": ""})));
+    fake.push(Behaviour::ToolCall(
+        json!({"verdict": "accept", "score": 9, "specialist": "CognitiveModelAgent", "note": ""}),
+    ));
     let reply = call(&mut bus, json!({"id": "a1", "type": "auto", "input": request})).await;
     assert_eq!(reply["status"], "ok", "{reply}");
     assert_eq!(reply["output"]["specialist"], "CognitiveModelAgent", "{reply}");
@@ -140,12 +142,17 @@ async fn the_arbiter_chooses_by_a_forced_tool_reviews_revises_and_asks_the_user(
     fake.push(Behaviour::ToolCall(json!({"specialist": "NLUAgent", "reason": "the booking, completed"})));
     fake.push(Behaviour::ToolCall(json!({"intent": "book_table", "entities": {"people": 4}})));
     fake.push(Behaviour::ToolCall(json!({"verdict": "accept", "score": 8, "specialist": "NLUAgent", "note": ""})));
-    let reply = call(&mut bus, json!({"id": "a3", "type": "auto", "input": "four people at 8pm", "session": "s-15"})).await;
+    let reply =
+        call(&mut bus, json!({"id": "a3", "type": "auto", "input": "four people at 8pm", "session": "s-15"})).await;
     assert_eq!(reply["status"], "ok", "{reply}");
     assert_eq!(reply["output"]["answer"]["entities"]["people"], 4, "{reply}");
     let choice = &fake.requests()[before];
-    let history: Vec<String> =
-        choice.body["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap().to_string()).collect();
+    let history: Vec<String> = choice.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap().to_string())
+        .collect();
     assert!(history.iter().any(|m| m == "For how many people, and when?"), "{history:?}");
 
     // 3. A choice that is not valid JSON (a backend ignoring the tool) is
@@ -171,7 +178,9 @@ async fn a_reviewer_that_never_accepts_ends_at_max_iterations_or_the_deadline_wi
     })
     .await;
     let revise = |score: i64| {
-        Behaviour::ToolCall(json!({"verdict": "revise", "score": score, "specialist": "ChainOfThoughtAgent", "note": "again"}))
+        Behaviour::ToolCall(
+            json!({"verdict": "revise", "score": score, "specialist": "ChainOfThoughtAgent", "note": "again"}),
+        )
     };
     fake.push(Behaviour::ToolCall(json!({"specialist": "ChainOfThoughtAgent", "reason": "reasoning"})));
     for (i, score) in [6, 8, 2].into_iter().enumerate() {
@@ -190,7 +199,8 @@ async fn a_reviewer_that_never_accepts_ends_at_max_iterations_or_the_deadline_wi
     fake.set_default(Behaviour::Delay(Duration::from_millis(300), Box::new(revise(5))));
     fake.push(Behaviour::ToolCall(json!({"specialist": "ChainOfThoughtAgent", "reason": "reasoning"})));
     let before = fake.requests().len();
-    let reply = call(&mut bus, json!({"id": "d1", "type": "auto", "input": "Is 391 prime?", "deadline_ms": 1500})).await;
+    let reply =
+        call(&mut bus, json!({"id": "d1", "type": "auto", "input": "Is 391 prime?", "deadline_ms": 1500})).await;
     assert_eq!(reply["status"], "ok", "{reply}");
     assert_eq!(reply["route"]["arbiter"], "deadline", "{reply}");
     let n = reply["route"]["steps"].as_array().unwrap().len();
@@ -245,7 +255,8 @@ async fn content_decides_the_specialist_and_the_tier() {
     assert_eq!(reply["route"]["estimate"]["route"], "maths", "{reply}");
     assert!(reply["route"]["reason"].as_str().unwrap().contains("content: maths"), "{reply}");
     fake.push(Behaviour::Answer("Hello!".into()));
-    let reply = call(&mut bus, json!({"id": "c4", "type": "simple_chat", "input": "Good morning, nice to see you!"})).await;
+    let reply =
+        call(&mut bus, json!({"id": "c4", "type": "simple_chat", "input": "Good morning, nice to see you!"})).await;
     assert_eq!(reply["route"]["tier"], "L1", "{reply}");
     assert_eq!(reply["route"]["estimate"]["route"], "chitchat", "{reply}");
     // Other types keep their configured complexity: no estimate.

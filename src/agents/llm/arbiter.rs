@@ -171,7 +171,8 @@ impl LlmAgent {
                         }
                         Some(b) => {
                             tracing::warn!(task_id = %task.id, specialist, error = %e, "revision failed; the best answer so far stands");
-                            ended = if e.code == ErrorCode::DeadlineExceeded { "deadline" } else { "specialist_failed" };
+                            ended =
+                                if e.code == ErrorCode::DeadlineExceeded { "deadline" } else { "specialist_failed" };
                             best = Some(b);
                             break;
                         }
@@ -249,8 +250,11 @@ impl LlmAgent {
         }
         let Some(best) = best else {
             // The deadline passed before any answer.
-            return Err(TaskError::new(ErrorCode::DeadlineExceeded, "the deadline passed before a specialist answered")
-                .with_route(route.take()));
+            return Err(TaskError::new(
+                ErrorCode::DeadlineExceeded,
+                "the deadline passed before a specialist answered",
+            )
+            .with_route(route.take()));
         };
         let mut receipt = best.route.or(route.take()).unwrap_or_else(|| Receipt {
             task_id: task.id.clone(),
@@ -274,7 +278,11 @@ impl LlmAgent {
 
     /// The arbiter model's constrained choice; a malformed one (a backend
     /// ignoring constraints) repaired once through NLUAgent.
-    async fn model_choice(&self, task: &Task, route: &mut Option<Receipt>) -> Result<(&'static str, String), TaskError> {
+    async fn model_choice(
+        &self,
+        task: &Task,
+        route: &mut Option<Receipt>,
+    ) -> Result<(&'static str, String), TaskError> {
         let ctx = self.context(task, true).await;
         let raw = self.decide(task, self.messages(task, &ctx), choice_schema(), route).await?;
         if let Some(c) = choice(&raw) {
@@ -382,7 +390,10 @@ mod tests {
     fn reviews_parse_and_fit_their_schema() {
         let r = review(r#"{"verdict": "revise", "score": 4, "specialist": "reasoning", "note": "step 2 is wrong"}"#)
             .unwrap();
-        assert_eq!((r.verdict, r.score, r.specialist, r.note.as_str()), ("revise", 4, "ChainOfThoughtAgent", "step 2 is wrong"));
+        assert_eq!(
+            (r.verdict, r.score, r.specialist, r.note.as_str()),
+            ("revise", 4, "ChainOfThoughtAgent", "step 2 is wrong")
+        );
         assert_eq!(review(r#"{"verdict": "ACCEPT", "score": 99}"#).unwrap().score, 10);
         assert!(review(r#"{"verdict": "maybe"}"#).is_none());
         assert!(review("no json").is_none());
