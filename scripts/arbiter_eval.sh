@@ -5,8 +5,8 @@
 # content route and confidence, the tier, how the arbiter's loop ended and
 # the end-to-end time; then the counts per category and the time
 # percentiles. Fails unless every request gets a specialist's answer.
-# The test command runs a 10-request sample of the same test.
+# ARBITER_EVAL=sample runs a 10-request sample (one per category).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ARBITER_EVAL=all cargo nextest run --test integration --no-capture \
+ARBITER_EVAL="${ARBITER_EVAL:-all}" cargo nextest run --test integration --no-capture --run-ignored all \
     -E 'test(auto_with_the_default_model_gives_a_specialists_answer)' "$@"
