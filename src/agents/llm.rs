@@ -4,11 +4,16 @@
 //! (the model is shown its answer and the validation error), then
 //! `invalid_output`.
 //!
+//! Constrained answers (issue 15): a JSON answer is asked for under its
+//! JSON Schema — a grammar on embedded models, a forced tool call on
+//! OpenAI-compatible backends — so it is valid on any model the first time;
+//! the validation and its one repair stay for backends that ignore
+//! constraints.
+//!
 //! The arbiter (the agent whose `role` is `arbiter`, ModelOrchestrator)
-//! asks the model which specialist fits — `{"specialist", "reason"}` — starts
-//! that specialist on demand, forwards the task to it, and answers
-//! `{"specialist", "reason", "answer"}`. A malformed choice is repaired once
-//! through the interpreter specialist (NLUAgent), else `invalid_output`.
+//! runs its loop in [`arbiter`]: choose a specialist (by the content
+//! estimate, else its model's constrained choice), consult it, review its
+//! answer, revise — bounded by `arbiter.max_iterations` and the deadline.
 //!
 //! Sessions: when the task has a `session`, the agent asks
 //! SessionMemoryAgent for the session's history (the newest turns that fit
@@ -32,6 +37,7 @@ use crate::config::spec::{AgentSpec, RuntimeSpec};
 use crate::core::{
     ChatMessage, ErrorCode, GenParams, Receipt, Task, TaskError, TaskOutput, TaskReply, estimate_tokens,
 };
+use crate::routing::content::{self, ContentRouter};
 use crate::routing::router::{ModelCall, RouterHandle, resolve_model};
 use crate::store::{Store, personas};
 use crate::supervisor::{Fleet, Peers};
@@ -40,6 +46,8 @@ use crate::telemetry::metrics::Metrics;
 /// Most tokens of session history put into a request (estimated), so long
 /// sessions stay within small models' context.
 pub(crate) const SESSION_HISTORY_TOKENS: u32 = 2048;
+
+mod arbiter;
 
 /// The specialists the arbiter may choose, by agent name and role word.
 const SPECIALISTS: &[(&str, &str)] = &[
@@ -66,6 +74,9 @@ pub struct LlmAgent {
     store: Store,
     /// `agentvisor_persona_prompts_total`.
     metrics: Metrics,
+    /// The arbiter's content estimator (`None` for other agents, or when
+    /// content routing is off).
+    content: Option<Arc<ContentRouter>>,
 }
 
 /// What goes into a prompt besides the agent's role prompt and the task
@@ -93,7 +104,16 @@ impl LlmAgent {
             Some(s) => Some(jsonschema::validator_for(s).map_err(|e| format!("{}: output_schema: {e}", spec.name))?),
             None => None,
         };
+        let content = if spec.role.as_deref() == Some("arbiter") {
+            content::load(&services.settings.routing.content).unwrap_or_else(|e| {
+                tracing::error!(agent = %spec.name, error = %e, code = e.code(), "the arbiter routes without content estimates");
+                None
+            })
+        } else {
+            None
+        };
         Ok(Some(LlmAgent {
+            content: content.map(Arc::new),
             spec,
             peers: Arc::new(fleet.clone()),
             catalog: fleet.ctx().catalog.clone(),
@@ -121,7 +141,8 @@ impl LlmAgent {
     }
 
     /// One model call through HybridRouter; its receipt goes to `route`
-    /// (the last call's receipt is the reply's route).
+    /// (the last call's receipt is the reply's route). `json`: the answer
+    /// follows the spec's `output_schema` (any JSON object without one).
     async fn ask(
         &self,
         task: &Task,
@@ -130,7 +151,26 @@ impl LlmAgent {
         stream: bool,
         route: &mut Option<Receipt>,
     ) -> Result<String, TaskError> {
-        let (complexity, max_tokens, _) = self.runtime();
+        let (_, max_tokens, _) = self.runtime();
+        let params = GenParams {
+            max_tokens: Some(max_tokens),
+            json,
+            json_schema: if json { self.output_schema() } else { None },
+            ..Default::default()
+        };
+        self.call_model(task, messages, params, stream, route).await
+    }
+
+    /// One model call with these generation parameters (see [`LlmAgent::ask`]).
+    async fn call_model(
+        &self,
+        task: &Task,
+        messages: Vec<ChatMessage>,
+        params: GenParams,
+        stream: bool,
+        route: &mut Option<Receipt>,
+    ) -> Result<String, TaskError> {
+        let (complexity, _, _) = self.runtime();
         let timeout = task.deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(self.call_timeout);
         let (backend, model) = match &task.model {
             Some(m) => {
@@ -153,16 +193,12 @@ impl LlmAgent {
             backend,
             model,
             messages,
-            params: GenParams {
-                max_tokens: Some(max_tokens),
-                json,
-                json_schema: if json { self.output_schema() } else { None },
-                ..Default::default()
-            },
+            params,
             schedule: task.schedule,
             deltas: if stream { task.chunks.clone() } else { None },
             cancel: task.cancel.clone(),
             queue_ms: task.queue_ms,
+            content_routing: self.spec.tasks.get(&task.task_type).is_some_and(|t| t.content_routing),
         };
         match self.router.call(call, timeout).await {
             Ok(answer) => {
@@ -318,55 +354,6 @@ impl LlmAgent {
         check(&second, schema).map_err(|p| {
             TaskError::new(ErrorCode::InvalidOutput, format!("{} answered invalid JSON twice: {p}", self.spec.name))
         })
-    }
-
-    async fn arbitrate(&self, task: &Task, route: &mut Option<Receipt>) -> Result<Value, TaskError> {
-        let ctx = self.context(task, false).await;
-        let raw = self.ask(task, self.messages(task, &ctx), true, false, route).await?;
-        let (specialist, reason) = match choice(&raw) {
-            Some(c) => c,
-            None => {
-                // Repair through the interpreter specialist, once.
-                let mut repair = Task::new(
-                    format!("{}-repair", task.id),
-                    "nlu",
-                    json!(format!(
-                        "Repair this malformed tool call. The tool is choose_specialist with arguments specialist \
-                         (one of CodeGenerator, ChainOfThoughtAgent, CognitiveModelAgent, NLUAgent) and reason: {raw}"
-                    )),
-                );
-                repair.deadline = task.deadline;
-                repair.cancel = task.cancel.clone();
-                // The repair answers in the same session (its persona too) for the same user.
-                repair.session = task.session.clone();
-                repair.user = task.user.clone();
-                let repaired = self.peers.call("NLUAgent", repair).await?.output;
-                choice(&repaired.get("entities").cloned().unwrap_or(repaired.clone()).to_string()).ok_or_else(|| {
-                    TaskError::new(
-                        ErrorCode::InvalidOutput,
-                        format!("the arbiter's choice could not be repaired: {raw}"),
-                    )
-                })?
-            }
-        };
-        tracing::info!(task_id = %task.id, specialist, reason, "arbiter chose");
-        let spec = self.catalog.get(specialist);
-        let task_type = spec.and_then(|s| s.handles.first().cloned()).unwrap_or_else(|| task.task_type.clone());
-        let mut forward = task.clone();
-        forward.task_type = task_type;
-        let answer = match self.peers.call(specialist, forward).await {
-            Ok(out) => {
-                *route = out.route.or(route.take());
-                out.output
-            }
-            Err(e) => {
-                if e.route.is_some() {
-                    *route = e.route.clone().map(|r| *r);
-                }
-                return Err(e);
-            }
-        };
-        Ok(json!({"specialist": specialist, "reason": reason, "answer": answer}))
     }
 }
 

@@ -934,7 +934,13 @@ mod tests {
     }
 
     fn declared(input_schema: Option<Value>, examples: Vec<Value>) -> TaskSpec {
-        TaskSpec { summary: "a test type".into(), input_schema, output_schema: Some(json!({})), examples }
+        TaskSpec {
+            summary: "a test type".into(),
+            input_schema,
+            output_schema: Some(json!({})),
+            examples,
+            content_routing: false,
+        }
     }
 
     /// A test input: a small count.

@@ -12,6 +12,12 @@
 //! Wire format from the OpenAI Chat Completions API reference
 //! (`chat.completion`, `chat.completion.chunk`, `data: [DONE]`,
 //! `stream_options.include_usage`).
+//!
+//! Constrained answers (issue 15): a request with a JSON schema
+//! (`GenParams::json_schema`) offers one function tool whose `parameters`
+//! are the schema and forces it with `tool_choice`; the answer's tool call
+//! `arguments` become the content. A server that ignores tools and answers
+//! text gives that text (the agent validates it and repairs once).
 
 use std::time::Duration;
 
@@ -243,7 +249,7 @@ impl OpenAiBackend {
             .choices
             .and_then(|c| c.into_iter().next())
             .ok_or_else(|| Failure::protocol("chat.completion without choices".into()))?;
-        let content = choice.message.and_then(|m| m.content).unwrap_or_default();
+        let content = choice.message.map(WireMessage::into_text).unwrap_or_default();
         Ok(finish(call.request, content, wire.model, choice.finish_reason, wire.usage, Some(elapsed)))
     }
 
@@ -525,9 +531,26 @@ fn request_body(request: &ChatRequest, stream: bool) -> Result<bytes::Bytes, ser
         top_p: request.params.top_p,
         stream,
         stream_options: stream.then_some(StreamOptions { include_usage: true }),
-        response_format: request.params.json.then_some(ResponseFormat { kind: "json_object" }),
+        response_format: (request.params.json && request.params.json_schema.is_none())
+            .then_some(ResponseFormat { kind: "json_object" }),
+        tools: request.params.json_schema.as_ref().map(|schema| {
+            [WireTool { kind: "function", function: WireFunction { name: tool_name(schema), parameters: schema } }]
+        }),
+        tool_choice: request
+            .params
+            .json_schema
+            .as_ref()
+            .map(|schema| WireToolChoice { kind: "function", function: WireFunctionName { name: tool_name(schema) } }),
     };
     serde_json::to_vec(&wire).map(bytes::Bytes::from)
+}
+
+/// The function name of a schema's tool: its `title` (characters outside
+/// `[A-Za-z0-9_-]` dropped, at most 64, the OpenAI limits), else `answer`.
+fn tool_name(schema: &serde_json::Value) -> String {
+    let title = schema.get("title").and_then(|t| t.as_str()).unwrap_or_default();
+    let name: String = title.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').take(64).collect();
+    if name.is_empty() { "answer".to_string() } else { name }
 }
 
 /// The finished answer; tokens from `usage`, else estimated.
@@ -638,7 +661,15 @@ impl StreamState {
         if choice.finish_reason.is_some() {
             self.finish_reason = choice.finish_reason;
         }
-        if let Some(text) = choice.delta.and_then(|d| d.content).filter(|t| !t.is_empty()) {
+        let mut delta = choice.delta;
+        // A streamed tool call's arguments are the answer's text (not forwarded as deltas).
+        for call in delta.as_mut().and_then(|d| d.tool_calls.take()).unwrap_or_default() {
+            if let Some(args) = call.function.and_then(|f| f.arguments) {
+                self.first_token.get_or_insert_with(|| started.elapsed());
+                self.content.push_str(&args);
+            }
+        }
+        if let Some(text) = delta.and_then(|d| d.content).filter(|t| !t.is_empty()) {
             self.first_token.get_or_insert_with(|| started.elapsed());
             self.content.push_str(&text);
             // A receiver that went away only stops the forwarding, not the answer.
@@ -663,6 +694,37 @@ struct WireRequest<'a> {
     stream_options: Option<StreamOptions>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_format: Option<ResponseFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<[WireTool<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<WireToolChoice>,
+}
+
+/// `{"type": "function", "function": {"name", "parameters"}}`.
+#[derive(Serialize)]
+struct WireTool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunction<'a> {
+    name: String,
+    parameters: &'a serde_json::Value,
+}
+
+/// `{"type": "function", "function": {"name"}}`: this tool must be called.
+#[derive(Serialize)]
+struct WireToolChoice {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireFunctionName,
+}
+
+#[derive(Serialize)]
+struct WireFunctionName {
+    name: String,
 }
 
 #[derive(Serialize)]
@@ -705,6 +767,31 @@ struct WireChoice {
 struct WireMessage {
     #[serde(default)]
     content: Option<String>,
+    /// Tool calls (an answer to a forced tool): the first one's arguments are the answer.
+    #[serde(default)]
+    tool_calls: Option<Vec<WireToolCall>>,
+}
+
+impl WireMessage {
+    /// The answer's text: the first tool call's arguments, else the content.
+    fn into_text(self) -> String {
+        let args =
+            self.tool_calls.and_then(|c| c.into_iter().next()).and_then(|c| c.function).and_then(|f| f.arguments);
+        args.or(self.content).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct WireToolCall {
+    #[serde(default)]
+    function: Option<WireCalledFunction>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireCalledFunction {
+    /// JSON text (streamed in fragments).
+    #[serde(default)]
+    arguments: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -941,6 +1028,34 @@ mod tests {
             body,
             serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": false})
         );
+    }
+
+    #[test]
+    fn a_schema_becomes_a_forced_tool_and_its_call_the_answer() {
+        let schema = serde_json::json!({"title": "consult specialist!", "type": "object"});
+        let request = ChatRequest {
+            model: "m".into(),
+            messages: vec![ChatMessage::new("user", "hi")],
+            params: GenParams { json: true, json_schema: Some(schema.clone()), ..Default::default() },
+            ..Default::default()
+        };
+        let body: serde_json::Value = serde_json::from_slice(&request_body(&request, false).unwrap()).unwrap();
+        assert_eq!(
+            body["tools"],
+            serde_json::json!([{"type": "function", "function": {"name": "consultspecialist", "parameters": schema}}])
+        );
+        assert_eq!(
+            body["tool_choice"],
+            serde_json::json!({"type": "function", "function": {"name": "consultspecialist"}})
+        );
+        assert!(body.get("response_format").is_none(), "{body}");
+        assert_eq!(tool_name(&serde_json::json!({"type": "object"})), "answer");
+        let m: WireMessage = serde_json::from_value(serde_json::json!({"content": null,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "x", "arguments": "{\"a\":1}"}}]}))
+        .unwrap();
+        assert_eq!(m.into_text(), r#"{"a":1}"#);
+        let m: WireMessage = serde_json::from_value(serde_json::json!({"content": "plain"})).unwrap();
+        assert_eq!(m.into_text(), "plain");
     }
 
     #[test]

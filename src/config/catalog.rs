@@ -499,6 +499,7 @@ mod tests {
             input_schema: None,
             output_schema: None,
             examples: vec![serde_json::json!("hi")],
+            content_routing: false,
         };
         let (file, mut a) = spec("A", true, &[], &["chat"]);
         a.tasks.insert("chat".into(), task("handled: fine"));

@@ -91,6 +91,29 @@ pub struct Settings {
     pub mood: MoodSettings,
     /// ProactiveAgent's trigger rules.
     pub proactive: ProactiveSettings,
+    /// The arbiter's loop (ModelOrchestrator).
+    pub arbiter: ArbiterSettings,
+}
+
+/// `arbiter:` — the arbiter's loop (issue 15): consult a specialist, review
+/// its answer, revise, until accepted, `max_iterations` or the deadline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArbiterSettings {
+    /// Most specialist consultations per task (default 4; the earlier
+    /// system's 100 is a ceiling, not a default). 0 is read as 1.
+    pub max_iterations: u32,
+    /// Review each answer with the arbiter's model (accept, revise, change
+    /// phase, ask the user); `false`: the first answer is the answer.
+    pub review: bool,
+    /// Most tokens of the arbiter's own decisions (choice, review).
+    pub decision_max_tokens: u32,
+}
+
+impl Default for ArbiterSettings {
+    fn default() -> Self {
+        ArbiterSettings { max_iterations: 4, review: true, decision_max_tokens: 160 }
+    }
 }
 
 /// `identity:` — personas defined in YAML, by name (`identity: {personas:
@@ -368,6 +391,7 @@ impl Default for Settings {
             identity: IdentitySettings::default(),
             mood: MoodSettings::default(),
             proactive: ProactiveSettings::default(),
+            arbiter: ArbiterSettings::default(),
         }
     }
 }
@@ -568,6 +592,52 @@ pub struct RoutingSettings {
     pub failover: FailoverSettings,
     /// Circuit breaker per backend.
     pub breaker: BreakerSettings,
+    /// Content-aware routing (the estimate from what a request says).
+    pub content: ContentRoutingSettings,
+}
+
+/// `routing.content:` — content-aware routing (issue 15): for `auto`, `/v1`
+/// with `model: auto` (or none) and task types whose spec sets
+/// `content_routing: true`, the request's route and complexity are estimated
+/// from its text against labelled examples (`routing::content`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContentRoutingSettings {
+    /// Estimate at all (default true).
+    pub enabled: bool,
+    /// The routes and their example utterances (YAML); `None`: the shipped
+    /// `routes/content.yaml`.
+    pub routes_file: Option<PathBuf>,
+    /// Nearest examples that vote (default 5).
+    pub neighbours: usize,
+    /// Confidence 0.0–1.0 below which the estimate does not decide: the
+    /// arbiter asks its model, other calls keep their configured complexity
+    /// (default 0.5).
+    pub min_confidence: f64,
+}
+
+impl ContentRoutingSettings {
+    /// Every problem of these settings (the routes file's content is
+    /// checked when the router loads it).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(0.0..=1.0).contains(&self.min_confidence) {
+            problems.push(format!("routing.content.min_confidence {} is outside 0.0-1.0", self.min_confidence));
+        }
+        if self.neighbours == 0 {
+            problems.push("routing.content.neighbours must be at least 1".to_string());
+        }
+        if let Some(path) = self.routes_file.as_ref().filter(|p| !p.is_file()) {
+            problems.push(format!("routing.content.routes_file {} is not a file", path.display()));
+        }
+        problems
+    }
+}
+
+impl Default for ContentRoutingSettings {
+    fn default() -> Self {
+        ContentRoutingSettings { enabled: true, routes_file: None, neighbours: 5, min_confidence: 0.5 }
+    }
 }
 
 impl Default for RoutingSettings {
@@ -591,6 +661,7 @@ impl Default for RoutingSettings {
             chains: BTreeMap::new(),
             failover: FailoverSettings::default(),
             breaker: BreakerSettings::default(),
+            content: ContentRoutingSettings::default(),
         }
     }
 }
@@ -924,7 +995,8 @@ impl Settings {
             builder = builder.set_override(key.as_str(), value.as_str()).map_err(invalid)?;
         }
         let settings: Settings = builder.build().map_err(invalid)?.try_deserialize().map_err(invalid)?;
-        let problems = settings.proactive.problems();
+        let mut problems = settings.proactive.problems();
+        problems.extend(settings.routing.content.problems());
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems.join("; ")));
         }
@@ -986,6 +1058,22 @@ mod tests {
         assert_eq!(s.store.receipts_batch.get(), 8);
         let err = Settings::load(None, &[("store.receipts_batch".into(), "0".into())]).unwrap_err();
         assert!(err.to_string().contains("receipts_batch") || err.to_string().contains("nonzero"), "{err}");
+    }
+
+    #[test]
+    fn arbiter_and_content_routing_settings_have_their_defaults_and_bad_values_are_named() {
+        let s = Settings::default();
+        assert_eq!((s.arbiter.max_iterations, s.arbiter.review), (4, true));
+        assert!(s.routing.content.enabled);
+        let s = Settings::load(None, &[("arbiter.max_iterations".into(), "2".into())]).unwrap();
+        assert_eq!(s.arbiter.max_iterations, 2);
+        let overrides = [
+            ("routing.content.min_confidence".to_string(), "1.5".to_string()),
+            ("routing.content.neighbours".to_string(), "0".to_string()),
+            ("routing.content.routes_file".to_string(), "/nonexistent/routes.yaml".to_string()),
+        ];
+        let err = Settings::load(None, &overrides).unwrap_err().to_string();
+        assert!(err.contains("min_confidence") && err.contains("neighbours") && err.contains("routes_file"), "{err}");
     }
 
     #[test]

@@ -114,6 +114,10 @@ pub struct TaskSpec {
     /// (docs, MCP, UI forms, the all-types test).
     #[serde(default)]
     pub examples: Vec<serde_json::Value>,
+    /// Route this type's model calls by their content (issue 15): the
+    /// complexity estimated from the request replaces the configured one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub content_routing: bool,
 }
 
 fn default_max_concurrency() -> u32 {

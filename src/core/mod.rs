@@ -12,7 +12,7 @@ pub mod task;
 pub use chat::{ChatMessage, ChatRequest, ChatResponse, GenParams, Schedule};
 pub use error::{ErrorCode, TaskError};
 pub use event::{Event, JobChange};
-pub use receipt::Receipt;
+pub use receipt::{Receipt, RouteEstimate, RouteStep};
 pub use task::{Fault, Prefer, Task, TaskOutput, TaskReply};
 
 /// Now as Unix time, seconds (0.0 if the clock is before 1970).

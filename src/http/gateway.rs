@@ -159,6 +159,8 @@ pub(crate) async fn chat_completions(State(app): State<App>, headers: HeaderMap,
     };
     let complexity =
         hint("x-agentvisor-complexity").and_then(|c| c.parse::<f64>().ok()).filter(|c| (0.0..=1.0).contains(c));
+    // `model: auto` or none: the content of the request decides (issue 15).
+    let auto = matches!(body.model.as_deref(), None | Some("auto") | Some(""));
     let (backend, model) = match body.model.as_deref() {
         None | Some("auto") | Some("") => (None, None),
         Some(m) => match resolve_model(&settings.backends, &settings.models_dir, m) {
@@ -206,6 +208,7 @@ pub(crate) async fn chat_completions(State(app): State<App>, headers: HeaderMap,
         deltas: body.stream.then_some(delta_tx),
         cancel: cancel.clone(),
         queue_ms: 0.0,
+        content_routing: auto,
     };
     let timeout = settings.tasks.call_timeout();
     let pending = async move { router.call(call, timeout).await };

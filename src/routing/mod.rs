@@ -14,7 +14,10 @@
 //! - [`policy`]: the routing decision, pure and allocation-light (p99 well
 //!   under 20 µs; `cargo bench --bench routing`).
 //! - [`breaker`]: one circuit breaker per backend, driven by explicit instants.
+//! - [`content`]: content-aware routing: a request's route and complexity
+//!   estimated from its text against labelled examples.
 
 pub mod breaker;
+pub mod content;
 pub mod policy;
 pub mod router;

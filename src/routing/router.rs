@@ -42,6 +42,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::CircuitBreaker;
+use super::content::{self, ContentRouter};
 use super::policy::{DEGRADE_TO_TINY, Decision, Policy, RouteInput, tier_str};
 use crate::backends::embedded::EmbeddedBackend;
 use crate::backends::openai::OpenAiBackend;
@@ -140,6 +141,9 @@ pub struct ModelCall {
     pub cancel: CancellationToken,
     /// Milliseconds the task waited before this call (bus queue).
     pub queue_ms: f64,
+    /// Estimate the complexity from the request's content (`routing.content`):
+    /// `/v1` with `model: auto` or none, task types that opt in.
+    pub content_routing: bool,
 }
 
 /// A successful call.
@@ -190,6 +194,8 @@ pub struct RouterState {
     breakers: BTreeMap<String, CircuitBreaker>,
     /// An enabled embedded backend serves L1: free model memory matters.
     has_embedded_l1: bool,
+    /// Content-aware routing; `None`: off (or its routes failed to load, logged).
+    content: Option<Arc<ContentRouter>>,
 }
 
 impl Actor for HybridRouter {
@@ -216,7 +222,14 @@ impl Actor for HybridRouter {
         tracing::info!(backends = ?backends.keys().collect::<Vec<_>>(), "HybridRouter ready");
         let has_embedded_l1 =
             args.backends.values().any(|b| b.enabled && b.kind == BackendKind::Embedded && b.tier == Tier::L1);
-        Ok(RouterState { args: Arc::new(args), policy: Arc::new(policy), backends, breakers, has_embedded_l1 })
+        let content = match content::load(&args.routing.content) {
+            Ok(c) => c.map(Arc::new),
+            Err(e) => {
+                tracing::error!(error = %e, code = e.code(), "content-aware routing is off: its routes did not load");
+                None
+            }
+        };
+        Ok(RouterState { args: Arc::new(args), policy: Arc::new(policy), backends, breakers, has_embedded_l1, content })
     }
 
     async fn handle(
@@ -282,6 +295,16 @@ impl RouterState {
         input.prefer = call.prefer;
         input.context_tokens = estimate_messages(&call.messages);
         input.local_load_percent = self.args.load.percent();
+        // Content-aware routing: a confident estimate replaces the configured complexity.
+        let estimate = match &self.content {
+            Some(c) if call.content_routing && call.complexity.is_none() => {
+                Some(c.estimate_with(content::request_text(&call.messages), self.args.routing.content.min_confidence))
+            }
+            _ => None,
+        };
+        if let Some(e) = estimate.as_ref().filter(|e| e.used) {
+            input.complexity = Some(e.complexity);
+        }
         if self.has_embedded_l1 {
             input.free_model_memory_bytes = self.args.models.reading().map(|r| r.free_bytes);
         }
@@ -303,12 +326,22 @@ impl RouterState {
             queue_ms: call.queue_ms,
             ..Default::default()
         };
+        let estimated = |reason: String, e: &Option<crate::core::RouteEstimate>| match e {
+            Some(e) => format!(
+                "{reason}; content: {} ({:.2}{})",
+                e.route,
+                e.confidence,
+                if e.used { "" } else { ", not used" }
+            ),
+            None => reason,
+        };
         match decision {
             Ok(d) => {
                 receipt.tier = tier_str(d.tier).to_string();
                 receipt.complexity = d.complexity;
-                receipt.reason = d.reason.clone();
+                receipt.reason = estimated(d.reason.clone(), &estimate);
                 receipt.fallbacks = d.fallbacks.clone();
+                receipt.estimate = estimate;
                 Ok((d, receipt))
             }
             Err(e) => {

@@ -133,6 +133,8 @@ const MIGRATIONS: &[&str] = &[
     tutoring::MIGRATION,
     // 14: ProactiveAgent's suggestions and when each rule last fired.
     proactive::MIGRATION,
+    // 15: the content estimate on a receipt (issue 15).
+    receipts::MIGRATION_ESTIMATE,
 ];
 
 /// How often the checkpointer copies the WAL into the database file.

@@ -33,6 +33,9 @@ pub fn insert_batch(conn: &Connection, rows: &[Receipt]) -> Result<(), StoreErro
     rows.iter().try_for_each(|r| insert(conn, r))
 }
 
+/// Migration: the content estimate of a call (JSON text, NULL when there was none).
+pub(super) const MIGRATION_ESTIMATE: &str = "ALTER TABLE receipts ADD COLUMN estimate TEXT;";
+
 /// Inserts one receipt.
 ///
 /// # Errors
@@ -40,8 +43,9 @@ pub fn insert_batch(conn: &Connection, rows: &[Receipt]) -> Result<(), StoreErro
 pub fn insert(conn: &Connection, r: &Receipt) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO receipts (ts, task_id, agent, task_type, tier, backend, model, complexity, reason, attempts,
-            fallbacks, outcome, decide_us, queue_ms, first_token_ms, total_ms, tokens_in, tokens_out, cost_usd, user)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+            fallbacks, outcome, decide_us, queue_ms, first_token_ms, total_ms, tokens_in, tokens_out, cost_usd, user,
+            estimate)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
     )?
     .execute(params![
         r.ts,
@@ -64,6 +68,7 @@ pub fn insert(conn: &Connection, r: &Receipt) -> Result<(), StoreError> {
         r.tokens_out,
         r.cost_usd,
         r.user,
+        r.estimate.as_ref().and_then(|e| serde_json::to_string(e).ok()),
     ])?;
     Ok(())
 }
@@ -75,7 +80,8 @@ pub fn insert(conn: &Connection, r: &Receipt) -> Result<(), StoreError> {
 pub fn last(conn: &Connection, limit: u32) -> Result<Vec<Receipt>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT ts, task_id, agent, task_type, tier, backend, model, complexity, reason, attempts, fallbacks,
-                outcome, decide_us, queue_ms, first_token_ms, total_ms, tokens_in, tokens_out, cost_usd, user
+                outcome, decide_us, queue_ms, first_token_ms, total_ms, tokens_in, tokens_out, cost_usd, user,
+                estimate
          FROM receipts ORDER BY id DESC LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit], |row| {
@@ -101,6 +107,8 @@ pub fn last(conn: &Connection, limit: u32) -> Result<Vec<Receipt>, StoreError> {
             tokens_in: row.get(16)?,
             tokens_out: row.get(17)?,
             cost_usd: row.get(18)?,
+            estimate: row.get::<_, Option<String>>(20)?.and_then(|e| serde_json::from_str(&e).ok()),
+            ..Default::default()
         })
     })?;
     let mut out: Vec<Receipt> = rows.collect::<Result<_, _>>()?;

@@ -45,6 +45,10 @@ pub enum Behaviour {
     AnswerWithoutUsage(String),
     /// Answers with this JSON value's text as the content.
     AnswerJson(Value),
+    /// Answers (non-streaming) with a call of the tool the request's
+    /// `tool_choice` forces (else `answer`), these arguments, no content,
+    /// `finish_reason: tool_calls` — as OpenAI does for a forced tool.
+    ToolCall(Value),
     /// Never answers. Streaming: sends the headers, then nothing.
     Stall,
     /// Streaming: sends the first content chunk, then nothing. Non-streaming:
@@ -245,6 +249,14 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         Behaviour::Answer(text) => answer(&model, &text, stream, true),
         Behaviour::AnswerWithoutUsage(text) => answer(&model, &text, stream, false),
         Behaviour::AnswerJson(value) => answer(&model, &value.to_string(), stream, true),
+        Behaviour::ToolCall(args) => {
+            let name = body["tool_choice"]["function"]["name"].as_str().unwrap_or("answer");
+            let mut v = completion(&model, "", true);
+            v["choices"][0]["message"] = json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_fake", "type": "function", "function": {"name": name, "arguments": args.to_string()}}]});
+            v["choices"][0]["finish_reason"] = json!("tool_calls");
+            vec![Step::Send(Bytes::from(v.to_string()))]
+        }
         Behaviour::Stall if stream => vec![Step::Stall],
         Behaviour::Stall => std::future::pending().await,
         Behaviour::StallAfterFirstChunk => partial(&model, stream, Step::Stall),

@@ -61,6 +61,10 @@ async fn llm_fleet(
     s.bus.ingress = "tcp://127.0.0.1:0".into();
     s.bus.events = "tcp://127.0.0.1:0".into();
     s.backends = backends.into_iter().map(|(name, b)| (name.to_string(), b)).collect();
+    // The arbiter as a single choice: its review loop and content routing
+    // are tested in arbiter.rs.
+    s.arbiter.review = false;
+    s.routing.content.enabled = false;
     tweak(&mut s);
     let fleet = util::fleet(s, None, profile).await;
     fleet.boot().await;
@@ -284,9 +288,13 @@ async fn every_llm_agent_answers_through_the_router_with_its_own_prompt() {
         );
         assert!(is_request_of(own, &spec.system_prompt, &input), "{name}: the user message holds the input");
         assert_eq!(own.body["model"], "fake-local");
-        assert_eq!(own.body["max_tokens"], spec.max_tokens, "{name}: max_tokens from the spec");
+        // The arbiter's own decisions are short (`arbiter.decision_max_tokens`).
+        let max_tokens = if arbiter { Settings::default().arbiter.decision_max_tokens } else { spec.max_tokens };
+        assert_eq!(own.body["max_tokens"], max_tokens, "{name}: max_tokens from the spec");
         let wants_json = spec.schema.is_some() || arbiter;
-        assert_eq!(own.body["response_format"]["type"] == "json_object", wants_json, "{name}: {}", own.body);
+        // A schema is a forced tool (issue 15), not `response_format`.
+        assert_eq!(own.body["tool_choice"]["type"] == "function", wants_json, "{name}: {}", own.body);
+        assert!(own.body.get("response_format").is_none(), "{name}: {}", own.body);
         assert!(!own.streaming());
 
         let route = &reply["route"];

@@ -5,6 +5,7 @@
 mod util;
 
 mod all_types;
+mod arbiter;
 mod backend_openai;
 mod bench;
 mod bus;

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Issue 15 acceptance: sends every request of the held-out test part of
+# tests/data/requests.jsonl as `auto` to the real daemon (full profile, the
+# default embedded model) and prints, per request, the specialist, the
+# content route and confidence, the tier, how the arbiter's loop ended and
+# the end-to-end time; then the counts per category and the time
+# percentiles. Fails unless every request gets a specialist's answer.
+# ARBITER_EVAL=sample runs a 10-request sample (one per category).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ARBITER_EVAL="${ARBITER_EVAL:-all}" cargo nextest run --test integration --no-capture --run-ignored all \
+    -E 'test(auto_with_the_default_model_gives_a_specialists_answer)' "$@"
