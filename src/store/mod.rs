@@ -17,6 +17,7 @@ pub mod memory;
 pub mod mood;
 pub mod personas;
 pub mod proactive;
+pub mod provider_stats;
 pub mod receipts;
 pub mod resources;
 pub mod schedules;
@@ -133,6 +134,9 @@ const MIGRATIONS: &[&str] = &[
     tutoring::MIGRATION,
     // 14: ProactiveAgent's suggestions and when each rule last fired.
     proactive::MIGRATION,
+    // 15: memory tiers: tier, importance and its decay clock, reads,
+    // mentions, summaries (issue 22).
+    memory::TIERS_MIGRATION,
 ];
 
 /// How often the checkpointer copies the WAL into the database file.
