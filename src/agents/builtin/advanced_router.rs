@@ -292,14 +292,15 @@ fn store_error(e: StoreError) -> TaskError {
 /// Orders `providers` best first under `strategy`.
 fn rank(providers: &mut [Provider], strategy: Strategy) {
     let key = |v: Option<f64>| v.unwrap_or(f64::INFINITY);
+    // (first key, second key) of a provider under the strategy.
+    let keys = |p: &Provider| match strategy {
+        Strategy::Cheapest => (key(p.cost_usd_per_1k), key(p.predicted_latency_seconds)),
+        Strategy::Fastest => (key(p.predicted_latency_seconds), key(p.cost_usd_per_1k)),
+    };
     providers.sort_by(|a, b| {
-        let (first, second): (fn(&Provider) -> Option<f64>, fn(&Provider) -> Option<f64>) = match strategy {
-            Strategy::Cheapest => (|p| p.cost_usd_per_1k, |p| p.predicted_latency_seconds),
-            Strategy::Fastest => (|p| p.predicted_latency_seconds, |p| p.cost_usd_per_1k),
-        };
-        key(first(a))
-            .total_cmp(&key(first(b)))
-            .then(key(second(a)).total_cmp(&key(second(b))))
+        let ((a1, a2), (b1, b2)) = (keys(a), keys(b));
+        a1.total_cmp(&b1)
+            .then(a2.total_cmp(&b2))
             .then(b.trust.unwrap_or(-1.0).total_cmp(&a.trust.unwrap_or(-1.0)))
             .then(a.id.cmp(&b.id))
     });

@@ -191,10 +191,8 @@ impl Activity {
                         self.in_flight.insert(id.clone());
                         self.active(p.ts);
                     }
-                    Event::TaskCompleted { id, .. } | Event::TaskFailed { id, .. } => {
-                        if self.in_flight.remove(id) {
-                            self.active(p.ts);
-                        }
+                    Event::TaskCompleted { id, .. } | Event::TaskFailed { id, .. } if self.in_flight.remove(id) => {
+                        self.active(p.ts);
                     }
                     _ => {}
                 },
@@ -623,12 +621,11 @@ fn plan(memories: Vec<Memory>, s: &DreamingSettings, tiers: &MemoryTierSettings,
             continue;
         }
         match merged.get_mut(&i) {
-            Some(merge) => {
-                if m.tier == Tier::Short && (merge.keeper.tier == Tier::Long || promotes(&merge.keeper)) {
-                    merge.keeper.tier = Tier::Long;
-                    plan.promoted += 1;
-                }
+            Some(merge) if m.tier == Tier::Short && (merge.keeper.tier == Tier::Long || promotes(&merge.keeper)) => {
+                merge.keeper.tier = Tier::Long;
+                plan.promoted += 1;
             }
+            Some(_) => {}
             None if m.tier == Tier::Short && promotes(m) => {
                 plan.promote.push(m.id.clone());
                 plan.promoted += 1;
