@@ -366,10 +366,21 @@ fn walker(settings: &FilesSettings, dir: &Path) -> ignore::WalkBuilder {
     w
 }
 
-/// Whether the walk of `file`'s folder would yield `file`.
-fn walk_keeps(settings: &FilesSettings, file: &Path) -> bool {
-    let Some(parent) = file.parent() else { return false };
-    walker(settings, parent).max_depth(Some(1)).build().filter_map(Result::ok).any(|e| e.path() == file)
+/// Whether the walk from `root` would reach `file`: each folder on the way,
+/// and the file, kept by the walk of its parent (a file inside an ignored
+/// folder is skipped too).
+fn walk_keeps(settings: &FilesSettings, root: &Root, file: &Path) -> bool {
+    let Ok(rel) = file.strip_prefix(&root.dir) else { return false };
+    let mut dir = root.dir.clone();
+    for c in rel.components() {
+        let next = dir.join(c);
+        let kept = walker(settings, &dir).max_depth(Some(1)).build().filter_map(Result::ok).any(|e| e.path() == next);
+        if !kept {
+            return false;
+        }
+        dir = next;
+    }
+    true
 }
 
 /// Whether `bytes` look binary (a NUL byte).
@@ -431,7 +442,7 @@ fn read(settings: &FilesSettings, input: ReadInput) -> Result<ReadOutput, FilesE
     if !file.is_file() {
         return Err(FilesError::WrongKind { root: root.name, path: rel, want: "file" });
     }
-    if !walk_keeps(settings, &file) {
+    if !walk_keeps(settings, &root, &file) {
         return Err(FilesError::Skipped {
             root: root.name,
             path: rel,
