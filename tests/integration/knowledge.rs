@@ -344,11 +344,12 @@ async fn dreaming_merges_planted_duplicates_only_when_idle_and_keeps_every_fact(
     assert_eq!(summaries.len(), 3);
     assert_eq!(summaries[0]["sources"].as_array().unwrap().len(), 40);
 
-    // A second run, forced and dry: nothing left to merge.
+    // A second run, forced and dry: no fact left to merge; only the three
+    // summaries, which the fake model wrote with the same text.
     let again = ok(&mut bus, "dreaming.consolidate", json!({"force": true, "dry_run": true})).await;
     assert_eq!(
-        (&again["ran"], &again["merged_duplicates"], &again["dry_run"]),
-        (&json!(true), &json!(0), &json!(true))
+        (&again["ran"], &again["exact_duplicates"], &again["near_duplicates"], &again["dry_run"]),
+        (&json!(true), &json!(2), &json!(0), &json!(true))
     );
     for input in [json!({"force": "yes"}), json!({"now": true}), json!(7)] {
         let (code, msg) = err(&mut bus, "dreaming.consolidate", input.clone()).await;
