@@ -63,14 +63,12 @@ impl Words {
     }
 
     fn memory(&mut self, i: usize) -> Memory {
+        let id = format!("{:016x}-{i}", self.next_u64());
+        let text = self.text(MEMORY_WORDS);
         Memory {
-            id: format!("{:016x}-{i}", self.next_u64()),
-            ts: i as f64,
-            kind: "fact".into(),
-            text: self.text(MEMORY_WORDS),
             tags: vec![self.word(), self.word(), self.word()],
             session: Some(format!("s{}", i % 100)),
-            expires_at: None,
+            ..Memory::new(id, i as f64, "fact".into(), text, 0.5)
         }
     }
 }

@@ -6,6 +6,7 @@
 //! (DESIGN §10). Every struct rejects unknown keys.
 
 pub mod catalog;
+pub mod knowledge;
 pub mod legacy;
 pub mod profile;
 pub mod profile_spec;
@@ -91,6 +92,14 @@ pub struct Settings {
     pub mood: MoodSettings,
     /// ProactiveAgent's trigger rules.
     pub proactive: ProactiveSettings,
+    /// UnifiedWebAgent's limits and allowed hosts.
+    pub web: knowledge::WebSettings,
+    /// FileSystemAssistantAgent's roots.
+    pub files: knowledge::FilesSettings,
+    /// Memory tiers: importance decay and promotion.
+    pub memory: knowledge::MemoryTierSettings,
+    /// DreamingModeAgent's idle-time consolidation.
+    pub dreaming: knowledge::DreamingSettings,
     /// The arbiter's loop (ModelOrchestrator).
     pub arbiter: ArbiterSettings,
 }
@@ -392,6 +401,10 @@ impl Default for Settings {
             mood: MoodSettings::default(),
             proactive: ProactiveSettings::default(),
             arbiter: ArbiterSettings::default(),
+            web: Default::default(),
+            files: Default::default(),
+            memory: Default::default(),
+            dreaming: Default::default(),
         }
     }
 }

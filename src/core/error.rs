@@ -58,6 +58,11 @@ pub enum ErrorCode {
     ResourceDenied,
     /// No reservation, job or schedule with that id.
     NotFound,
+    /// The configuration does not allow it: a URL's scheme, host or address
+    /// (SSRF protection), a path outside the configured roots, robots.txt.
+    Forbidden,
+    /// A remote server could not be reached or failed (a web page, a remote backend).
+    FetchFailed,
     /// A bug or an unexpected condition.
     Internal,
 }
@@ -89,6 +94,8 @@ impl ErrorCode {
             ErrorCode::InvalidOutput => "invalid_output",
             ErrorCode::ResourceDenied => "resource_denied",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::FetchFailed => "fetch_failed",
             ErrorCode::Internal => "internal",
         }
     }

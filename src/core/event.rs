@@ -484,6 +484,32 @@ pub enum Event {
         /// The user it was about, if any.
         user: Option<String>,
     },
+    /// `dreaming.consolidated`: DreamingModeAgent consolidated the memories.
+    DreamingConsolidated {
+        /// Exact and near duplicates merged away.
+        merged_duplicates: u64,
+        /// Short-term memories promoted to long-term.
+        promoted: u64,
+        /// Summaries stored as long-term memories.
+        summaries_added: u64,
+        /// Live memories before the run.
+        memories_before: u64,
+        /// Live memories after it.
+        memories_after: u64,
+        /// Whether it ran by itself on an idle fleet (else by task).
+        auto: bool,
+    },
+    /// `remote.link`: a RemoteConnectorAgent link was checked and changed state.
+    RemoteLink {
+        /// The link's name.
+        name: String,
+        /// `backend`, `node` or `registry`.
+        kind: &'static str,
+        /// `connected` or `down`.
+        state: &'static str,
+        /// Why it is down.
+        error: Option<String>,
+    },
     /// `alert.heartbeat_missed`: a service missed its heartbeats.
     HeartbeatMissed {
         /// Service id.
@@ -551,6 +577,8 @@ impl Event {
             Event::MoodRecorded { .. } => "mood.recorded",
             Event::ProactiveSuggestion { .. } => "proactive.suggestion",
             Event::ProactiveFailed { .. } => "proactive.failed",
+            Event::DreamingConsolidated { .. } => "dreaming.consolidated",
+            Event::RemoteLink { .. } => "remote.link",
         }
     }
 

@@ -60,6 +60,21 @@ pub(crate) const MIGRATION: &str = "CREATE TABLE memories (
         INSERT INTO kb(rowid, title, text, source) VALUES (new.id, new.title, new.text, new.source);
     END;";
 
+/// Schema of the memory tiers (issue 22), a migration of its own: the tier
+/// (`short` until promoted), the importance (0–1) and its clock
+/// (`accessed_at`, from which it decays), how often a memory was read and
+/// mentioned (itself plus the duplicates merged into it), when it was
+/// summarised, and the memories a summary was made from (a JSON array).
+pub(crate) const TIERS_MIGRATION: &str = "ALTER TABLE memories ADD COLUMN tier TEXT NOT NULL DEFAULT 'short';
+    ALTER TABLE memories ADD COLUMN importance REAL NOT NULL DEFAULT 0.5;
+    ALTER TABLE memories ADD COLUMN accessed_at REAL;
+    ALTER TABLE memories ADD COLUMN accesses INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE memories ADD COLUMN mentions INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE memories ADD COLUMN summarised_at REAL;
+    ALTER TABLE memories ADD COLUMN sources TEXT NOT NULL DEFAULT '[]';
+    UPDATE memories SET accessed_at = ts;
+    CREATE INDEX memories_tier ON memories(tier, ts);";
+
 /// Most search terms a query keeps (the rest are ignored), bounding the
 /// cost of one search.
 pub(crate) const MAX_TERMS: usize = 32;
@@ -85,6 +100,70 @@ pub struct Memory {
     pub session: Option<String>,
     /// When it expires, Unix seconds; `null` (`None`): never.
     pub expires_at: Option<f64>,
+    /// `short` (new) or `long` (promoted, merged from repeated mentions, or a summary).
+    pub tier: Tier,
+    /// Importance as stored, 0–1; it counts less as time since
+    /// `accessed_at` passes (halved every `memory.importance_half_life_secs`).
+    pub importance: f64,
+    /// Last store, read or merge, Unix seconds (the clock of the decay).
+    pub accessed_at: f64,
+    /// Times it was read by `memory.get`.
+    pub accesses: u32,
+    /// Times it was stored: 1, plus the duplicates merged into it.
+    pub mentions: u32,
+    /// When consolidation summarised it into a long-term memory, Unix
+    /// seconds; `null`: not summarised.
+    pub summarised_at: Option<f64>,
+    /// For a summary: the ids of the memories it was made from.
+    pub sources: Vec<String>,
+}
+
+impl Memory {
+    /// A new short-term memory stored at `ts` (Unix seconds) with
+    /// `importance`: no tags, session or expiry, never read, mentioned once.
+    pub fn new(id: String, ts: f64, kind: String, text: String, importance: f64) -> Memory {
+        Memory {
+            id,
+            ts,
+            kind,
+            text,
+            tags: Vec::new(),
+            session: None,
+            expires_at: None,
+            tier: Tier::Short,
+            importance,
+            accessed_at: ts,
+            accesses: 0,
+            mentions: 1,
+            summarised_at: None,
+            sources: Vec::new(),
+        }
+    }
+}
+
+/// A memory's tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// Short-term: new memories, candidates for merging and summarising.
+    Short,
+    /// Long-term: promoted memories and summaries.
+    Long,
+}
+
+impl Tier {
+    /// `short` or `long`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Short => "short",
+            Tier::Long => "long",
+        }
+    }
+}
+
+/// `importance` decayed over `age_secs` with `half_life_secs`: halved every half-life.
+pub fn decayed(importance: f64, age_secs: f64, half_life_secs: f64) -> f64 {
+    importance * 0.5f64.powf(age_secs.max(0.0) / half_life_secs.max(1e-3))
 }
 
 /// Filters of [`search_memories`].
@@ -97,6 +176,8 @@ pub struct MemoryQuery {
     pub kind: Option<String>,
     /// Only memories of this session.
     pub session: Option<String>,
+    /// Only memories of this tier.
+    pub tier: Option<Tier>,
     /// Most results.
     pub limit: u32,
 }
@@ -119,7 +200,18 @@ pub struct KbHit {
 
 fn memory_of(row: &Row<'_>) -> rusqlite::Result<Memory> {
     let tags: String = row.get(4)?;
+    let sources: String = row.get(13)?;
+    let tier: String = row.get(7)?;
+    let ts: f64 = row.get(1)?;
     Ok(Memory {
+        tier: if tier == "long" { Tier::Long } else { Tier::Short },
+        importance: row.get(8)?,
+        accessed_at: row.get::<_, Option<f64>>(9)?.unwrap_or(ts),
+        accesses: row.get(10)?,
+        mentions: row.get(11)?,
+        summarised_at: row.get(12)?,
+        // Written as a JSON array; anything else reads as none.
+        sources: serde_json::from_str(&sources).unwrap_or_default(),
         id: row.get(0)?,
         ts: row.get(1)?,
         kind: row.get(2)?,
@@ -131,7 +223,7 @@ fn memory_of(row: &Row<'_>) -> rusqlite::Result<Memory> {
     })
 }
 
-const MEMORY_COLUMNS: &str = "id, ts, kind, text, tags, session, expires_at";
+const MEMORY_COLUMNS: &str = "id, ts, kind, text, tags, session, expires_at, tier, importance, accessed_at, accesses, mentions, summarised_at, sources";
 
 /// Inserts one memory.
 ///
@@ -139,10 +231,160 @@ const MEMORY_COLUMNS: &str = "id, ts, kind, text, tags, session, expires_at";
 /// [`StoreError::Sqlite`], among others when the id is taken.
 pub fn insert_memory(conn: &Connection, m: &Memory) -> Result<(), StoreError> {
     let tags = serde_json::to_string(&m.tags).unwrap_or_else(|_| "[]".into());
+    let sources = serde_json::to_string(&m.sources).unwrap_or_else(|_| "[]".into());
     conn.prepare_cached(
-        "INSERT INTO memories (id, ts, kind, text, tags, session, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO memories (id, ts, kind, text, tags, session, expires_at, tier, importance, accessed_at, \
+         accesses, mentions, summarised_at, sources) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
-    .execute(params![m.id, m.ts, m.kind, m.text, tags, m.session, m.expires_at])?;
+    .execute(params![
+        m.id,
+        m.ts,
+        m.kind,
+        m.text,
+        tags,
+        m.session,
+        m.expires_at,
+        m.tier.as_str(),
+        m.importance,
+        m.accessed_at,
+        m.accesses,
+        m.mentions,
+        m.summarised_at,
+        sources
+    ])?;
+    Ok(())
+}
+
+/// Records a read of the memory `id` at `now`: its decay clock restarts,
+/// its read count grows, and a short-term memory read `promote_accesses`
+/// times becomes long-term. `false` when there is no such live memory.
+///
+/// # Errors
+/// [`StoreError::Sqlite`].
+pub(crate) fn touch_memory(conn: &Connection, id: &str, now: f64, promote_accesses: u32) -> Result<bool, StoreError> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE memories SET accessed_at = ?2, accesses = accesses + 1, \
+             tier = CASE WHEN accesses + 1 >= ?3 THEN 'long' ELSE tier END \
+             WHERE id = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+        )?
+        .execute(params![id, now, promote_accesses])?;
+    Ok(n > 0)
+}
+
+/// Sets the tier of the live memory `id`; its tier before, or `None` when
+/// there is no such memory.
+///
+/// # Errors
+/// [`StoreError::Sqlite`].
+pub(crate) fn set_tier(conn: &Connection, id: &str, tier: Tier, now: f64) -> Result<Option<Tier>, StoreError> {
+    let before: Option<String> = conn
+        .prepare_cached("SELECT tier FROM memories WHERE id = ?1 AND (expires_at IS NULL OR expires_at > ?2)")?
+        .query_row(params![id, now], |r| r.get(0))
+        .optional()?;
+    let Some(before) = before else { return Ok(None) };
+    conn.prepare_cached("UPDATE memories SET tier = ?2 WHERE id = ?1")?.execute(params![id, tier.as_str()])?;
+    Ok(Some(if before == "long" { Tier::Long } else { Tier::Short }))
+}
+
+/// Every live memory at `now`, oldest first (consolidation's input).
+///
+/// # Errors
+/// [`StoreError::Sqlite`].
+pub(crate) fn live_memories(conn: &Connection, now: f64) -> Result<Vec<Memory>, StoreError> {
+    let sql =
+        format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE (expires_at IS NULL OR expires_at > ?1) ORDER BY ts, id");
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params![now], memory_of)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Counts of live memories per tier at `now`: (short, long).
+///
+/// # Errors
+/// [`StoreError::Sqlite`].
+pub(crate) fn tier_counts(conn: &Connection, now: f64) -> Result<(u64, u64), StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COALESCE(SUM(tier = 'short'), 0), COALESCE(SUM(tier = 'long'), 0) FROM memories \
+         WHERE expires_at IS NULL OR expires_at > ?1",
+        )?
+        .query_row(params![now], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?)
+}
+
+/// One merge of consolidation: the memory kept (with its new tags,
+/// importance, mentions, tier and clock) and the duplicates deleted.
+#[derive(Debug, Clone)]
+pub(crate) struct Merge {
+    /// The kept memory, as it is to be written.
+    pub keeper: Memory,
+    /// The ids of the duplicates merged into it.
+    pub removed: Vec<String>,
+}
+
+/// Applies consolidation's changes in one transaction: the merges, the
+/// promotions to long-term, and the deletions.
+///
+/// # Errors
+/// [`StoreError::Sqlite`] (nothing is changed then).
+pub(crate) fn apply_consolidation(
+    conn: &mut Connection,
+    merges: &[Merge],
+    promote: &[String],
+    delete: &[String],
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut update = tx.prepare_cached(
+            "UPDATE memories SET tags = ?2, importance = ?3, mentions = ?4, tier = ?5, accessed_at = ?6 WHERE id = ?1",
+        )?;
+        let mut del = tx.prepare_cached("DELETE FROM memories WHERE id = ?1")?;
+        for m in merges {
+            let k = &m.keeper;
+            let tags = serde_json::to_string(&k.tags).unwrap_or_else(|_| "[]".into());
+            update.execute(params![k.id, tags, k.importance, k.mentions, k.tier.as_str(), k.accessed_at])?;
+            for id in &m.removed {
+                del.execute([id])?;
+            }
+        }
+        let mut up = tx.prepare_cached("UPDATE memories SET tier = 'long' WHERE id = ?1")?;
+        for id in promote {
+            up.execute([id])?;
+        }
+        for id in delete {
+            del.execute([id])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Stores `summary` and marks its sources summarised at `now` (or deletes
+/// them when `keep_sources` is false), in one transaction.
+///
+/// # Errors
+/// [`StoreError::Sqlite`] (nothing is changed then).
+pub(crate) fn store_summary(
+    conn: &mut Connection,
+    summary: &Memory,
+    now: f64,
+    keep_sources: bool,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    insert_memory(&tx, summary)?;
+    {
+        let mut mark = tx.prepare_cached("UPDATE memories SET summarised_at = ?2 WHERE id = ?1")?;
+        let mut delete = tx.prepare_cached("DELETE FROM memories WHERE id = ?1")?;
+        for id in &summary.sources {
+            if keep_sources {
+                mark.execute(params![id, now])?;
+            } else {
+                delete.execute([id])?;
+            }
+        }
+    }
+    tx.commit()?;
     Ok(())
 }
 
@@ -211,6 +453,10 @@ pub(crate) fn search_memories(conn: &Connection, q: &MemoryQuery, now: f64) -> R
     if let Some(session) = &q.session {
         args.push(session.clone().into());
         sql.push_str(&format!(" AND session = ?{}", args.len()));
+    }
+    if let Some(tier) = q.tier {
+        args.push(tier.as_str().to_string().into());
+        sql.push_str(&format!(" AND tier = ?{}", args.len()));
     }
     args.push(i64::from(q.limit).into());
     sql.push_str(&format!(" ORDER BY ts DESC, id LIMIT ?{}", args.len()));
@@ -303,6 +549,13 @@ mod tests {
             tags: vec!["t1".into(), "t2".into()],
             session: session.map(str::to_string),
             expires_at,
+            tier: Tier::Short,
+            importance: 0.5,
+            accessed_at: ts,
+            accesses: 0,
+            mentions: 1,
+            summarised_at: None,
+            sources: Vec::new(),
         }
     }
 

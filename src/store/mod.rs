@@ -17,6 +17,7 @@ pub mod memory;
 pub mod mood;
 pub mod personas;
 pub mod proactive;
+pub mod provider_stats;
 pub mod receipts;
 pub mod resources;
 pub mod schedules;
@@ -135,6 +136,9 @@ const MIGRATIONS: &[&str] = &[
     proactive::MIGRATION,
     // 15: the content estimate on a receipt (issue 15).
     receipts::MIGRATION_ESTIMATE,
+    // 16: memory tiers: tier, importance and its decay clock, reads,
+    // mentions, summaries (issue 22).
+    memory::TIERS_MIGRATION,
 ];
 
 /// How often the checkpointer copies the WAL into the database file.

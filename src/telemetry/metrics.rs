@@ -133,6 +133,22 @@ pub struct Metrics {
     pub mood_records: IntCounterVec,
     /// `agentvisor_proactive_firings_total{rule,outcome}`: ProactiveAgent rule firings; outcome ok|failed.
     pub proactive_firings: IntCounterVec,
+    /// `agentvisor_web_fetches_total{outcome}`: UnifiedWebAgent fetches; outcome
+    /// ok|forbidden|robots_denied|timeout|failed|invalid_field.
+    pub web_fetches: IntCounterVec,
+    /// `agentvisor_file_ops_total{op,outcome}`: FileSystemAssistantAgent operations; op
+    /// list|read|search, outcome ok|forbidden|not_found|invalid_field|no_roots|error.
+    pub file_ops: IntCounterVec,
+    /// `agentvisor_dreaming_runs_total{outcome}`: DreamingModeAgent consolidations; outcome
+    /// ran|dry_run|not_idle|in_progress|failed.
+    pub dreaming_runs: IntCounterVec,
+    /// `agentvisor_memories_consolidated_total{action}`: memories changed by consolidation;
+    /// action merged|summarised|promoted|deleted.
+    pub memories_consolidated: IntCounterVec,
+    /// `agentvisor_provider_routes_total{strategy,outcome}`: AdvancedRouter choices; outcome chosen|none.
+    pub provider_routes: IntCounterVec,
+    /// `agentvisor_remote_checks_total{kind,state}`: RemoteConnectorAgent health checks; state connected|down.
+    pub remote_checks: IntCounterVec,
 }
 
 impl Metrics {
@@ -412,6 +428,36 @@ impl Metrics {
                 "agentvisor_proactive_firings_total",
                 "ProactiveAgent rule firings, by rule and outcome: ok (a suggestion stored and published), failed.",
                 &["rule", "outcome"],
+            ),
+            web_fetches: counter_vec(
+                "agentvisor_web_fetches_total",
+                "UnifiedWebAgent fetches by outcome: ok, forbidden, robots_denied, timeout, failed, invalid_field.",
+                &["outcome"],
+            ),
+            file_ops: counter_vec(
+                "agentvisor_file_ops_total",
+                "FileSystemAssistantAgent operations (list, read, search) by outcome.",
+                &["op", "outcome"],
+            ),
+            dreaming_runs: counter_vec(
+                "agentvisor_dreaming_runs_total",
+                "DreamingModeAgent consolidations by outcome: ran, dry_run, not_idle, in_progress, failed.",
+                &["outcome"],
+            ),
+            memories_consolidated: counter_vec(
+                "agentvisor_memories_consolidated_total",
+                "Memories changed by consolidation: merged, summarised, promoted, deleted.",
+                &["action"],
+            ),
+            provider_routes: counter_vec(
+                "agentvisor_provider_routes_total",
+                "AdvancedRouter choices by strategy (cheapest, fastest) and outcome (chosen, none).",
+                &["strategy", "outcome"],
+            ),
+            remote_checks: counter_vec(
+                "agentvisor_remote_checks_total",
+                "RemoteConnectorAgent health checks by link kind and resulting state (connected, down).",
+                &["kind", "state"],
             ),
             registry,
         }

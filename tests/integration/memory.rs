@@ -64,7 +64,11 @@ async fn memories_store_get_search_delete_expire_and_the_client_forwards() {
 
     // MemoryClient: recall is the authority's get; search reaches memory.search.
     let recalled = ok(sock, "memory.recall", json!({"id": id})).await;
-    assert_eq!(recalled, m);
+    for key in ["id", "ts", "kind", "text", "tags", "session", "expires_at", "tier", "importance"] {
+        assert_eq!(recalled[key], m[key], "{key}");
+    }
+    // Each read counts (issue 22's tiers: reads restart the decay clock).
+    assert_eq!((m["accesses"].as_u64(), recalled["accesses"].as_u64()), (Some(1), Some(2)));
     ok(sock, "memory.store", json!({"text": "Bob drinks coffee", "kind": "fact"})).await;
     let found = ok(sock, "memory.search", json!({"query": "GREEN tea"})).await;
     let results = found["results"].as_array().unwrap();

@@ -8,10 +8,20 @@
 //!
 //! | type | input | output |
 //! | --- | --- | --- |
-//! | `memory.store` | `{"text", "kind", "tags"?, "session"?, "ttl_seconds"?}` | `{"id"}` (a uuid) |
-//! | `memory.get` | `{"id"}` or the id as text | `{"id", "ts", "kind", "text", "tags", "session", "expires_at"}`; `invalid_field` when there is no such memory (never stored, deleted or expired) |
+//! | `memory.store` | `{"text", "kind", "tags"?, "session"?, "ttl_seconds"?, "importance"?, "tier"?}` | `{"id"}` (a uuid) |
+//! | `memory.get` | `{"id"}` or the id as text | `{"id", "ts", "kind", "text", "tags", "session", "expires_at", "tier", "importance", "accessed_at", "accesses", "mentions", "summarised_at", "sources"}`; `invalid_field` when there is no such memory (never stored, deleted or expired) |
 //! | `memory.delete` | `{"id"}` or the id as text | `{"deleted": 0 \| 1}` (an expired memory counts as already gone) |
-//! | `memory.search` | `{"query", "limit"?, "kind"?, "session"?}` or the query as text; `limit` 1–100, default 10 | `{"results": [memory, ...]}`, newest first |
+//! | `memory.search` | `{"query", "limit"?, "kind"?, "session"?, "tier"?}` or the query as text; `limit` 1–100, default 10 | `{"results": [memory, ...]}`, newest first |
+//! | `memory.promote` | `{"id"}` or the id as text | `{"id", "tier": "long", "promoted"}`; `not_found` when there is no such memory |
+//! | `memory.stats` | nothing | `{"short", "long", "total"}` (live memories per tier) |
+//!
+//! Tiers (issue 22): a memory is stored `short` (or `long` when the input
+//! says so) with an `importance` (0–1, default `memory.default_importance`)
+//! that decays by half every `memory.importance_half_life_secs` since
+//! `accessed_at`. `memory.get` restarts that clock, counts a read, and
+//! promotes a short-term memory read `memory.promote_accesses` times.
+//! DreamingModeAgent ([`super::dreaming`]) merges duplicates, promotes and
+//! summarises during idle time.
 //!
 //! `text`, `kind`, `id` and `query` are strings that are not blank (`kind`
 //! and `id` are trimmed); `tags` an array of strings (default `[]`);
@@ -73,11 +83,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use super::{Answer, Behaviour, Text, unknown_type};
+use super::{Answer, Behaviour, Empty, Text, unknown_type};
 use crate::agents::services::Services;
 use crate::agents::tasks::{OrShort, RustTask, Shorthand, decode, encode, rust_task};
+use crate::config::knowledge::MemoryTierSettings;
 use crate::core::{ErrorCode, Task, TaskError};
-use crate::store::memory::{self as db, KbHit, Memory, MemoryQuery};
+use crate::store::memory::{self as db, KbHit, Memory, MemoryQuery, Tier};
 use crate::store::{Store, StoreError};
 use crate::supervisor::StartError;
 use crate::supervisor::state::AgentState;
@@ -108,16 +119,25 @@ pub(crate) fn orchestrator_tasks() -> Vec<RustTask> {
     vec![
         rust_task::<StoreInput, StoreOutput>(
             "memory.store",
-            "Stores a memory (text, kind, tags, session, time to live) and answers its id",
+            "Stores a memory (text, kind, tags, session, time to live, importance, tier) and answers its id",
             || {
                 vec![
                     json!({"text": "Ada prefers green tea", "kind": "preference", "tags": ["drinks", "ada"], "session": "s-1"}),
                     json!({"text": "the oven is on", "kind": "fact", "ttl_seconds": 600}),
+                    json!({"text": "Ada's birthday is 3 May", "kind": "fact", "importance": 0.9, "tier": "long"}),
                 ]
             },
         ),
         rust_task::<OrShort<IdInput>, Memory>("memory.get", "One memory by id (never an expired one)", || {
             vec![json!({"id": EXAMPLE_ID}), json!(EXAMPLE_ID)]
+        }),
+        rust_task::<OrShort<IdInput>, PromoteOutput>(
+            "memory.promote",
+            "Promotes a short-term memory to the long-term tier",
+            || vec![json!({"id": EXAMPLE_ID}), json!(EXAMPLE_ID)],
+        ),
+        rust_task::<OrShort<Empty>, StatsOutput>("memory.stats", "How many live memories each tier holds", || {
+            vec![json!({}), json!(null)]
         }),
         rust_task::<OrShort<IdInput>, DeleteOutput>("memory.delete", "Deletes a memory by id", || {
             vec![json!({"id": EXAMPLE_ID}), json!(EXAMPLE_ID)]
@@ -170,7 +190,11 @@ pub(crate) fn knowledge_base_tasks() -> Vec<RustTask> {
 pub fn behaviour(name: &str, services: &Services, fleet: &Fleet) -> Option<Arc<dyn Behaviour>> {
     let store = services.store.clone();
     match name {
-        ORCHESTRATOR => Some(Arc::new(MemoryOrchestrator { store, sweeper: Mutex::new(None) })),
+        ORCHESTRATOR => Some(Arc::new(MemoryOrchestrator {
+            store,
+            tiers: services.settings.memory.clone(),
+            sweeper: Mutex::new(None),
+        })),
         CLIENT => {
             Some(Arc::new(MemoryClient { peers: Arc::new(fleet.clone()), profile: fleet.ctx().plan.name.clone() }))
         }
@@ -258,22 +282,77 @@ struct StoreInput {
     /// Seconds after which the memory is gone, > 0, fractions allowed
     /// (default: never).
     ttl_seconds: Option<Ttl>,
+    /// How much it matters, 0–1 (default `memory.default_importance`);
+    /// decays with time since the last access.
+    #[serde(default)]
+    importance: Option<Importance>,
+    /// `short` (default) or `long`.
+    #[serde(default)]
+    tier: Option<Tier>,
 }
 
 impl StoreInput {
-    /// The memory, stored at `now` (Unix seconds) under a new uuid.
-    fn into_memory(self, now: f64) -> Memory {
-        let StoreInput { text, kind, tags, session, ttl_seconds } = self;
+    /// The memory, stored at `now` (Unix seconds) under a new uuid, with
+    /// `default_importance` when the input names none.
+    fn into_memory(self, now: f64, default_importance: f64) -> Memory {
+        let StoreInput { text, kind, tags, session, ttl_seconds, importance, tier } = self;
+        let importance = importance.map_or(default_importance.clamp(0.0, 1.0), |Importance(i)| i);
         Memory {
-            id: uuid::Uuid::new_v4().to_string(),
-            ts: now,
-            kind: kind.trimmed(),
-            text: text.0,
             tags: tags.unwrap_or_default(),
             session,
             expires_at: ttl_seconds.map(|Ttl(ttl)| now + ttl),
+            tier: tier.unwrap_or(Tier::Short),
+            ..Memory::new(uuid::Uuid::new_v4().to_string(), now, kind.trimmed(), text.0, importance)
         }
     }
+}
+
+/// An importance: a number from 0 to 1.
+struct Importance(f64);
+
+impl<'de> Deserialize<'de> for Importance {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(deserializer)?;
+        if (0.0..=1.0).contains(&v) {
+            Ok(Importance(v))
+        } else {
+            Err(de::Error::invalid_value(Unexpected::Float(v), &"a number from 0 to 1"))
+        }
+    }
+}
+
+impl JsonSchema for Importance {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Importance".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "number", "minimum": 0, "maximum": 1})
+    }
+}
+
+/// The memory promoted.
+#[derive(Serialize, JsonSchema)]
+struct PromoteOutput {
+    /// The memory's id.
+    id: String,
+    /// Its tier now: `long`.
+    tier: Tier,
+    /// False when it was long-term already.
+    promoted: bool,
+}
+
+/// Live memories per tier.
+#[derive(Serialize, JsonSchema)]
+struct StatsOutput {
+    /// Short-term memories.
+    short: u64,
+    /// Long-term memories.
+    long: u64,
+    /// Both.
+    total: u64,
 }
 
 /// A time to live: seconds, > 0.
@@ -348,13 +427,16 @@ struct SearchInput {
     kind: Option<String>,
     /// Only memories of this session.
     session: Option<String>,
+    /// Only memories of this tier (`short` or `long`).
+    #[serde(default)]
+    tier: Option<Tier>,
 }
 
 impl Shorthand for SearchInput {
     type Short = Text;
-    const SHORT_DESCRIPTION: &'static str = "The query alone: at most 10 results, of any kind and session.";
+    const SHORT_DESCRIPTION: &'static str = "The query alone: at most 10 results, of any kind, session and tier.";
     fn expand(query: Text) -> SearchInput {
-        SearchInput { query, limit: None, kind: None, session: None }
+        SearchInput { query, limit: None, kind: None, session: None, tier: None }
     }
 }
 
@@ -370,6 +452,8 @@ struct SearchOutput {
 pub struct MemoryOrchestrator {
     /// The SQLite store (`memories`).
     store: Store,
+    /// Importance decay and promotion.
+    tiers: MemoryTierSettings,
     /// The expiry sweeper, while the agent runs.
     sweeper: Mutex<Option<JoinHandle<()>>>,
 }
@@ -407,7 +491,7 @@ impl Behaviour for MemoryOrchestrator {
         match t {
             "memory.store" => {
                 let input: StoreInput = decode(t, &task.input)?;
-                let m = input.into_memory(now);
+                let m = input.into_memory(now, self.tiers.default_importance);
                 let id = m.id.clone();
                 store.call(move |conn| db::insert_memory(conn, &m)).await.map_err(store_error)?;
                 encode(t, StoreOutput { id })
@@ -416,7 +500,15 @@ impl Behaviour for MemoryOrchestrator {
                 let OrShort(IdInput { id }) = decode(t, &task.input)?;
                 let id = id.trimmed();
                 let key = id.clone();
-                match store.call(move |conn| db::get_memory(conn, &key, now)).await.map_err(store_error)? {
+                let promote_accesses = self.tiers.promote_accesses.max(1);
+                let found = store
+                    .call(move |conn| {
+                        db::touch_memory(conn, &key, now, promote_accesses)?;
+                        db::get_memory(conn, &key, now)
+                    })
+                    .await
+                    .map_err(store_error)?;
+                match found {
                     Some(m) => encode(t, m),
                     None => Err(TaskError::new(
                         ErrorCode::InvalidField,
@@ -431,10 +523,27 @@ impl Behaviour for MemoryOrchestrator {
                 encode(t, DeleteOutput { deleted: u8::from(deleted) })
             }
             "memory.search" => {
-                let OrShort(SearchInput { query, limit, kind, session }) = decode(t, &task.input)?;
-                let q = MemoryQuery { query: query.0, kind, session, limit: limit_or_default(limit) };
+                let OrShort(SearchInput { query, limit, kind, session, tier }) = decode(t, &task.input)?;
+                let q = MemoryQuery { query: query.0, kind, session, tier, limit: limit_or_default(limit) };
                 let results = store.call(move |conn| db::search_memories(conn, &q, now)).await.map_err(store_error)?;
                 encode(t, SearchOutput { results })
+            }
+            "memory.promote" => {
+                let OrShort(IdInput { id }) = decode(t, &task.input)?;
+                let id = id.trimmed();
+                let key = id.clone();
+                match store.call(move |conn| db::set_tier(conn, &key, Tier::Long, now)).await.map_err(store_error)? {
+                    Some(before) => encode(t, PromoteOutput { id, tier: Tier::Long, promoted: before == Tier::Short }),
+                    None => Err(TaskError::new(
+                        ErrorCode::NotFound,
+                        format!("no memory {id} (never stored, deleted or expired)"),
+                    )),
+                }
+            }
+            "memory.stats" => {
+                let OrShort(Empty {}) = decode(t, &task.input)?;
+                let (short, long) = store.call(move |conn| db::tier_counts(conn, now)).await.map_err(store_error)?;
+                encode(t, StatsOutput { short, long, total: short + long })
             }
             _ => Err(unknown_type(ORCHESTRATOR, &task)),
         }
@@ -660,7 +769,7 @@ mod tests {
     #[tokio::test]
     async fn orchestrator_examples_answer_what_the_output_schemas_say() {
         let (_dir, store) = store();
-        let handles = ["memory.store", "memory.get", "memory.delete"];
+        let handles = ["memory.store", "memory.get", "memory.delete", "memory.promote", "memory.stats"];
         let declared = table(ORCHESTRATOR, &handles, orchestrator_tasks());
         // The memory the examples of memory.get name.
         let mut m = StoreInput {
@@ -669,11 +778,13 @@ mod tests {
             tags: None,
             session: None,
             ttl_seconds: None,
+            importance: None,
+            tier: None,
         }
-        .into_memory(now_secs());
+        .into_memory(now_secs(), 0.5);
         m.id = EXAMPLE_ID.into();
         store.call(move |conn| db::insert_memory(conn, &m)).await.unwrap();
-        let b = MemoryOrchestrator { store, sweeper: Mutex::new(None) };
+        let b = MemoryOrchestrator { store, tiers: MemoryTierSettings::default(), sweeper: Mutex::new(None) };
         examples_answer_their_schemas(&b, &declared, orchestrator_tasks()).await;
         // memory.search is declared by MemoryClient, answered here.
         let client = table(CLIENT, &["memory.recall", "memory.search"], client_tasks());
@@ -694,7 +805,7 @@ mod tests {
     #[tokio::test]
     async fn memories_keep_their_shape_and_wrong_inputs_name_their_path() {
         let (_dir, store) = store();
-        let b = MemoryOrchestrator { store, sweeper: Mutex::new(None) };
+        let b = MemoryOrchestrator { store, tiers: MemoryTierSettings::default(), sweeper: Mutex::new(None) };
         let input = json!({"text": " tea ", "kind": " fact ", "tags": ["a"], "session": null, "ttl_seconds": 60});
         let id = run(&b, "memory.store", input).await.unwrap()["id"].as_str().unwrap().to_string();
         let m = run(&b, "memory.get", json!(format!(" {id} "))).await.unwrap();

@@ -10,7 +10,7 @@
 //! | RequestCoordinator | `bus::coordinator` (registered by the composition root) | `coordinator.status`; owns the ZeroMQ sockets |
 //! | SystemDigitalTwin | [`digital_twin`] | `twin.snapshot`, `twin.system_load` |
 //! | SessionMemoryAgent | [`session_memory`] | `session.append`, `session.history`, `session.clear` |
-//! | MemoryOrchestratorService | [`memory`] | `memory.store`, `memory.get`, `memory.delete`, `memory.search`; TTL expiry |
+//! | MemoryOrchestratorService | [`memory`] | `memory.store`, `memory.get`, `memory.delete`, `memory.search`, `memory.promote`, `memory.stats`; TTL expiry, short/long-term tiers |
 //! | MemoryClient | [`memory`] | `memory.recall`, `memory.search` (forwarded to MemoryOrchestratorService, else `agent_unavailable`) |
 //! | KnowledgeBase | [`memory`] | `kb.add`, `kb.search` (FTS5, bm25), `kb.delete` |
 //! | ServiceRegistry | [`service_registry`] | `registry.register`, `registry.heartbeat`, `registry.discover`, `registry.promote`, `registry.deregister` (also over HTTP `/registry/*`) |
@@ -27,11 +27,19 @@
 //! | TutoringAgent | [`tutoring`] | `tutoring.session_start`, `tutoring.progress`, `tutoring.session_end`; questions and grading by TutorAgent, mastery picks the difficulty |
 //! | ProactiveAgent | [`proactive`] | `proactive.triggers`, `proactive.suggest`; rules (schedule, mood drop, idle user, context usage) from `proactive.rules`, texts by an llm agent |
 //! | DynamicIdentityAgent | [`identity`] | `identity.set`, `identity.get`, `identity.list`; personas put first in llm prompts |
+//! | UnifiedWebAgent | [`web`] | `web_fetch`: readable text and title; SSRF-safe, robots.txt, size and time limits |
+//! | FileSystemAssistantAgent | [`files`] | `files.list`, `files.read`, `files.search` under `files.roots`, `.gitignore`-aware |
+//! | DreamingModeAgent | [`dreaming`] | `dreaming.consolidate`, `dreaming.status`; idle-time merging, promotion and summaries of memories |
+//! | AdvancedRouter | [`advanced_router`] | `router.route`, `router.capabilities`: the provider matrix, cheapest or fastest |
+//! | RemoteConnectorAgent | [`remote`] | `remote.connect`, `remote.status`, `remote.call`: remote backends, registries and nodes |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
 //! issue lands — never with a made-up answer.
 
+pub mod advanced_router;
 pub mod digital_twin;
+pub mod dreaming;
+pub mod files;
 pub mod goals;
 pub mod identity;
 pub mod jobs;
@@ -40,6 +48,7 @@ pub mod memory;
 pub mod models;
 pub mod mood;
 pub mod proactive;
+pub mod remote;
 pub mod resources;
 pub mod responder;
 pub mod schedules;
@@ -49,6 +58,7 @@ pub mod streaming_tts;
 pub mod system;
 pub mod tutoring;
 pub mod utils;
+pub mod web;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -87,6 +97,11 @@ pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
         (responder::AGENT, responder::tasks()),
         (tutoring::AGENT, tutoring::tasks()),
         (proactive::AGENT, proactive::tasks()),
+        (web::AGENT, web::tasks()),
+        (files::AGENT, files::tasks()),
+        (dreaming::AGENT, dreaming::tasks()),
+        (advanced_router::AGENT, advanced_router::tasks()),
+        (remote::AGENT, remote::tasks()),
     ])
 }
 
@@ -155,6 +170,32 @@ pub(crate) fn behaviour_for(name: &str, services: &Services, fleet: &Fleet) -> O
             services.settings.identity.clone(),
             services.events.clone(),
             services.metrics.clone(),
+        ))),
+        web::AGENT => Some(Arc::new(web::WebFetcher::new(services.settings.web.clone(), services.metrics.clone()))),
+        files::AGENT => {
+            Some(Arc::new(files::FileSystemAssistant::new(services.settings.files.clone(), services.metrics.clone())))
+        }
+        dreaming::AGENT => Some(Arc::new(dreaming::Dreaming::new(
+            services.store.clone(),
+            services.router.clone(),
+            services.events.clone(),
+            services.metrics.clone(),
+            services.settings.dreaming.clone(),
+            services.settings.memory.clone(),
+            std::time::Duration::from_secs_f64(services.settings.tasks.call_timeout_secs),
+        ))),
+        advanced_router::AGENT => Some(Arc::new(advanced_router::AdvancedRouter::new(
+            services.store.clone(),
+            services.tasks.clone(),
+            Arc::new(fleet.clone()),
+            services.metrics.clone(),
+        ))),
+        remote::AGENT => Some(Arc::new(remote::RemoteConnector::new(
+            &services.settings.backends,
+            services.router.clone(),
+            services.events.clone(),
+            services.metrics.clone(),
+            std::time::Duration::from_secs_f64(services.settings.tasks.call_timeout_secs),
         ))),
         resources::AGENT => {
             services.resources.clone().map(|l| Arc::new(resources::ResourceManager::new(l)) as Arc<dyn Behaviour>)
