@@ -24,6 +24,7 @@ mod llm;
 mod local_models;
 mod memory;
 mod models;
+mod models_pull;
 mod nothing_lost;
 mod pc2_jobs;
 mod receipts_log;
