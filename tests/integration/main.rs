@@ -27,6 +27,7 @@ mod local_models;
 mod mcp;
 mod memory;
 mod models;
+mod models_pull;
 mod nothing_lost;
 mod pc2_jobs;
 mod receipts_log;
