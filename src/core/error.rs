@@ -58,6 +58,9 @@ pub enum ErrorCode {
     ResourceDenied,
     /// No reservation, job or schedule with that id.
     NotFound,
+    /// A session's context is above the token governor's hard max and
+    /// summarising it failed: the prompt is refused, never truncated.
+    ContextExhausted,
     /// A bug or an unexpected condition.
     Internal,
 }
@@ -89,6 +92,7 @@ impl ErrorCode {
             ErrorCode::InvalidOutput => "invalid_output",
             ErrorCode::ResourceDenied => "resource_denied",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::ContextExhausted => "context_exhausted",
             ErrorCode::Internal => "internal",
         }
     }

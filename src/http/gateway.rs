@@ -201,6 +201,8 @@ pub(crate) async fn chat_completions(State(app): State<App>, headers: HeaderMap,
         deltas: body.stream.then_some(delta_tx),
         cancel: cancel.clone(),
         queue_ms: 0.0,
+        // OpenAI's default temperature is 1: only an explicit 0 is deterministic.
+        cache: body.temperature == Some(0.0),
     };
     let timeout = settings.tasks.call_timeout();
     let pending = async move { router.call(call, timeout).await };

@@ -14,7 +14,11 @@
 //! - [`policy`]: the routing decision, pure and allocation-light (p99 well
 //!   under 20 µs; `cargo bench --bench routing`).
 //! - [`breaker`]: one circuit breaker per backend, driven by explicit instants.
+//! - [`cache`]: the response cache of deterministic calls (CacheManager's).
+//! - [`measure`]: a prompt's tokens on the model that would serve it (the token governor's).
 
 pub mod breaker;
+pub mod cache;
+pub mod measure;
 pub mod policy;
 pub mod router;

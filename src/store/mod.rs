@@ -11,6 +11,7 @@
 //! commit), off the reply path.
 
 pub mod audit;
+pub mod context;
 pub mod goals;
 pub mod jobs;
 pub mod memory;
@@ -133,6 +134,8 @@ const MIGRATIONS: &[&str] = &[
     tutoring::MIGRATION,
     // 14: ProactiveAgent's suggestions and when each rule last fired.
     proactive::MIGRATION,
+    // 15: the token governor's state per session (ContextManager).
+    context::MIGRATION,
 ];
 
 /// How often the checkpointer copies the WAL into the database file.

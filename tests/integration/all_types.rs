@@ -23,8 +23,6 @@ const PENDING: &[&str] = &[
     "AdvancedRouter",               // knowledge and tool agents
     "AgentTrustScorer",             // learning loop
     "AuthenticationAgent",          // locks on every door
-    "CacheManager",                 // token governor and response tiers
-    "ContextManager",               // token governor
     "DreamingModeAgent",            // knowledge and tool agents
     "FeedbackHandler",              // learning loop
     "FileSystemAssistantAgent",     // knowledge and tool agents
@@ -32,15 +30,11 @@ const PENDING: &[&str] = &[
     "LearningAdjusterAgent",        // learning loop
     "LearningManager",              // learning loop
     "LearningOrchestrationService", // learning loop
-    "ObservabilityHub",             // token governor and response tiers
-    "ObservabilityHub_PC2",         // token governor and response tiers
     "PredictiveHealthMonitor",      // learning loop
-    "ProactiveContextMonitor",      // token governor
     "RemoteConnectorAgent",         // knowledge and tool agents
     "StreamingInterruptHandler",    // ears and eyes
     "StreamingLanguageAnalyzer",    // ears and eyes
     "StreamingSpeechRecognition",   // ears and eyes
-    "TieredResponder",              // token governor and response tiers
     "UnifiedWebAgent",              // knowledge and tool agents
     "VoiceProfilingAgent",          // ears and eyes
     "WakeWordDetector",             // ears and eyes

@@ -17,6 +17,7 @@ mod daemon;
 mod drain;
 mod fake_openai;
 mod gateway;
+mod governor;
 mod layers;
 mod lazy;
 mod legacy;

@@ -27,10 +27,17 @@
 //! | TutoringAgent | [`tutoring`] | `tutoring.session_start`, `tutoring.progress`, `tutoring.session_end`; questions and grading by TutorAgent, mastery picks the difficulty |
 //! | ProactiveAgent | [`proactive`] | `proactive.triggers`, `proactive.suggest`; rules (schedule, mood drop, idle user, context usage) from `proactive.rules`, texts by an llm agent |
 //! | DynamicIdentityAgent | [`identity`] | `identity.set`, `identity.get`, `identity.list`; personas put first in llm prompts |
+//! | ContextManager | [`context`] | `context.usage`, `context.save_state`, `context.summarize`, `context.resume`; the token governor |
+//! | ProactiveContextMonitor | [`context`] | `context_monitor.status`, `context_monitor.check`; summaries ahead of the hard max |
+//! | CacheManager | [`cache`] | `cache.get`, `cache.put`, `cache.invalidate`, `cache.stats`; switches HybridRouter's response cache on |
+//! | TieredResponder | [`tiered`] | `basic_qa`, `tiered_response`; cache, local, cloud by urgency and load |
+//! | ObservabilityHub, ObservabilityHub_PC2 | [`observability`] | `observability.status`, `observability.metrics`, `observability.pc2.status`, `observability.pc2.metrics` |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
 //! issue lands — never with a made-up answer.
 
+pub mod cache;
+pub mod context;
 pub mod digital_twin;
 pub mod goals;
 pub mod identity;
@@ -39,6 +46,7 @@ pub mod lazy_loader;
 pub mod memory;
 pub mod models;
 pub mod mood;
+pub mod observability;
 pub mod proactive;
 pub mod resources;
 pub mod responder;
@@ -47,6 +55,7 @@ pub mod service_registry;
 pub mod session_memory;
 pub mod streaming_tts;
 pub mod system;
+pub mod tiered;
 pub mod tutoring;
 pub mod utils;
 
@@ -56,6 +65,7 @@ use std::sync::Arc;
 pub(crate) use super::behaviour::{
     AgentInput, Answer, Background, Behaviour, Empty, Name, Null, Text, extract_json, unknown_type,
 };
+use super::governor::Governor;
 use super::services::Services;
 use super::tasks::RustTask;
 use crate::supervisor::Fleet;
@@ -155,6 +165,24 @@ pub(crate) fn behaviour_for(name: &str, services: &Services, fleet: &Fleet) -> O
             services.settings.identity.clone(),
             services.events.clone(),
             services.metrics.clone(),
+        ))),
+        context::MANAGER => Some(Arc::new(context::ContextManager::new(Governor::new(services)))),
+        context::MONITOR => {
+            Some(Arc::new(context::ContextMonitor::new(Governor::new(services), services.events.clone())))
+        }
+        cache::AGENT => Some(Arc::new(cache::CacheManager::new(services.cache.clone()))),
+        tiered::AGENT => Some(Arc::new(tiered::TieredResponder::new(
+            services.router.clone(),
+            services.load.clone(),
+            services.settings.routing.tiers.high_load_percent,
+            services.settings.tasks.call_timeout(),
+            Arc::new(fleet.clone()),
+        ))),
+        observability::HUB | observability::HUB_PC2 => Some(Arc::new(observability::Observability::new(
+            fleet.ctx().clone(),
+            services.router.clone(),
+            services.run_id.clone(),
+            name == observability::HUB_PC2,
         ))),
         resources::AGENT => {
             services.resources.clone().map(|l| Arc::new(resources::ResourceManager::new(l)) as Arc<dyn Behaviour>)
