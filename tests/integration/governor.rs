@@ -381,6 +381,8 @@ async fn above_the_hard_max_a_failing_summariser_gives_context_exhausted_never_a
         ]
         .into();
         s.routing.rules.clear();
+        // A busy test machine must not send the chat to L2 (the broken backend).
+        s.routing.tiers.high_load_percent = 101.0;
         s.context.summarizer_backend = Some("broken".into());
         s.proactive.rules = vec![ProactiveRule {
             name: "compact".into(),
@@ -412,7 +414,7 @@ async fn above_the_hard_max_a_failing_summariser_gives_context_exhausted_never_a
         }
         let u = ok(&mut bus, "context.usage", json!({"session": "harbour"})).await;
         assert_eq!(u["estimated"], true, "a remote model: an estimate ({u})");
-        assert_eq!(u["window"], 600);
+        assert_eq!(u["window"], 600, "{u}");
         ratios.push(u["ratio"].as_f64().unwrap());
     };
     assert_eq!(refused["error"]["code"], "context_exhausted", "{refused}");
@@ -464,8 +466,8 @@ async fn above_the_hard_max_a_failing_summariser_gives_context_exhausted_never_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_session_is_summarised_at_the_target_and_counted_like_the_generation() {
     let dir = tempfile::tempdir().unwrap();
-    // Short answers keep the test short: 40 tokens per answer.
-    let agents = catalog_with(dir.path(), "ChitchatAgent", |y| y.replace("  max_tokens: 256\n", "  max_tokens: 40\n"));
+    // Short answers keep the test short: 24 tokens per answer.
+    let agents = catalog_with(dir.path(), "ChitchatAgent", |y| y.replace("  max_tokens: 256\n", "  max_tokens: 24\n"));
     let data = dir.path().join("data");
     let (fleet, ingress) = util::bus_fleet(&data, "full", |s| {
         s.agents_dir = agents;
@@ -476,18 +478,18 @@ async fn a_real_session_is_summarised_at_the_target_and_counted_like_the_generat
         if let Some(local) = s.backends.get_mut("local") {
             local.total_timeout_secs = 300.0;
         }
-        s.context.summary_max_tokens = 60;
+        // Every earlier turn is summarised, in at most 40 tokens.
+        s.context.summary_max_tokens = 40;
+        s.context.keep_turns = 0;
     })
     .await;
     let mut bus = util::dealer(&ingress).await;
     let inputs = [
-        "Hi! My name is Ada and I live in Lisbon, near the river.",
-        "I work as a baker and I start every day at four in the morning.",
-        "My favourite bread is a dark rye loaf with sunflower seeds.",
-        "On Sundays I walk my dog Pico along the river to Belém.",
-        "Next month I am opening a second bakery in Porto.",
-        "What do you think I should name the new bakery?",
-        "Can you remind me where I live?",
+        "Hi! My name is Ada, I live in Lisbon near the river, and I work as a baker who starts every day at four in the morning.",
+        "My favourite bread is a dark rye loaf with sunflower seeds, and on Sundays I walk my dog Pico along the river to Belém.",
+        "Next month I am opening a second bakery in Porto, close to the old bridge, and I need a name for it that people remember.",
+        "Can you remind me where I live and what my dog is called?",
+        "What do you think I should name the new bakery in Porto?",
     ];
     let mut last_tokens = 0;
     let mut summarized_at = None;
@@ -505,20 +507,15 @@ async fn a_real_session_is_summarised_at_the_target_and_counted_like_the_generat
         assert_eq!(u["prompt_tokens"], r["route"]["tokens_in"], "turn {i}: {u} vs {}", r["route"]);
         let tokens = u["tokens"].as_u64().unwrap();
         if u["turns_summarized"].as_u64().unwrap() > 0 {
-            if summarized_at.is_none() {
-                summarized_at = Some(i);
-                // The prompt admitted after the summary is below the target.
-                let ratio = u["prompt_tokens"].as_f64().unwrap() / 512.0;
-                assert!(ratio < 0.5, "below the target after the summary: {u}");
-                assert!(u["summary"].as_str().is_some_and(|s| !s.trim().is_empty()), "{u}");
-            } else {
-                // The next answer still uses the session: its prompt holds the summary (counted above).
-                assert!(u["summary"].as_str().is_some(), "{u}");
-                break;
-            }
-        } else {
-            assert!(tokens > last_tokens, "usage grows turn by turn: {tokens} after {last_tokens}");
+            // Summarised before this turn's prompt was sent: the answer used the
+            // session through the summary (counted in `prompt_tokens` above).
+            summarized_at = Some(i);
+            let ratio = u["prompt_tokens"].as_f64().unwrap() / 512.0;
+            assert!(ratio < 0.5, "the prompt after the summary is below the target: {u}");
+            assert!(u["summary"].as_str().is_some_and(|s| !s.trim().is_empty()), "{u}");
+            break;
         }
+        assert!(tokens > last_tokens, "usage grows turn by turn: {tokens} after {last_tokens}");
         last_tokens = tokens;
     }
     let at = summarized_at.expect("the session crossed the target and was summarised");
