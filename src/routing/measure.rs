@@ -12,11 +12,13 @@
 //!   estimate ([`estimate_prompt`]), the window being the backend's
 //!   `context_tokens`.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
-use super::router::RouterArgs;
-use crate::config::BackendKind;
+use crate::config::{BackendKind, BackendSettings};
 use crate::core::{ChatMessage, estimate_tokens};
+use crate::models::manager::ModelManager;
 
 /// A prompt measured against the serving model's window.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -56,24 +58,26 @@ pub fn estimate_prompt(messages: &[ChatMessage]) -> u32 {
     content + PER_MESSAGE_TOKENS * messages.len() as u32 + REPLY_PRIMING_TOKENS
 }
 
-/// Measures `messages` for `backend` (its `model`, or the backend's own).
+/// Measures `messages` for `backend` of `backends` (its `model`, or the
+/// backend's own); local models through `models`.
 pub(crate) async fn measure(
-    args: &RouterArgs,
+    backends: &BTreeMap<String, BackendSettings>,
+    models: &ModelManager,
     backend: &str,
     model: Option<String>,
     messages: Vec<ChatMessage>,
 ) -> Measure {
-    let settings = args.backends.get(backend);
+    let settings = backends.get(backend);
     let model = model.or_else(|| settings.map(|b| b.model.clone())).unwrap_or_default();
-    let remote_window = settings.map_or(args.models.settings().context_tokens, |b| b.context_tokens);
+    let remote_window = settings.map_or(models.settings().context_tokens, |b| b.context_tokens);
     if settings.is_some_and(|b| b.kind == BackendKind::Embedded) {
-        match args.models.count_tokens(&model, messages.clone()).await {
+        match models.count_tokens(&model, messages.clone()).await {
             Ok((tokens, window)) => {
                 return Measure { tokens, window, backend: backend.to_string(), model, estimated: false };
             }
             Err(e) => {
                 tracing::warn!(backend, model = %model, error = %e, "prompt not counted by the model's tokenizer; estimating");
-                let window = args.models.settings().context_tokens;
+                let window = models.settings().context_tokens;
                 return Measure {
                     tokens: estimate_prompt(&messages),
                     window,

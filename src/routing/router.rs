@@ -430,7 +430,14 @@ impl RouterState {
                 };
                 let args = self.args.clone();
                 tokio::spawn(async move {
-                    let m = super::measure::measure(&args, &backend, call.model.clone(), call.messages).await;
+                    let m = super::measure::measure(
+                        &args.backends,
+                        &args.models,
+                        &backend,
+                        call.model.clone(),
+                        call.messages,
+                    )
+                    .await;
                     let _ = reply.send(Ok(m));
                 });
             }
