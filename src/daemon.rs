@@ -32,6 +32,7 @@ use crate::core::Event;
 use crate::events::EventBus;
 use crate::http;
 use crate::models::manager::ModelManager;
+use crate::routing::cache::ResponseCache;
 use crate::routing::router::{HybridRouter, LoadProbe, ROUTER_NAME, RouterArgs, RouterHandle, RouterMsg};
 use crate::store::Store;
 use crate::store::receipts::{self, ReceiptLog};
@@ -127,6 +128,7 @@ impl System {
             metrics.clone(),
         ));
         let router = RouterHandle::new(table.actor_name(ROUTER_NAME));
+        let cache = ResponseCache::new(settings.cache.clone(), metrics.clone());
         let services = Arc::new(Services {
             settings: settings.clone(),
             store,
@@ -137,6 +139,8 @@ impl System {
             router: router.clone(),
             tasks: tasks.clone(),
             resources,
+            run_id: new_run_id(),
+            cache: cache.clone(),
         });
         let bus = Arc::new(BusStatus::default());
         let mut spawner = Spawner::new(services.clone());
@@ -155,6 +159,7 @@ impl System {
             receipts: receipts.clone(),
             events,
             metrics,
+            cache,
         };
         let router_name = table.actor_name(ROUTER_NAME);
         let mut components = vec![
@@ -242,6 +247,13 @@ impl System {
         }
         self.receipts.close().await;
     }
+}
+
+/// A new run id: the start time (UTC, to the second) and 8 random hex
+/// digits, e.g. `20261202T104000Z-1a2b3c4d`: sorts by time, safe in file names.
+fn new_run_id() -> String {
+    let uuid = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), &uuid[..8])
 }
 
 /// Loads the catalog (`catalog`, or `settings.agents_dir`) and resolves

@@ -21,6 +21,14 @@
 //! system prompt and the new input; after answering it appends the user's
 //! input and its answer. Without a running SessionMemoryAgent the task is a
 //! single turn (logged).
+//!
+//! The token governor: while ContextManager runs, a session's history is
+//! its governor summary plus every turn after it (no token cap here), and
+//! each prompt is admitted by the governor ([`super::governor`]): measured
+//! on the serving model's tokenizer, summarised first at the target, refused
+//! with `context_exhausted` above the hard max when summarising fails. In a
+//! profile without ContextManager the history keeps the
+//! [`SESSION_HISTORY_TOKENS`] cap.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +38,7 @@ use serde_json::{Value, json};
 
 use super::behaviour::extract_json;
 use super::builtin::Behaviour;
+use super::governor::{CONTEXT_MANAGER, Governor, summary_message};
 use super::services::Services;
 use crate::config::Settings;
 use crate::config::catalog::Catalog;
@@ -39,8 +48,9 @@ use crate::core::{
 };
 use crate::routing::content::{self, ContentRouter};
 use crate::routing::router::{ModelCall, RouterHandle, resolve_model};
+use crate::store::context::Usage;
 use crate::store::{Store, personas};
-use crate::supervisor::{Fleet, Peers};
+use crate::supervisor::{AgentState, Fleet, Peers};
 use crate::telemetry::metrics::Metrics;
 
 /// Most tokens of session history put into a request (estimated), so long
@@ -77,6 +87,8 @@ pub struct LlmAgent {
     /// The arbiter's content estimator (`None` for other agents, or when
     /// content routing is off).
     content: Option<Arc<ContentRouter>>,
+    /// The token governor (used while ContextManager runs).
+    governor: Governor,
 }
 
 /// What goes into a prompt besides the agent's role prompt and the task
@@ -123,6 +135,7 @@ impl LlmAgent {
             schema,
             store: services.store.clone(),
             metrics: services.metrics.clone(),
+            governor: Governor::new(services),
         }))
     }
 
@@ -140,6 +153,12 @@ impl LlmAgent {
         }
     }
 
+    /// Whether this agent's calls may be answered from the response cache
+    /// (the spec's `runtime.cache`; calls are greedy, so deterministic).
+    fn cacheable(&self) -> bool {
+        matches!(&self.spec.runtime, RuntimeSpec::Llm { cache: true, .. })
+    }
+
     /// One model call through HybridRouter; its receipt goes to `route`
     /// (the last call's receipt is the reply's route). `json`: the answer
     /// follows the spec's `output_schema` (any JSON object without one).
@@ -151,14 +170,19 @@ impl LlmAgent {
         stream: bool,
         route: &mut Option<Receipt>,
     ) -> Result<String, TaskError> {
+        self.call_model(task, messages, self.params(json), stream, route).await
+    }
+
+    /// The generation parameters of this agent's calls: its `max_tokens`,
+    /// and with `json` its `output_schema` (any JSON object without one).
+    fn params(&self, json: bool) -> GenParams {
         let (_, max_tokens, _) = self.runtime();
-        let params = GenParams {
+        GenParams {
             max_tokens: Some(max_tokens),
             json,
             json_schema: if json { self.output_schema() } else { None },
             ..Default::default()
-        };
-        self.call_model(task, messages, params, stream, route).await
+        }
     }
 
     /// One model call with these generation parameters (see [`LlmAgent::ask`]).
@@ -170,8 +194,32 @@ impl LlmAgent {
         stream: bool,
         route: &mut Option<Receipt>,
     ) -> Result<String, TaskError> {
-        let (complexity, _, _) = self.runtime();
         let timeout = task.deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(self.call_timeout);
+        let call = self.model_call(task, messages, params, stream)?;
+        match self.router.call(call, timeout).await {
+            Ok(answer) => {
+                *route = Some(answer.receipt);
+                Ok(answer.response.content)
+            }
+            Err(failure) => {
+                if let Some(r) = failure.receipt {
+                    *route = Some(*r);
+                }
+                Err(failure.error)
+            }
+        }
+    }
+
+    /// The model call of `messages` for `task` (also the token governor's
+    /// measuring probe: the same routing inputs pick the same model).
+    fn model_call(
+        &self,
+        task: &Task,
+        messages: Vec<ChatMessage>,
+        params: GenParams,
+        stream: bool,
+    ) -> Result<ModelCall, TaskError> {
+        let (complexity, _, _) = self.runtime();
         let (backend, model) = match &task.model {
             Some(m) => {
                 let settings = &self.settings;
@@ -182,7 +230,7 @@ impl LlmAgent {
             }
             None => (None, None),
         };
-        let call = ModelCall {
+        Ok(ModelCall {
             task_id: task.id.clone(),
             agent: self.spec.name.clone(),
             task_type: task.task_type.clone(),
@@ -199,19 +247,8 @@ impl LlmAgent {
             cancel: task.cancel.clone(),
             queue_ms: task.queue_ms,
             content_routing: self.spec.tasks.get(&task.task_type).is_some_and(|t| t.content_routing),
-        };
-        match self.router.call(call, timeout).await {
-            Ok(answer) => {
-                *route = Some(answer.receipt);
-                Ok(answer.response.content)
-            }
-            Err(failure) => {
-                if let Some(r) = failure.receipt {
-                    *route = Some(*r);
-                }
-                Err(failure.error)
-            }
-        }
+            cache: self.cacheable(),
+        })
     }
 
     /// The prompt, in the documented order: persona, governor summary,
@@ -226,7 +263,7 @@ impl LlmAgent {
         };
         m.push(ChatMessage::new("system", system));
         if let Some(summary) = &ctx.summary {
-            m.push(ChatMessage::new("system", format!("Summary of the earlier conversation: {summary}")));
+            m.push(summary_message(summary));
         }
         m.extend_from_slice(&ctx.history);
         if let Some(memory) = &ctx.memory {
@@ -239,12 +276,92 @@ impl LlmAgent {
     /// Everything a prompt of `task` needs besides the role prompt and the
     /// input; `with_history`: the session's turns too.
     async fn context(&self, task: &Task, with_history: bool) -> PromptContext {
-        PromptContext {
-            persona: self.persona(task).await,
-            summary: self.governor_summary(task).await,
-            history: if with_history { self.history(task).await } else { Vec::new() },
-            memory: self.retrieved_memory(task).await,
+        let (summary, history) = match self.governed(task) {
+            Some(session) if with_history => match self.governor.context(session).await {
+                Ok(g) => (g.summary.clone(), g.history()),
+                Err(e) => {
+                    tracing::warn!(agent = %self.spec.name, task_id = %task.id, error = %e, "governed history not read");
+                    (None, self.history(task).await)
+                }
+            },
+            _ => (None, if with_history { self.history(task).await } else { Vec::new() }),
+        };
+        PromptContext { persona: self.persona(task).await, summary, history, memory: self.retrieved_memory(task).await }
+    }
+
+    /// The task's session when the token governor governs it (ContextManager runs).
+    fn governed<'t>(&self, task: &'t Task) -> Option<&'t str> {
+        let session = task.session.as_deref()?;
+        (self.peers.state(CONTEXT_MANAGER) == Some(AgentState::Running)).then_some(session)
+    }
+
+    /// The token governor's admission of the prompt of `ctx` (a governed
+    /// session): measured on the serving model; at or above the target the
+    /// older turns are summarised first and `ctx` is read again; above the
+    /// hard max a prompt that summarising could not bring under it is
+    /// refused (`context_exhausted`). Records the measure (`context.usage`).
+    async fn admit(&self, task: &Task, ctx: &mut PromptContext, json: bool) -> Result<(), TaskError> {
+        let Some(session) = self.governed(task) else { return Ok(()) };
+        let probe = |ctx: &PromptContext| self.model_call(task, self.messages(task, ctx), self.params(json), false);
+        let mut m = self.governor.measure(probe(&*ctx)?).await?;
+        let limits = self.governor.settings().clone();
+        if m.ratio() >= limits.target_ratio {
+            let trigger = if m.ratio() > limits.hard_max_ratio { "hard_max" } else { "target" };
+            match self.governor.summarize(session, trigger).await {
+                Ok(done) if done.turns_summarized > 0 => {
+                    *ctx = self.context(task, true).await;
+                    m = self.governor.measure(probe(&*ctx)?).await?;
+                }
+                Ok(_) => {}
+                Err(e) if m.ratio() > limits.hard_max_ratio => {
+                    self.metrics.context_exhausted.with_label_values(&[&self.spec.name]).inc();
+                    return Err(TaskError::new(
+                        ErrorCode::ContextExhausted,
+                        format!(
+                            "session {session}: the prompt is {} tokens, {:.2} of {}'s {}-token window (hard max {}),                              and summarising the session failed: {e}",
+                            m.tokens,
+                            m.ratio(),
+                            m.model,
+                            m.window,
+                            limits.hard_max_ratio
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(agent = %self.spec.name, session, error = %e, "summary at the target failed; the prompt is under the hard max, sent as is");
+                }
+            }
         }
+        if m.ratio() > limits.hard_max_ratio {
+            self.metrics.context_exhausted.with_label_values(&[&self.spec.name]).inc();
+            return Err(TaskError::new(
+                ErrorCode::ContextExhausted,
+                format!(
+                    "session {session}: the prompt is {} tokens, {:.2} of {}'s {}-token window, above the hard max {}                      even with the older turns summarised",
+                    m.tokens,
+                    m.ratio(),
+                    m.model,
+                    m.window,
+                    limits.hard_max_ratio
+                ),
+            ));
+        }
+        let system_prompt = self.messages(task, ctx).first().map(|s| s.content.clone()).unwrap_or_default();
+        self.governor
+            .record(Usage {
+                session: session.to_string(),
+                agent: self.spec.name.clone(),
+                user: task.user.clone(),
+                system_prompt,
+                backend: m.backend.clone(),
+                model: m.model.clone(),
+                tokens: m.tokens,
+                prompt_tokens: Some(m.tokens),
+                window: m.window,
+                estimated: m.estimated,
+            })
+            .await;
+        Ok(())
     }
 
     /// The system text of the persona the task's session uses, if any
@@ -263,12 +380,6 @@ impl LlmAgent {
                 None
             }
         }
-    }
-
-    /// The token governor's summary of the session's older turns. Hook: the
-    /// governor (ContextManager) is not built yet, so there is none.
-    async fn governor_summary(&self, _task: &Task) -> Option<String> {
-        None
     }
 
     /// Memory retrieved for the task when it asks for it. Hook: no task
@@ -380,7 +491,8 @@ impl LlmAgent {
         if self.spec.role.as_deref() == Some("arbiter") {
             return self.arbitrate(task, route).await;
         }
-        let ctx = self.context(task, true).await;
+        let mut ctx = self.context(task, true).await;
+        self.admit(task, &mut ctx, self.schema.is_some()).await?;
         let answer = match &self.schema {
             Some(schema) => self.json_answer(task, schema, &ctx, route).await,
             None => {
@@ -388,6 +500,9 @@ impl LlmAgent {
             }
         }?;
         self.remember(task, &answer).await;
+        if let Some(session) = self.governed(task) {
+            self.governor.after_turn(session, &self.spec.name, task.user.clone()).await;
+        }
         Ok(answer)
     }
 }

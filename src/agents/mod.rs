@@ -15,6 +15,7 @@
 pub mod actor;
 pub mod behaviour;
 pub mod builtin;
+pub(crate) mod governor;
 pub mod llm;
 pub mod process;
 pub mod resources;

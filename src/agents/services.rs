@@ -8,6 +8,7 @@ use super::tasks::TaskTable;
 use crate::config::Settings;
 use crate::events::EventBus;
 use crate::models::manager::ModelManager;
+use crate::routing::cache::ResponseCache;
 use crate::routing::router::{LoadProbe, RouterHandle};
 use crate::store::Store;
 use crate::store::resources::Ledger;
@@ -35,6 +36,11 @@ pub struct Services {
     /// ResourceManager's ledger, when the profile includes ResourceManager
     /// (the model manager and process agents reserve through it then).
     pub resources: Option<Arc<Ledger>>,
+    /// This daemon run's id (made at each start, shown by `/health`; names
+    /// the token governor's `data_dir/runs/<run_id>_summary.md`).
+    pub run_id: String,
+    /// The response cache HybridRouter consults (CacheManager switches it on).
+    pub cache: ResponseCache,
 }
 
 /// Builds a behaviour registered by the composition root for an agent whose

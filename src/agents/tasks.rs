@@ -930,7 +930,13 @@ mod tests {
     }
 
     fn llm(output_schema: Option<Value>) -> RuntimeSpec {
-        RuntimeSpec::Llm { complexity: 0.5, max_tokens: 64, system_prompt: "be brief".into(), output_schema }
+        RuntimeSpec::Llm {
+            complexity: 0.5,
+            max_tokens: 64,
+            system_prompt: "be brief".into(),
+            output_schema,
+            cache: true,
+        }
     }
 
     fn declared(input_schema: Option<Value>, examples: Vec<Value>) -> TaskSpec {

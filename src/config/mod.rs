@@ -102,6 +102,10 @@ pub struct Settings {
     pub dreaming: knowledge::DreamingSettings,
     /// The arbiter's loop (ModelOrchestrator).
     pub arbiter: ArbiterSettings,
+    /// The token governor (ContextManager, ProactiveContextMonitor).
+    pub context: ContextSettings,
+    /// The response cache (CacheManager) in front of HybridRouter.
+    pub cache: CacheSettings,
 }
 
 /// `arbiter:` — the arbiter's loop (issue 15): consult a specialist, review
@@ -122,6 +126,90 @@ pub struct ArbiterSettings {
 impl Default for ArbiterSettings {
     fn default() -> Self {
         ArbiterSettings { max_iterations: 4, review: true, decision_max_tokens: 160 }
+    }
+}
+
+/// `context:` — the token governor (ContextManager). Ratios are of the
+/// serving model's context window; the defaults 0.50 and 0.75 are the
+/// earlier system's token governor ("target context use 0.50, hard max
+/// 0.75", seed 003).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContextSettings {
+    /// At or above this share of the window a session's older turns are
+    /// summarised before its next prompt is sent; default 0.50.
+    pub target_ratio: f64,
+    /// Above this share an llm task is not sent as is: summarised first, or
+    /// refused with `context_exhausted`; default 0.75.
+    pub hard_max_ratio: f64,
+    /// ProactiveContextMonitor summarises a session in the background when
+    /// a `context.usage` event reports at least this share (so the next
+    /// turn does not wait for it); default 0.50 (the target).
+    pub monitor_ratio: f64,
+    /// The newest turns kept word for word when the older ones are
+    /// summarised; default 2 (the last exchange).
+    pub keep_turns: u32,
+    /// Most tokens of a summary; default 128.
+    pub summary_max_tokens: u32,
+    /// The backend (a name under `backends:`) that writes summaries; unset:
+    /// HybridRouter decides like for any call.
+    pub summarizer_backend: Option<String>,
+}
+
+impl Default for ContextSettings {
+    fn default() -> Self {
+        ContextSettings {
+            target_ratio: 0.5,
+            hard_max_ratio: 0.75,
+            monitor_ratio: 0.5,
+            keep_turns: 2,
+            summary_max_tokens: 128,
+            summarizer_backend: None,
+        }
+    }
+}
+
+impl ContextSettings {
+    /// Every problem of the governor's settings: ratios within 0..=1, the
+    /// target not above the hard max.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, v) in [
+            ("target_ratio", self.target_ratio),
+            ("hard_max_ratio", self.hard_max_ratio),
+            ("monitor_ratio", self.monitor_ratio),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                out.push(format!("context.{name} {v} is not within (0, 1]"));
+            }
+        }
+        if self.target_ratio > self.hard_max_ratio {
+            out.push(format!(
+                "context.target_ratio {} is above context.hard_max_ratio {}",
+                self.target_ratio, self.hard_max_ratio
+            ));
+        }
+        out
+    }
+}
+
+/// `cache:` — the response cache HybridRouter consults for deterministic
+/// requests while CacheManager runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// `false`: no response is cached or served from the cache (benchmarks
+    /// of the model path turn it off); default `true`.
+    pub enabled: bool,
+    /// Seconds an entry lives; default 300.
+    pub ttl_secs: f64,
+    /// The size bound: bytes of cached keys and answers; default 64 MiB.
+    pub max_bytes: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings { enabled: true, ttl_secs: 300.0, max_bytes: 64 << 20 }
     }
 }
 
@@ -405,6 +493,8 @@ impl Default for Settings {
             files: Default::default(),
             memory: Default::default(),
             dreaming: Default::default(),
+            context: ContextSettings::default(),
+            cache: CacheSettings::default(),
         }
     }
 }
@@ -1010,6 +1100,7 @@ impl Settings {
         let settings: Settings = builder.build().map_err(invalid)?.try_deserialize().map_err(invalid)?;
         let mut problems = settings.proactive.problems();
         problems.extend(settings.routing.content.problems());
+        problems.extend(settings.context.problems());
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems.join("; ")));
         }

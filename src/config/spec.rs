@@ -187,6 +187,10 @@ pub enum RuntimeSpec {
         /// JSON output the answer must match, when the agent answers JSON.
         #[serde(default)]
         output_schema: Option<serde_json::Value>,
+        /// `false`: this agent's model calls are never answered from the
+        /// response cache (per-agent opt-out); default `true`.
+        #[serde(default = "default_cache")]
+        cache: bool,
     },
     /// An external program under supervision.
     Process {
@@ -214,6 +218,10 @@ pub enum RuntimeSpec {
         #[serde(default)]
         unconfigured_reason: Option<String>,
     },
+}
+
+fn default_cache() -> bool {
+    true
 }
 
 fn default_complexity() -> f64 {

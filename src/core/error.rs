@@ -63,6 +63,9 @@ pub enum ErrorCode {
     Forbidden,
     /// A remote server could not be reached or failed (a web page, a remote backend).
     FetchFailed,
+    /// A session's context is above the token governor's hard max and
+    /// summarising it failed: the prompt is refused, never truncated.
+    ContextExhausted,
     /// A bug or an unexpected condition.
     Internal,
 }
@@ -96,6 +99,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::FetchFailed => "fetch_failed",
+            ErrorCode::ContextExhausted => "context_exhausted",
             ErrorCode::Internal => "internal",
         }
     }

@@ -510,6 +510,42 @@ pub enum Event {
         /// Why it is down.
         error: Option<String>,
     },
+    /// `context.usage`: the token governor measured a session's context
+    /// against the serving model's window (before a prompt is sent, and
+    /// after its answer).
+    ContextUsage {
+        /// The session.
+        session: String,
+        /// The llm agent of the turn.
+        agent: String,
+        /// Who asked, if known.
+        user: Option<String>,
+        /// Tokens in use (the serving model's tokenizer, chat template included).
+        tokens: u32,
+        /// The model's context window, tokens.
+        window: u32,
+        /// `tokens / window`.
+        ratio: f64,
+        /// `ok`, `over_target` or `over_hard_max`.
+        state: &'static str,
+        /// The model measured against.
+        model: Option<String>,
+        /// `true`: counted by estimate (a remote model without a tokenizer).
+        estimated: bool,
+    },
+    /// `context.summarized`: a session's older turns were replaced by a summary.
+    ContextSummarized {
+        /// The session.
+        session: String,
+        /// Turns the summary replaced (in total).
+        turns_summarized: u32,
+        /// Context tokens before.
+        tokens_before: u32,
+        /// Context tokens after.
+        tokens_after: u32,
+        /// The model that wrote the summary.
+        model: Option<String>,
+    },
     /// `alert.heartbeat_missed`: a service missed its heartbeats.
     HeartbeatMissed {
         /// Service id.
@@ -579,6 +615,8 @@ impl Event {
             Event::ProactiveFailed { .. } => "proactive.failed",
             Event::DreamingConsolidated { .. } => "dreaming.consolidated",
             Event::RemoteLink { .. } => "remote.link",
+            Event::ContextUsage { .. } => "context.usage",
+            Event::ContextSummarized { .. } => "context.summarized",
         }
     }
 

@@ -209,6 +209,8 @@ pub(crate) async fn chat_completions(State(app): State<App>, headers: HeaderMap,
         cancel: cancel.clone(),
         queue_ms: 0.0,
         content_routing: auto,
+        // OpenAI's default temperature is 1: only an explicit 0 is deterministic.
+        cache: body.temperature == Some(0.0),
     };
     let timeout = settings.tasks.call_timeout();
     let pending = async move { router.call(call, timeout).await };

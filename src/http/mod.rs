@@ -7,7 +7,7 @@
 //! | route | answer |
 //! | --- | --- |
 //! | `GET /metrics` | Prometheus text exposition (format 0.0.4) |
-//! | `GET /health` | `200 {"status": "ok"\|"draining", "uptime_seconds", "admission": "open"\|"draining", "bus": {"ingress", "events", "queued", "running"}, "infrastructure": {"HybridRouter"\|"ModelScheduler"\|"BusDispatcher": {"state", "restarts"}}}` while the daemon runs |
+//! | `GET /health` | `200 {"status": "ok"\|"draining", "run_id", "uptime_seconds", "admission": "open"\|"draining", "bus": {"ingress", "events", "queued", "running"}, "infrastructure": {"HybridRouter"\|"ModelScheduler"\|"BusDispatcher": {"state", "restarts"}}}` while the daemon runs |
 //! | `GET /ready` | `200` when every essential agent is `running` or `unavailable`; else `503`; body `{"ready", "waiting": [{"agent", "state"}], "unavailable": [{"agent", "reason"}]}` |
 //! | `GET /agents` | `{"profile", "groups": [{"name", "strategy", "agents": [AGENT]}]}` |
 //! | `GET /agents/{name}` | `AGENT`: `{"name", "group", "state", "runtime", "essential", "restarts", "uptime_seconds", "pid", "reason", "dependencies"}` |
@@ -103,7 +103,7 @@ async fn metrics(State(App { fleet, .. }): State<App>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], fleet.ctx().metrics.render()).into_response()
 }
 
-async fn health(State(App { fleet, bus, gate, infra, .. }): State<App>) -> Json<Value> {
+async fn health(State(App { fleet, bus, gate, infra, services, .. }): State<App>) -> Json<Value> {
     let admission = gate.admission();
     let status = if admission == Admission::Open { "ok" } else { "draining" };
     let bus = bus.bus().is_some().then(|| {
@@ -116,6 +116,7 @@ async fn health(State(App { fleet, bus, gate, infra, .. }): State<App>) -> Json<
     Json(json!({
         "status": status, "uptime_seconds": fleet.ctx().started.elapsed().as_secs_f64(),
         "admission": admission.as_str(), "bus": bus, "infrastructure": infra.status(),
+        "run_id": services.run_id,
     }))
 }
 

@@ -84,6 +84,18 @@ impl LoadedModel {
         &self.info
     }
 
+    /// Prompt tokens of `messages` as a generation of this model counts
+    /// them (`tokens_in`): its chat template applied with the assistant
+    /// turn opened, then its tokenizer. Runs on the calling thread (no
+    /// context needed; microseconds to a few milliseconds): call it off the
+    /// async runtime for long prompts.
+    ///
+    /// # Errors
+    /// [`EngineError::Template`] when the template cannot be applied.
+    pub fn count_tokens(&self, messages: &[ChatMessage]) -> Result<u32, EngineError> {
+        prompt_tokens(&self.model, &self.template, messages).map(|t| u32::try_from(t.len()).unwrap_or(u32::MAX))
+    }
+
     /// Queues one generation on a worker; the answer arrives on the returned
     /// receiver. Text deltas go to `deltas` as they decode.
     pub fn generate(
@@ -318,15 +330,8 @@ fn generate(
 ) -> Result<GenOutput, EngineError> {
     let t0 = Instant::now();
     ctx.clear_kv_cache();
-    let chat: Vec<LlamaChatMessage> = job
-        .messages
-        .iter()
-        .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| EngineError::Template(format!("message: {e}")))?;
-    let prompt = model.apply_chat_template(template, &chat, true).map_err(|e| EngineError::Template(e.to_string()))?;
+    let tokens = prompt_tokens(model, template, &job.messages)?;
     let vocab = model.vocab();
-    let tokens = vocab.tokenize(prompt.as_bytes(), true, true);
     let n_ctx = ctx.n_ctx() as usize;
     if tokens.is_empty() || tokens.len() + 1 >= n_ctx {
         return Err(EngineError::PromptTooLong { tokens: tokens.len(), context: n_ctx });
@@ -405,6 +410,24 @@ fn generate(
         first_token,
         total_time: t0.elapsed(),
     })
+}
+
+/// The prompt of `messages`: the model's chat template applied (the
+/// assistant turn opened), then tokenized with special tokens parsed. One
+/// function for generations and for [`LoadedModel::count_tokens`], so the
+/// token governor counts exactly what a generation reports as `tokens_in`.
+fn prompt_tokens(
+    model: &LlamaModel,
+    template: &LlamaChatTemplate,
+    messages: &[ChatMessage],
+) -> Result<Vec<llama_cpp_2::token::LlamaToken>, EngineError> {
+    let chat: Vec<LlamaChatMessage> = messages
+        .iter()
+        .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| EngineError::Template(format!("message: {e}")))?;
+    let prompt = model.apply_chat_template(template, &chat, true).map_err(|e| EngineError::Template(e.to_string()))?;
+    Ok(model.vocab().tokenize(prompt.as_bytes(), true, true))
 }
 
 /// The GBNF grammar (root rule `root`) that makes answers follow the JSON

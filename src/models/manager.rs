@@ -72,6 +72,14 @@ impl Loaded {
     ) -> oneshot::Receiver<Result<GenOutput, EngineError>> {
         match *self {}
     }
+
+    fn count_tokens(&self, _: &[ChatMessage]) -> Result<u32, EngineError> {
+        match *self {}
+    }
+
+    fn info(&self) -> &super::local::ModelInfo {
+        match *self {}
+    }
 }
 
 /// Loads `path` on the manager's engine (started on first use). Blocking.
@@ -192,6 +200,8 @@ enum Cmd {
     Load(String, Reply<Value>),
     Unload(String, Reply<Value>),
     EvictIdle(oneshot::Sender<Vec<String>>),
+    /// The loaded model named so, when it is ready.
+    Ready(String, oneshot::Sender<Option<Arc<Loaded>>>),
     Status(oneshot::Sender<Value>),
     LoadDone(String, Result<Loaded, EngineError>, Duration),
     JobDone(String),
@@ -389,6 +399,31 @@ impl ModelManager {
         self.ask(Cmd::EvictIdle).await.unwrap_or_default()
     }
 
+    /// Prompt tokens of `messages` for `model` exactly as its next
+    /// generation will count them (`tokens_in`: chat template and
+    /// tokenizer of the file), and the model's context window, tokens:
+    /// `(tokens, window)`. Loads the model first when it is not loaded (the
+    /// generation that follows needs it anyway).
+    ///
+    /// # Errors
+    /// As [`ModelManager::load`]; `not_implemented` in a build without llama.cpp.
+    pub async fn count_tokens(&self, model: &str, messages: Vec<ChatMessage>) -> Result<(u32, u32), LocalError> {
+        let loaded = match self.ask(|tx| Cmd::Ready(model.to_string(), tx)).await.flatten() {
+            Some(l) => l,
+            None => {
+                self.load(model).await?;
+                self.ask(|tx| Cmd::Ready(model.to_string(), tx)).await.flatten().ok_or(LocalError::Restarting)?
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            let tokens = loaded.count_tokens(&messages)?;
+            Ok((tokens, loaded.info().n_ctx))
+        })
+        .await
+        .map_err(|_| LocalError::Restarting)?
+        .map_err(LocalError::Engine)
+    }
+
     /// `{"budget_bytes", "used_bytes", "queue_depth", "running", "hot", "loaded": [...]}`.
     pub async fn status(&self) -> Value {
         self.ask(Cmd::Status).await.unwrap_or(Value::Null)
@@ -569,6 +604,13 @@ impl Sched {
             }
             Cmd::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Cmd::Ready(model, reply) => {
+                let ready = match self.slots.get(&model) {
+                    Some(Slot { state: SlotState::Ready(l), .. }) => Some(l.clone()),
+                    _ => None,
+                };
+                let _ = reply.send(ready);
             }
             Cmd::LoadDone(model, result, took) => self.load_done(model, result, took),
             Cmd::JobDone(model) => {

@@ -16,8 +16,12 @@
 //! - [`breaker`]: one circuit breaker per backend, driven by explicit instants.
 //! - [`content`]: content-aware routing: a request's route and complexity
 //!   estimated from its text against labelled examples.
+//! - [`cache`]: the response cache of deterministic calls (CacheManager's).
+//! - [`measure`]: a prompt's tokens on the model that would serve it (the token governor's).
 
 pub mod breaker;
+pub mod cache;
 pub mod content;
+pub mod measure;
 pub mod policy;
 pub mod router;

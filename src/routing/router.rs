@@ -42,7 +42,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::CircuitBreaker;
+use super::cache::ResponseCache;
 use super::content::{self, ContentRouter};
+use super::measure::Measure;
 use super::policy::{DEGRADE_TO_TINY, Decision, Policy, RouteInput, tier_str};
 use crate::backends::embedded::EmbeddedBackend;
 use crate::backends::openai::OpenAiBackend;
@@ -103,6 +105,8 @@ pub struct RouterArgs {
     pub events: EventBus,
     /// Routing and backend metrics.
     pub metrics: Metrics,
+    /// The response cache (consulted for cacheable calls while CacheManager runs).
+    pub cache: ResponseCache,
 }
 
 /// Actor name of the router (prefixed like every actor name).
@@ -144,6 +148,10 @@ pub struct ModelCall {
     /// Estimate the complexity from the request's content (`routing.content`):
     /// `/v1` with `model: auto` or none, task types that opt in.
     pub content_routing: bool,
+    /// May be answered from the response cache (and its answer stored
+    /// there): a deterministic request whose asker allows it (see
+    /// [`super::cache`]). A temperature above 0 is never cached.
+    pub cache: bool,
 }
 
 /// A successful call.
@@ -177,6 +185,9 @@ pub enum RouterMsg {
     },
     /// Breaker states and backends: `{"backends": [{"name", "tier", "model", "breaker"}]}`.
     Status(RpcReplyPort<Value>),
+    /// Decide the call, then count its prompt for the model that would
+    /// serve it (the token governor's measure; nothing is generated).
+    Measure(Box<ModelCall>, RpcReplyPort<Result<Measure, ModelFailure>>),
     /// Fail on purpose (fault injection; the daemon sends it only with
     /// `testing.fault_injection: true`).
     Fault(Fault),
@@ -267,6 +278,7 @@ impl Actor for HybridRouter {
                     .collect();
                 let _ = reply.send(json!({"backends": list}));
             }
+            RouterMsg::Measure(call, reply) => st.measure(*call, reply),
             RouterMsg::Fault(Fault::Panic) => panic!("fault injection: HybridRouter panics in its handler"),
             RouterMsg::Fault(Fault::Error) => return Err("fault injection: HybridRouter fails in its handler".into()),
         }
@@ -283,6 +295,8 @@ struct ChainRun {
     pre_degraded: bool,
     degrade_on_exhaustion: bool,
     args: Arc<RouterArgs>,
+    /// The response cache key and the backend it is for, when the answer may be cached.
+    cache_key: Option<(String, String)>,
 }
 
 impl RouterState {
@@ -387,6 +401,16 @@ impl RouterState {
                 return;
             }
         };
+        let cache_key = self.cache_key(&call, &decision);
+        if let Some((key, _)) = &cache_key
+            && let Some(hit) = self.args.cache.answer(key)
+        {
+            let args = self.args.clone();
+            tokio::spawn(async move {
+                let _ = reply.send(cached(&args, call, receipt, hit).await);
+            });
+            return;
+        }
         // Take the breakers' permission (marks a half-open probe) as we go.
         let now = Instant::now();
         let chain = decision
@@ -405,6 +429,7 @@ impl RouterState {
             pre_degraded: decision.fallbacks.iter().any(|f| f == DEGRADE_TO_TINY),
             degrade_on_exhaustion: self.args.routing.failover.vram_exhausted == DEGRADE_TO_TINY,
             args: self.args.clone(),
+            cache_key,
         };
         tokio::spawn(async move {
             let result = run_chain(run, &myself).await;
@@ -413,12 +438,80 @@ impl RouterState {
     }
 }
 
+impl RouterState {
+    /// The response cache key of `call` on the first backend of `decision`,
+    /// when the cache may answer it (see [`super::cache`]).
+    fn cache_key(&self, call: &ModelCall, decision: &Decision) -> Option<(String, String)> {
+        if !call.cache || !super::cache::deterministic(&call.params) || !self.args.cache.is_active() {
+            return None;
+        }
+        let backend = decision.chain.first()?;
+        let model = call.model.clone().or_else(|| self.args.backends.get(backend).map(|b| b.model.clone()))?;
+        let key = super::cache::answer_key(backend, &model, &call.messages, &call.params, call.user.as_deref());
+        Some((key, backend.clone()))
+    }
+
+    /// [`RouterMsg::Measure`]: decides, then counts in a task of its own
+    /// (a tokenizer may need its model loaded first).
+    fn measure(&mut self, call: ModelCall, reply: RpcReplyPort<Result<Measure, ModelFailure>>) {
+        match self.decide(&call) {
+            Ok((decision, _)) => {
+                let Some(backend) = decision.chain.first().cloned() else {
+                    let error = TaskError::new(ErrorCode::NoBackend, "the routing chain is empty");
+                    let _ = reply.send(Err(ModelFailure { error, receipt: None }));
+                    return;
+                };
+                let args = self.args.clone();
+                tokio::spawn(async move {
+                    let m = super::measure::measure(
+                        &args.backends,
+                        &args.models,
+                        &backend,
+                        call.model.clone(),
+                        call.messages,
+                    )
+                    .await;
+                    let _ = reply.send(Ok(m));
+                });
+            }
+            Err(failure) => {
+                let _ = reply.send(Err(ModelFailure { error: failure.error, receipt: None }));
+            }
+        }
+    }
+}
+
+/// A cache hit: the receipt says `backend: cache`, zero cost and tokens, the
+/// time to find it; a streamed call gets the answer as one chunk.
+async fn cached(
+    args: &RouterArgs,
+    call: ModelCall,
+    mut receipt: Receipt,
+    hit: super::cache::CachedAnswer,
+) -> Result<ModelAnswer, ModelFailure> {
+    let t0 = Instant::now();
+    if let Some(d) = &call.deltas {
+        let _ = d.send(hit.response.content.clone());
+    }
+    receipt.backend = Some("cache".into());
+    receipt.model = Some(hit.response.model.clone());
+    receipt.reason = format!(
+        "cache_hit: a deterministic request answered by {} {:.1} s ago ({})",
+        hit.backend, hit.age_seconds, receipt.reason
+    );
+    receipt.outcome = "ok".into();
+    receipt.first_token_ms = Some(0.0);
+    receipt.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+    finish(args, receipt.clone()).await;
+    Ok(ModelAnswer { response: hit.response, receipt })
+}
+
 /// Step 2: walks the chain: each permitted backend in order, the tiny
 /// model when local memory is exhausted, the next backend on a retryable
 /// failure; reports each backend's outcome to the breakers; ends with
 /// [`finish`].
 async fn run_chain(run: ChainRun, router: &ActorRef<RouterMsg>) -> Result<ModelAnswer, ModelFailure> {
-    let ChainRun { call, chain, mut receipt, pre_degraded, degrade_on_exhaustion, args } = run;
+    let ChainRun { call, chain, mut receipt, pre_degraded, degrade_on_exhaustion, args, cache_key } = run;
     let models = &args.models;
     let tiny = if pre_degraded { models.tiny_model().await } else { None };
     let t_call = Instant::now();
@@ -487,6 +580,13 @@ async fn run_chain(run: ChainRun, router: &ActorRef<RouterMsg>) -> Result<ModelA
                 args.metrics.llm_tokens.with_label_values(&[name, "out"]).inc_by(u64::from(resp.tokens_out));
                 args.metrics.backend_requests.with_label_values(&[name, "ok"]).inc();
                 give_back(&chain[i + 1..]);
+                // A degraded (tiny model) answer is not the keyed model's: not cached.
+                if let Some((key, for_backend)) = cache_key.as_ref()
+                    && for_backend == name
+                    && !receipt.fallbacks.iter().any(|f| f.starts_with(DEGRADE_TO_TINY))
+                {
+                    args.cache.put_answer(key.clone(), name, &resp);
+                }
                 finish(&args, receipt.clone()).await;
                 return Ok(ModelAnswer { response: resp, receipt });
             }
@@ -646,6 +746,26 @@ impl RouterHandle {
                 // The router died before deciding: wait for the next one.
                 _ => failed = Some(router.get_id()),
             }
+        }
+    }
+
+    /// Measures `call`'s prompt on the model HybridRouter would pick for it
+    /// (see [`super::measure`]), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// `no_backend` when no backend can serve the call; `agent_not_running`
+    /// when the router is down; `deadline_exceeded` after `timeout`.
+    pub async fn measure(&self, call: ModelCall, timeout: Duration) -> Result<Measure, TaskError> {
+        let Some(router) = self.wait_actor(Instant::now() + RESTART_WAIT.min(timeout), None).await else {
+            return Err(TaskError::new(ErrorCode::AgentNotRunning, "HybridRouter is not running (restarting); retry"));
+        };
+        match router.call(|reply| RouterMsg::Measure(Box::new(call), reply), Some(timeout)).await {
+            Ok(CallResult::Success(r)) => r.map_err(|f| f.error),
+            Ok(CallResult::Timeout) => Err(TaskError::new(
+                ErrorCode::DeadlineExceeded,
+                format!("measuring the prompt took longer than {:.1} s", timeout.as_secs_f64()),
+            )),
+            _ => Err(TaskError::new(ErrorCode::AgentNotRunning, "HybridRouter stopped while measuring; retry")),
         }
     }
 

@@ -11,6 +11,7 @@
 //! commit), off the reply path.
 
 pub mod audit;
+pub mod context;
 pub mod goals;
 pub mod jobs;
 pub mod memory;
@@ -139,6 +140,8 @@ const MIGRATIONS: &[&str] = &[
     // 16: memory tiers: tier, importance and its decay clock, reads,
     // mentions, summaries (issue 22).
     memory::TIERS_MIGRATION,
+    // 17: the token governor's state per session (ContextManager).
+    context::MIGRATION,
 ];
 
 /// How often the checkpointer copies the WAL into the database file.

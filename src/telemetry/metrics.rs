@@ -149,6 +149,19 @@ pub struct Metrics {
     pub provider_routes: IntCounterVec,
     /// `agentvisor_remote_checks_total{kind,state}`: RemoteConnectorAgent health checks; state connected|down.
     pub remote_checks: IntCounterVec,
+    /// `agentvisor_cache_lookups_total{outcome}`: response cache lookups; outcome hit|miss.
+    pub cache_lookups: IntCounterVec,
+    /// `agentvisor_cache_evictions_total{cause}`: entries evicted; cause size|expired.
+    pub cache_evictions: IntCounterVec,
+    /// `agentvisor_cache_entries`: entries in the response cache.
+    pub cache_entries: IntGauge,
+    /// `agentvisor_cache_bytes`: bytes held by the response cache.
+    pub cache_bytes: IntGauge,
+    /// `agentvisor_context_summaries_total{trigger,outcome}`: token governor summaries;
+    /// trigger target|hard_max|task|monitor, outcome ok|failed|nothing_to_summarize.
+    pub context_summaries: IntCounterVec,
+    /// `agentvisor_context_exhausted_total{agent}`: llm tasks refused with `context_exhausted`.
+    pub context_exhausted: IntCounterVec,
 }
 
 impl Metrics {
@@ -458,6 +471,28 @@ impl Metrics {
                 "agentvisor_remote_checks_total",
                 "RemoteConnectorAgent health checks by link kind and resulting state (connected, down).",
                 &["kind", "state"],
+            ),
+            cache_lookups: counter_vec(
+                "agentvisor_cache_lookups_total",
+                "Response cache lookups by outcome: hit, miss.",
+                &["outcome"],
+            ),
+            cache_evictions: counter_vec(
+                "agentvisor_cache_evictions_total",
+                "Response cache entries evicted, by cause: size (the size bound), expired (the TTL).",
+                &["cause"],
+            ),
+            cache_entries: gauge("agentvisor_cache_entries", "Entries in the response cache."),
+            cache_bytes: gauge("agentvisor_cache_bytes", "Bytes held by the response cache (keys and answers)."),
+            context_summaries: counter_vec(
+                "agentvisor_context_summaries_total",
+                "Token governor summaries by trigger (target, hard_max, task, monitor) and outcome (ok, failed, nothing_to_summarize).",
+                &["trigger", "outcome"],
+            ),
+            context_exhausted: counter_vec(
+                "agentvisor_context_exhausted_total",
+                "llm tasks refused with context_exhausted (above the hard max, summarising failed), by agent.",
+                &["agent"],
             ),
             registry,
         }

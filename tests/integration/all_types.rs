@@ -22,21 +22,15 @@ const PENDING: &[&str] = &[
     "ActiveLearningMonitor",        // learning loop
     "AgentTrustScorer",             // learning loop
     "AuthenticationAgent",          // locks on every door
-    "CacheManager",                 // token governor and response tiers
-    "ContextManager",               // token governor
     "FeedbackHandler",              // learning loop
     "FusedAudioPreprocessor",       // ears and eyes
     "LearningAdjusterAgent",        // learning loop
     "LearningManager",              // learning loop
     "LearningOrchestrationService", // learning loop
-    "ObservabilityHub",             // token governor and response tiers
-    "ObservabilityHub_PC2",         // token governor and response tiers
     "PredictiveHealthMonitor",      // learning loop
-    "ProactiveContextMonitor",      // token governor
     "StreamingInterruptHandler",    // ears and eyes
     "StreamingLanguageAnalyzer",    // ears and eyes
     "StreamingSpeechRecognition",   // ears and eyes
-    "TieredResponder",              // token governor and response tiers
     "VoiceProfilingAgent",          // ears and eyes
     "WakeWordDetector",             // ears and eyes
 ];

@@ -18,6 +18,7 @@ mod daemon;
 mod drain;
 mod fake_openai;
 mod gateway;
+mod governor;
 mod knowledge;
 mod layers;
 mod lazy;

@@ -32,11 +32,18 @@
 //! | DreamingModeAgent | [`dreaming`] | `dreaming.consolidate`, `dreaming.status`; idle-time merging, promotion and summaries of memories |
 //! | AdvancedRouter | [`advanced_router`] | `router.route`, `router.capabilities`: the provider matrix, cheapest or fastest |
 //! | RemoteConnectorAgent | [`remote`] | `remote.connect`, `remote.status`, `remote.call`: remote backends, registries and nodes |
+//! | ContextManager | [`context`] | `context.usage`, `context.save_state`, `context.summarize`, `context.resume`; the token governor |
+//! | ProactiveContextMonitor | [`context`] | `context_monitor.status`, `context_monitor.check`; summaries ahead of the hard max |
+//! | CacheManager | [`cache`] | `cache.get`, `cache.put`, `cache.invalidate`, `cache.stats`; switches HybridRouter's response cache on |
+//! | TieredResponder | [`tiered`] | `basic_qa`, `tiered_response`; cache, local, cloud by urgency and load |
+//! | ObservabilityHub, ObservabilityHub_PC2 | [`observability`] | `observability.status`, `observability.metrics`, `observability.pc2.status`, `observability.pc2.metrics` |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
 //! issue lands — never with a made-up answer.
 
 pub mod advanced_router;
+pub mod cache;
+pub mod context;
 pub mod digital_twin;
 pub mod dreaming;
 pub mod files;
@@ -47,6 +54,7 @@ pub mod lazy_loader;
 pub mod memory;
 pub mod models;
 pub mod mood;
+pub mod observability;
 pub mod proactive;
 pub mod remote;
 pub mod resources;
@@ -56,6 +64,7 @@ pub mod service_registry;
 pub mod session_memory;
 pub mod streaming_tts;
 pub mod system;
+pub mod tiered;
 pub mod tutoring;
 pub mod utils;
 pub mod web;
@@ -66,6 +75,7 @@ use std::sync::Arc;
 pub(crate) use super::behaviour::{
     AgentInput, Answer, Background, Behaviour, Empty, Name, Null, Text, extract_json, unknown_type,
 };
+use super::governor::Governor;
 use super::services::Services;
 use super::tasks::RustTask;
 use crate::supervisor::Fleet;
@@ -196,6 +206,24 @@ pub(crate) fn behaviour_for(name: &str, services: &Services, fleet: &Fleet) -> O
             services.events.clone(),
             services.metrics.clone(),
             std::time::Duration::from_secs_f64(services.settings.tasks.call_timeout_secs),
+        ))),
+        context::MANAGER => Some(Arc::new(context::ContextManager::new(Governor::new(services)))),
+        context::MONITOR => {
+            Some(Arc::new(context::ContextMonitor::new(Governor::new(services), services.events.clone())))
+        }
+        cache::AGENT => Some(Arc::new(cache::CacheManager::new(services.cache.clone()))),
+        tiered::AGENT => Some(Arc::new(tiered::TieredResponder::new(
+            services.router.clone(),
+            services.load.clone(),
+            services.settings.routing.tiers.high_load_percent,
+            services.settings.tasks.call_timeout(),
+            Arc::new(fleet.clone()),
+        ))),
+        observability::HUB | observability::HUB_PC2 => Some(Arc::new(observability::Observability::new(
+            fleet.ctx().clone(),
+            services.router.clone(),
+            services.run_id.clone(),
+            name == observability::HUB_PC2,
         ))),
         resources::AGENT => {
             services.resources.clone().map(|l| Arc::new(resources::ResourceManager::new(l)) as Arc<dyn Behaviour>)

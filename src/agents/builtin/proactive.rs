@@ -24,9 +24,10 @@
 //!   is `idle_seconds` old; without `user`, for every user seen since the
 //!   agent started; a named user's stretch starts when the agent starts.
 //! - **context usage** (`context_above`): fires on `context.usage` events
-//!   (`{ratio, session?, user?}`) whose ratio is above the level. ContextManager
-//!   (issue 14) does not publish them yet: such rules are accepted, listed
-//!   with `waiting_for`, and never fire until it does.
+//!   (`{ratio, session?, user?}`, published by the token governor while
+//!   ContextManager runs) whose ratio is above the level, once per crossing.
+//!   Without a running ContextManager such rules are listed with
+//!   `waiting_for` and do not fire.
 //!
 //! State: the `proactive_suggestions` and `proactive_rules` tables
 //! ([`crate::store::proactive`]).
@@ -69,7 +70,7 @@ pub(crate) const AGENT: &str = "ProactiveAgent";
 const MOOD_AGENT: &str = "MoodTrackerAgent";
 
 /// What a context rule waits for.
-const CONTEXT_WAITS_FOR: &str = "context.usage events from ContextManager (issue 14), which does not publish them yet";
+const CONTEXT_WAITS_FOR: &str = "context.usage events from ContextManager, which is not running";
 
 /// How often schedules and idle users are checked.
 const TICK: Duration = Duration::from_millis(200);
@@ -350,7 +351,9 @@ impl Inner {
                     session: r.session.clone(),
                     last_fired_at: st.last_fired.get(&r.name).copied(),
                     next_fire_at: st.next.get(&r.name).copied(),
-                    waiting_for: (kind == Kind::ContextUsage).then(|| CONTEXT_WAITS_FOR.to_string()),
+                    waiting_for: (kind == Kind::ContextUsage
+                        && self.peers.state("ContextManager") != Some(crate::supervisor::AgentState::Running))
+                    .then(|| CONTEXT_WAITS_FOR.to_string()),
                 }
             })
             .collect();
