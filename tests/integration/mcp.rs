@@ -26,7 +26,12 @@ async fn the_mcp_python_sdk_uses_the_fleet_over_stdio_and_streamable_http() {
     let fake = FakeOpenAi::start().await;
     fake.set_default(Behaviour::Answer(ANSWER.into()));
     let dir = tempfile::tempdir().unwrap();
-    let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |s| local_and_cloud(s, &fake)).await;
+    let (fleet, ingress) = util::bus_fleet(dir.path(), "full", |s| {
+        local_and_cloud(s, &fake);
+        // The light/heavy split of these calls is the rule one, not the content estimate.
+        s.routing.content.enabled = false;
+    })
+    .await;
     let mut events = util::EventLog::new(&fleet);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
