@@ -310,15 +310,7 @@ async fn download(
     let mut out = std::fs::OpenOptions::new().create(true).append(resumed).write(true).open(part).map_err(io(part))?;
     let mut hasher = Sha256::new();
     if resumed {
-        let mut f = std::fs::File::open(part).map_err(io(part))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).map_err(io(part))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
+        hash_into(part, &mut hasher)?;
     } else {
         out.set_len(0).map_err(io(part))?;
         out.rewind().map_err(io(part))?;
@@ -399,17 +391,21 @@ pub(crate) fn copy_hashing(from: &mut dyn Read, to: &Path) -> Result<String, Mod
 /// # Errors
 /// [`ModelError::Io`].
 pub fn hash_file(path: &Path) -> Result<String, ModelError> {
-    let mut f = std::fs::File::open(path).map_err(io(path))?;
     let mut hasher = Sha256::new();
+    hash_into(path, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Feeds the whole of `path` into `hasher`.
+fn hash_into(path: &Path, hasher: &mut Sha256) -> Result<(), ModelError> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(io(path))?;
-        if n == 0 {
-            break;
+        match f.read(&mut buf).map_err(io(path))? {
+            0 => return Ok(()),
+            n => hasher.update(&buf[..n]),
         }
-        hasher.update(&buf[..n]);
     }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 /// `<file>.sha256` beside a model file.
