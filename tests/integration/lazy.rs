@@ -121,12 +121,19 @@ async fn tasks_start_dormant_agents_and_never_get_fake_answers() {
     assert_eq!(err.code, ErrorCode::NoBackend, "{err:?}");
     assert!(err.message.contains("no model backend is configured"), "{err:?}");
     assert_eq!(fleet.ctx().state("CognitiveModelAgent"), Some(AgentState::Running));
-    // A builtin agent whose behaviour is not written yet says so.
-    let err =
-        fleet.call("ContextManager", Task::new("t3", "context.usage", json!({"session": "abc"}))).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::NotImplemented, "{err:?}");
-    assert!(err.message.contains("ContextManager (builtin runtime)"), "{err:?}");
     let err = fleet.call("NoSuchAgent", task("t2")).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::UnknownAgent);
+    fleet.shutdown(Duration::from_secs(10)).await;
+
+    // A builtin agent whose behaviour is not written says so (a catalog of
+    // its own: the reference catalog's agents all get behaviours in time).
+    let dir = tempfile::tempdir().unwrap();
+    let agents = write_catalog(dir.path(), &[&builtin("Unwritten", "lazy", false, &[])]);
+    let fleet = util::fleet(util::settings(dir.path()), Some(&agents), "all").await;
+    fleet.boot().await;
+    let err = fleet.call("Unwritten", Task::new("t3", "unwritten.do", json!({}))).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotImplemented, "{err:?}");
+    assert!(err.message.contains("Unwritten (builtin runtime) has no task behaviour yet"), "{err:?}");
+    assert_eq!(fleet.ctx().state("Unwritten"), Some(AgentState::Running), "started on demand, then answered");
     fleet.shutdown(Duration::from_secs(10)).await;
 }
