@@ -59,13 +59,23 @@ pub enum ErrorCode {
     /// No reservation, job or schedule with that id.
     NotFound,
     /// The configuration does not allow it: a URL's scheme, host or address
-    /// (SSRF protection), a path outside the configured roots, robots.txt.
+    /// (SSRF protection), a path outside the configured roots, robots.txt;
+    /// or a valid token without the scope the request needs (HTTP 403).
     Forbidden,
     /// A remote server could not be reached or failed (a web page, a remote backend).
     FetchFailed,
     /// A session's context is above the token governor's hard max and
     /// summarising it failed: the prompt is refused, never truncated.
     ContextExhausted,
+    /// No credentials, or credentials that are unknown, expired or revoked
+    /// (HTTP 401).
+    Unauthorized,
+    /// Too many failed authentication attempts from this client: wait
+    /// (HTTP 429).
+    RateLimited,
+    /// A policy check (IntentionValidatorAgent) refused a risky task; the
+    /// message gives the reason.
+    DeniedByPolicy,
     /// A bug or an unexpected condition.
     Internal,
 }
@@ -100,6 +110,9 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::FetchFailed => "fetch_failed",
             ErrorCode::ContextExhausted => "context_exhausted",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::DeniedByPolicy => "denied_by_policy",
             ErrorCode::Internal => "internal",
         }
     }
