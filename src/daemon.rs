@@ -20,6 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ractor::Actor;
 
+use crate::agents::auth::Auth;
 use crate::agents::tasks::Assembly;
 use crate::agents::{self, Services, Spawner};
 use crate::bus::coordinator::Coordinator;
@@ -83,6 +84,11 @@ impl System {
         let metrics = Metrics::new();
         let events = EventBus::new(metrics.events.clone());
         let store = Store::open(&settings.data_dir).context("cannot open the SQLite store")?;
+        let auth = Arc::new(Auth::open(&settings, store.clone(), metrics.clone()).await.context("API tokens")?);
+        if let Some(why) = auth.refusal(&settings) {
+            anyhow::bail!("refusing to start: {why}");
+        }
+        auth.spawn_reloader();
         let receipts = receipts::start_log(
             &store,
             settings.store.receipts_batch.get(),
@@ -141,6 +147,7 @@ impl System {
             resources,
             run_id: new_run_id(),
             cache: cache.clone(),
+            auth,
         });
         let bus = Arc::new(BusStatus::default());
         let mut spawner = Spawner::new(services.clone());
@@ -187,7 +194,7 @@ impl System {
             ),
         ];
         if with_bus {
-            let b = Arc::new(Bus::bind(fleet.clone(), tasks, gate.clone()).await?);
+            let b = Arc::new(Bus::bind(fleet.clone(), tasks, gate.clone(), services.auth.clone()).await?);
             let faults = b.clone();
             components.push(Component::task_loop(
                 "BusDispatcher",

@@ -1,6 +1,7 @@
 //! Agents: the actor every catalog agent runs as, and its runtimes
 //! (DESIGN §7).
 //!
+//! - [`auth`]: API tokens and the check every door runs (AuthenticationAgent's state).
 //! - [`actor`]: `AgentActor`, one per running agent, under its group
 //!   supervisor, and the [`Spawner`] the supervisors start agents through.
 //! - [`behaviour`]: the `Behaviour` trait builtin and llm agents implement.
@@ -13,6 +14,7 @@
 //!   examples of every task type, and the decoding layer.
 
 pub mod actor;
+pub mod auth;
 pub mod behaviour;
 pub mod builtin;
 pub(crate) mod governor;

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::auth::Auth;
 use super::behaviour::Behaviour;
 use super::tasks::TaskTable;
 use crate::config::Settings;
@@ -41,6 +42,8 @@ pub struct Services {
     pub run_id: String,
     /// The response cache HybridRouter consults (CacheManager switches it on).
     pub cache: ResponseCache,
+    /// API tokens and the doors' check (AuthenticationAgent's state).
+    pub auth: Arc<Auth>,
 }
 
 /// Builds a behaviour registered by the composition root for an agent whose

@@ -128,6 +128,8 @@ pub struct BenchOptions {
     pub connections: usize,
     /// Offered load, tasks per second (open loop); `None`: as fast as the window allows.
     pub rate: Option<f64>,
+    /// The API token every task carries, when the daemon asks for one.
+    pub token: Option<String>,
 }
 
 /// Load generator results.
@@ -213,7 +215,10 @@ async fn connection(
     let mut lat = Vec::with_capacity(tasks);
     let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r.max(0.001)));
     let start = Instant::now();
-    let template = serde_json::json!({"type": opts.task_type, "input": opts.input});
+    let mut template = serde_json::json!({"type": opts.task_type, "input": opts.input});
+    if let Some(t) = &opts.token {
+        template["token"] = Value::String(t.clone());
+    }
     while done < tasks {
         // Fill the window (paced when a rate is set).
         while sent < tasks && sent - done < window {

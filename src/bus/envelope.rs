@@ -7,10 +7,17 @@
 //! ```json
 //! {"id": "c-1", "type": "utils.echo", "input": "hi", "agent": null, "priority": 5,
 //!  "complexity": null, "prefer": null, "session": null, "user": null, "model": null,
-//!  "deadline_ms": 30000, "stream": false, "push_to_front": false, "metadata": {}}
+//!  "deadline_ms": 30000, "stream": false, "push_to_front": false, "metadata": {},
+//!  "token": null}
 //! ```
 //!
-//! Cancel: `{"cancel": "<task id>"}` (optionally with its own `"id"`).
+//! Cancel: `{"cancel": "<task id>"}` (optionally with its own `"id"` and a
+//! `"token"`).
+//!
+//! `token` is the client's API token when the daemon asks for one
+//! ([`crate::agents::auth`]): [`decode`] hands it out apart from the task,
+//! so it never travels further than the ingress (no ledger, job, receipt,
+//! event or log line holds it).
 //!
 //! Reply: `{"id", "status": "ok"|"error", "agent", "output", "route",
 //! "timings_ms": {"queue", "start", "route", "backend", "total"}, "error":
@@ -76,10 +83,22 @@ pub struct TaskEnvelope {
     /// Free-form, echoed nowhere; for the client's own bookkeeping.
     #[serde(default)]
     pub metadata: Map<String, Value>,
+    /// The client's API token (or web-UI session id).
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 fn default_priority() -> i64 {
     5
+}
+
+/// A decoded request and the credential it carried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// The request.
+    pub request: Request,
+    /// The envelope's `token`, when given.
+    pub token: Option<String>,
 }
 
 /// A decoded, validated request.
@@ -175,7 +194,7 @@ fn kind(v: &Value) -> &'static str {
 /// [`Rejected`] with `message_too_large`, `malformed_json` (not UTF-8 JSON),
 /// or `invalid_field` (not an object, unknown key, wrong type, out of range,
 /// neither `type` nor `agent`), naming the field and why.
-pub fn decode(body: &[u8], max_bytes: usize) -> Result<Request, Rejected> {
+pub fn decode(body: &[u8], max_bytes: usize) -> Result<Decoded, Rejected> {
     if body.len() > max_bytes {
         return Err(reject(
             None,
@@ -197,11 +216,18 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Request, Rejected> {
         Err(why) => return Err(reject(None, ErrorCode::InvalidField, format!("field id: {why}"))),
     };
     if let Some(target) = map.get("cancel") {
-        if let Some(extra) = map.keys().find(|k| *k != "cancel" && *k != "id") {
+        if let Some(extra) = map.keys().find(|k| !matches!(k.as_str(), "cancel" | "id" | "token")) {
             return Err(reject(id, ErrorCode::InvalidField, format!("field {extra}: not allowed in a cancel message")));
         }
+        let token = match map.get("token") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) => Some(t.clone()),
+            Some(other) => {
+                return Err(reject(id, ErrorCode::InvalidField, format!("field token: a string, not {}", kind(other))));
+            }
+        };
         return match id_of(target) {
-            Ok(Some(target)) => Ok(Request::Cancel { id, target }),
+            Ok(Some(target)) => Ok(Decoded { request: Request::Cancel { id, target }, token }),
             Ok(None) => Err(reject(id, ErrorCode::InvalidField, "field cancel: the id of the task to cancel")),
             Err(why) => Err(reject(id, ErrorCode::InvalidField, format!("field cancel: {why}"))),
         };
@@ -234,7 +260,7 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Request, Rejected> {
     let session = non_empty("session", env.session)?;
     let user = non_empty("user", env.user)?;
     let model = non_empty("model", env.model)?;
-    Ok(Request::Task(ValidTask {
+    let task = Request::Task(ValidTask {
         id: id.clone(),
         task_type,
         agent,
@@ -248,7 +274,8 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Request, Rejected> {
         deadline_ms,
         stream: env.stream,
         push_to_front: env.push_to_front,
-    }))
+    });
+    Ok(Decoded { request: task, token: env.token })
 }
 
 /// Milliseconds spent in each phase of a task.
@@ -323,9 +350,15 @@ mod tests {
     fn valid_task_and_cancel() {
         let r =
             decode(br#"{"id": 7, "type": "utils.echo", "input": "hi", "priority": 9, "stream": true}"#, 1024).unwrap();
-        let Request::Task(t) = r else { panic!() };
+        assert_eq!(r.token, None);
+        let Request::Task(t) = r.request else { panic!() };
         assert_eq!((t.id.as_deref(), t.priority, t.stream), (Some("7"), 9, true));
-        assert_eq!(decode(br#"{"cancel": "a1"}"#, 1024).unwrap(), Request::Cancel { id: None, target: "a1".into() });
+        assert_eq!(
+            decode(br#"{"cancel": "a1", "token": "av_t"}"#, 1024).unwrap(),
+            Decoded { request: Request::Cancel { id: None, target: "a1".into() }, token: Some("av_t".into()) }
+        );
+        let r = decode(br#"{"type": "utils.echo", "token": "av_t"}"#, 1024).unwrap();
+        assert_eq!(r.token.as_deref(), Some("av_t"));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The ROUTER side: receives `[identity][(empty)][body]` messages, checks
-//! framing and size, decodes, and hands requests to the dispatcher; sends
+//! framing and size, decodes, checks the envelope's `token` when the daemon
+//! asks for one (the task's scope; the token's subject becomes the task's
+//! `user`), and hands requests to the dispatcher; sends
 //! replies back with a timeout so that a slow or gone client never blocks
 //! anyone.
 //!
@@ -17,11 +19,18 @@ use zeromq::{RouterRecvHalf, SocketRecv};
 use super::dispatch::Cmd;
 use super::envelope::{self, Reply, Request};
 use super::reply::{ClientAddr, Replier};
+use crate::agents::auth::{Auth, Scope};
 use crate::core::{ErrorCode, TaskError};
 use crate::supervisor::AgentTable;
 
 /// Receives messages until the socket closes or the dispatcher is gone.
-pub async fn run(mut rx: RouterRecvHalf, replier: Replier, ctx: Arc<AgentTable>, tx: mpsc::UnboundedSender<Cmd>) {
+pub async fn run(
+    mut rx: RouterRecvHalf,
+    replier: Replier,
+    ctx: Arc<AgentTable>,
+    auth: Arc<Auth>,
+    tx: mpsc::UnboundedSender<Cmd>,
+) {
     let max = ctx.settings.bus.max_message_bytes;
     loop {
         let msg = match rx.recv().await {
@@ -58,7 +67,7 @@ pub async fn run(mut rx: RouterRecvHalf, replier: Replier, ctx: Arc<AgentTable>,
                 ),
             })
         } else {
-            envelope::decode(&frames[0], max)
+            envelope::decode(&frames[0], max).and_then(|d| authenticate(&auth, &ctx, &client, d))
         };
         let cmd = match request {
             Ok(Request::Task(task)) => Cmd::Admit { client, task, received },
@@ -75,5 +84,32 @@ pub async fn run(mut rx: RouterRecvHalf, replier: Replier, ctx: Arc<AgentTable>,
         if tx.send(cmd).is_err() {
             return;
         }
+    }
+}
+
+/// The door's check: the scope the request needs, and the token's subject
+/// as the task's `user`. Open while no token exists.
+fn authenticate(
+    auth: &Auth,
+    ctx: &AgentTable,
+    client: &ClientAddr,
+    decoded: envelope::Decoded,
+) -> Result<Request, envelope::Rejected> {
+    let envelope::Decoded { mut request, token } = decoded;
+    let (id, need) = match &request {
+        Request::Task(t) => {
+            (t.id.clone(), auth.task_scope(&ctx.catalog, t.task_type.as_deref(), t.agent.as_deref(), &t.input))
+        }
+        Request::Cancel { id, .. } => (id.clone(), Scope::Tasks),
+    };
+    let who = format!("bus:{}", hex::encode(&client.identity));
+    match auth.check("bus", &who, token.as_deref(), need) {
+        Ok(principal) => {
+            if let (Request::Task(t), Some(p)) = (&mut request, principal) {
+                t.user = Some(p.subject);
+            }
+            Ok(request)
+        }
+        Err(error) => Err(envelope::Rejected { id, error }),
     }
 }

@@ -37,6 +37,7 @@ use parking_lot::Mutex;
 use tokio::task::{JoinHandle, JoinSet};
 use zeromq::{PubSocket, RouterSocket, Socket, SocketEvent};
 
+use crate::agents::auth::Auth;
 use crate::agents::tasks::TaskTable;
 use crate::core::{ErrorCode, Fault, TaskError};
 use crate::supervisor::Fleet;
@@ -101,7 +102,7 @@ impl Bus {
     ///
     /// # Errors
     /// [`BusError::Bind`] when an endpoint is taken or invalid.
-    pub async fn bind(fleet: Fleet, table: Arc<TaskTable>, gate: Arc<Gate>) -> Result<Bus, BusError> {
+    pub async fn bind(fleet: Fleet, table: Arc<TaskTable>, gate: Arc<Gate>, auth: Arc<Auth>) -> Result<Bus, BusError> {
         let ctx = fleet.ctx().clone();
         let mut router = RouterSocket::new();
         let ingress = bind(&mut router, &ctx.settings.bus.ingress).await?;
@@ -112,7 +113,7 @@ impl Bus {
         let replier = reply::Replier::new(send_half, ctx.clone());
         let shared = Arc::new(Shared::new(fleet, table, replier.clone(), gate));
         let mut io = JoinSet::new();
-        io.spawn(ingress::run(recv_half, replier, ctx.clone(), shared.tx.clone()));
+        io.spawn(ingress::run(recv_half, replier, ctx.clone(), auth, shared.tx.clone()));
         io.spawn(publisher::run(publisher, ctx.events.subscribe(), ctx.clone()));
         let tx = shared.tx.clone();
         io.spawn(async move {

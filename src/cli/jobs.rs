@@ -24,7 +24,7 @@ fn open(cli: &Cli, data_dir: Option<&Path>) -> anyhow::Result<rusqlite::Connecti
 }
 
 /// Unix seconds as RFC 3339 text, `-` for none.
-fn time(t: Option<f64>) -> String {
+pub(super) fn time(t: Option<f64>) -> String {
     t.map_or_else(
         || "-".to_string(),
         |t| {

@@ -20,7 +20,8 @@ pub(super) async fn mcp(cli: &Cli, endpoint: Option<&str>, data_dir: Option<&Pat
     crate::telemetry::tracing_setup::init(&settings.log);
     let endpoint = endpoint.map_or(settings.bus.ingress.clone(), str::to_string);
     tracing::info!(endpoint, "MCP server on stdio");
-    let door = Door::new(endpoint, settings.data_dir.clone(), settings.tasks.call_timeout());
+    let door =
+        Door::new(endpoint, settings.data_dir.clone(), settings.tasks.call_timeout()).with_token(cli.token.clone());
     serve_stdio(McpServer::new(door, None)).await?;
     Ok(0)
 }

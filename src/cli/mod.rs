@@ -3,7 +3,7 @@
 //! This file holds the clap definitions ([`Cli`], [`Command`]), the global
 //! flags (`--config`, `--set`), settings loading and [`execute`], which hands
 //! each command to its own file: `run`, `check`, `agents`, `send`, `events`,
-//! `receipts`, `jobs`, `schedules`, `models`, `tasks`, `mcp`, and the `bench` folder (`bus`, `gateway`).
+//! `receipts`, `jobs`, `schedules`, `models`, `tasks`, `mcp`, `token`, and the `bench` folder (`bus`, `gateway`).
 
 mod agents;
 mod bench;
@@ -16,6 +16,7 @@ mod receipts;
 mod run;
 mod send;
 mod tasks;
+mod token;
 
 use std::path::PathBuf;
 
@@ -36,6 +37,10 @@ pub struct Cli {
     /// Override one setting, e.g. `--set http.listen=127.0.0.1:0` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
     pub set: Vec<String>,
+    /// API token the client commands (`send`, `mcp`, `bench`) present to
+    /// the daemon; needed once the daemon has tokens (`agentvisor token`).
+    #[arg(long, env = "AGENTVISOR_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -135,6 +140,16 @@ pub enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// API tokens in the store under `data_dir` (works with the daemon
+    /// running or not; it sees changes within `auth.reload_secs`).
+    Token {
+        /// `create`, `list` or `revoke`.
+        #[command(subcommand)]
+        action: TokenAction,
+        /// Data directory (overrides `data_dir`).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
     /// Print the event stream as `TOPIC JSON` lines.
     Events {
         /// Only topics starting with this prefix (e.g. `agent.`).
@@ -200,6 +215,40 @@ pub enum Command {
     /// upstream directly, in alternating rounds; `bench upstream` serves the
     /// fixed-answer upstream.
     Bench(BenchArgs),
+}
+
+/// `agentvisor token` actions.
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Create a token and print it (the only time it is shown).
+    Create {
+        /// Who the token is for (the task envelope's `user`).
+        #[arg(long)]
+        subject: String,
+        /// Comma-separated: `tasks` (run tasks), `admin` (everything), `read` (GET routes, metrics).
+        #[arg(long, default_value = "tasks,read")]
+        scopes: String,
+        /// Lifetime, seconds (default: no expiry).
+        #[arg(long)]
+        expires_in: Option<f64>,
+        /// A label for listings.
+        #[arg(long)]
+        name: Option<String>,
+        /// Print `{"token_id", "token", "subject", "scopes", "expires_at"}` as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never the secrets): id, subject, scopes, name, created, expires, revoked.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id; exit code 1 when no token has that id.
+    Revoke {
+        /// The token's id (`tok_...`).
+        token_id: String,
+    },
 }
 
 /// `agentvisor bench [bus|gateway|upstream]`; without a mode: `bus`.
@@ -414,6 +463,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             .await
         }
         Command::Mcp { endpoint, data_dir } => mcp::mcp(&cli, endpoint.as_deref(), data_dir.as_deref()).await,
+        Command::Token { action, data_dir } => token::token(&cli, action, data_dir.as_deref()),
         Command::Events { topic, count, endpoint } => events::events(&cli, topic, *count, endpoint.as_deref()).await,
         Command::Models { action, models_dir } => models::models(&cli, action, models_dir.as_deref()).await,
         Command::Receipts { last, json, data_dir } => receipts::receipts(&cli, *last, *json, data_dir.as_deref()),

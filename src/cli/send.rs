@@ -37,6 +37,9 @@ pub(super) async fn send(
     if let Some(a) = agent {
         env["agent"] = serde_json::json!(a);
     }
+    if let Some(t) = &cli.token {
+        env["token"] = serde_json::json!(t);
+    }
     let json_out = json;
     let reply = crate::bus::client::send(&endpoint, &env, std::time::Duration::from_secs_f64(timeout + 1.0), |chunk| {
         if json_out {

@@ -77,6 +77,9 @@ pub struct Settings {
     pub agent_commands: BTreeMap<String, Vec<String>>,
     /// The Executor agent's sandbox.
     pub executor: ExecutorSettings,
+    /// Tokens on every door: static tokens, admin task types, the failure
+    /// rate limit, web-UI sessions.
+    pub auth: AuthSettings,
     /// Logging.
     pub log: LogSettings,
     /// Switches that exist only for tests.
@@ -481,6 +484,7 @@ impl Default for Settings {
             store: StoreSettings::default(),
             routing: RoutingSettings::default(),
             executor: ExecutorSettings::default(),
+            auth: AuthSettings::default(),
             log: LogSettings::default(),
             testing: TestingSettings::default(),
             resources: ResourceSettings::default(),
@@ -1039,6 +1043,94 @@ impl Default for ExecutorSettings {
     }
 }
 
+/// `true` when `hostport`'s host is `localhost` or a loopback address.
+fn host_is_loopback(hostport: &str) -> bool {
+    let host = hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `true` for an `ipc://` endpoint or a `tcp://` one on loopback.
+fn endpoint_is_local(endpoint: &str) -> bool {
+    match endpoint.split_once("://") {
+        Some(("ipc", _)) => true,
+        Some(("tcp", rest)) => host_is_loopback(rest),
+        _ => false,
+    }
+}
+
+/// `auth:` — tokens on every door (AuthenticationAgent, issue 18). Doors
+/// are open while no token exists and every listener is on loopback; once a
+/// token exists (created with `agentvisor token create`, or configured
+/// here or in `AGENTVISOR_TOKEN`), every door but `/health` and `/ready`
+/// asks for one. A non-loopback listener without any token refuses to start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// A file of static tokens (e.g. a Docker secret): one per line,
+    /// `<token> [<subject> [<scope>,<scope>...]]`, `#` comments; subject
+    /// default `operator`, scopes default `tasks,admin,read`; a token has at
+    /// least 32 characters. The `AGENTVISOR_TOKEN` environment variable adds
+    /// one more line. Static tokens cannot be revoked by task: remove the line.
+    pub tokens_file: Option<PathBuf>,
+    /// Task types that need the `admin` scope (every other type needs
+    /// `tasks`). A task that wraps another (`async.submit`,
+    /// `schedule.add`: an input with a `task` object) needs the wrapped
+    /// task's scope too.
+    pub admin_tasks: Vec<String>,
+    /// Serve `/metrics` without a token on a non-loopback listener (a
+    /// loopback listener never asks).
+    pub public_metrics: bool,
+    /// Allow the PUB socket (`bus.events`) on a non-loopback address. It
+    /// cannot authenticate subscribers, so the daemon refuses that unless
+    /// this is set.
+    pub public_events: bool,
+    /// Failed attempts a client may make per minute (the rate of a GCRA
+    /// bucket, `governor`); past the burst it is answered `rate_limited`
+    /// without any check until a cell frees up.
+    pub failures_per_minute: u32,
+    /// Failed attempts a client may make in a row before the rate applies.
+    pub failure_burst: u32,
+    /// Web-UI session lifetime (`auth.session`), seconds; never past the
+    /// token's own expiry.
+    pub session_ttl_secs: f64,
+    /// How often the daemon re-reads the token table, seconds: a token
+    /// created or revoked by the CLI counts within this time (one made or
+    /// revoked by task counts at once).
+    pub reload_secs: f64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            tokens_file: None,
+            admin_tasks: [
+                "system.start",
+                "system.stop",
+                "system.restart",
+                "auth.token_create",
+                "auth.token_revoke",
+                "models.load",
+                "models.unload",
+                "vram.evict_idle",
+                "registry.register",
+                "registry.deregister",
+                "registry.promote",
+                "thresholds.adjust",
+                "remote.connect",
+            ]
+            .map(String::from)
+            .to_vec(),
+            public_metrics: false,
+            public_events: false,
+            failures_per_minute: 30,
+            failure_burst: 10,
+            session_ttl_secs: 43_200.0,
+            reload_secs: 1.0,
+        }
+    }
+}
+
 /// `log:` — tracing output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1129,17 +1221,28 @@ impl Settings {
     /// `true` when the HTTP server and both bus sockets listen on loopback
     /// (or ipc), so nothing is reachable from another host.
     pub(crate) fn loopback_only(&self) -> bool {
-        let local_tcp = |hostport: &str| {
-            let host = hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport);
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-        };
-        let local_bus = |ep: &str| match ep.split_once("://") {
-            Some(("ipc", _)) => true,
-            Some(("tcp", rest)) => local_tcp(rest),
-            _ => false,
-        };
-        local_tcp(&self.http.listen) && local_bus(&self.bus.ingress) && local_bus(&self.bus.events)
+        self.exposed_listeners().is_empty()
+    }
+
+    /// `true` when `http.listen` is a loopback address.
+    pub fn http_on_loopback(&self) -> bool {
+        host_is_loopback(&self.http.listen)
+    }
+
+    /// The listeners reachable from another host, by setting name
+    /// (`http.listen`, `bus.ingress`, `bus.events`).
+    pub fn exposed_listeners(&self) -> Vec<(&'static str, &str)> {
+        let mut out = Vec::new();
+        if !self.http_on_loopback() {
+            out.push(("http.listen", self.http.listen.as_str()));
+        }
+        if !endpoint_is_local(&self.bus.ingress) {
+            out.push(("bus.ingress", self.bus.ingress.as_str()));
+        }
+        if !endpoint_is_local(&self.bus.events) {
+            out.push(("bus.events", self.bus.events.as_str()));
+        }
+        out
     }
 }
 

@@ -29,11 +29,11 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -42,6 +42,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::App;
+use crate::agents::auth::Principal;
 use crate::core::{ChatMessage, ErrorCode, GenParams, Prefer, Receipt, Schedule, TaskError};
 use crate::routing::router::{ModelAnswer, ModelCall, ModelFailure, known_models, resolve_model};
 
@@ -113,7 +114,7 @@ struct Usage {
     total_tokens: u32,
 }
 
-fn openai_error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn openai_error(status: StatusCode, code: &str, message: &str) -> Response {
     let kind = if status.is_client_error() { "invalid_request_error" } else { "api_error" };
     (status, Json(json!({"error": {"message": message, "type": kind, "code": code}}))).into_response()
 }
@@ -139,7 +140,12 @@ fn unix() -> u64 {
 }
 
 /// `POST /v1/chat/completions`.
-pub(crate) async fn chat_completions(State(app): State<App>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub(crate) async fn chat_completions(
+    State(app): State<App>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     if let Err(e) = app.gate.check() {
         return task_error(&e);
     }
@@ -188,7 +194,8 @@ pub(crate) async fn chat_completions(State(app): State<App>, headers: HeaderMap,
         complexity,
         agent_complexity: 0.5,
         prefer,
-        user: body.user.clone(),
+        // The token's subject, when the door asked for one.
+        user: principal.map(|Extension(p)| p.subject).or_else(|| body.user.clone()),
         backend,
         model,
         messages: body.messages.iter().map(|m| ChatMessage::new(&m.role, text_of(&m.content))).collect(),

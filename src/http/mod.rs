@@ -18,6 +18,17 @@
 //! | `POST /registry/register`, `PUT /registry/heartbeat`, `GET /registry/discover`, `POST /registry/promote`, `DELETE /registry/{id}` | ServiceRegistry ([`registry`]) |
 //! | `POST /agents/{name}/fault` body `{"kind": "panic"\|"error"}` | an agent, or an infrastructure component (`HybridRouter`, `ModelScheduler`, `BusDispatcher`); only with `testing.fault_injection: true` (404 otherwise) |
 //!
+//! Every route but `/health` and `/ready` asks for `Authorization: Bearer
+//! <token>` (an API token, or a web-UI session id) once a token exists
+//! ([`crate::agents::auth`]): `read` for GET routes (and `/metrics` on a
+//! non-loopback listener, unless `auth.public_metrics`), `tasks` for `/v1`
+//! and `/mcp`, `admin` for agent starts, stops, faults and registry writes.
+//! No, unknown, expired or revoked credentials → `401 unauthorized` (with
+//! `WWW-Authenticate: Bearer`); a token without the scope → `403
+//! forbidden`; a client (by IP address) past the failure limit → `429
+//! rate_limited` (with `Retry-After`). `/v1` answers these in OpenAI's
+//! error shape. The token's subject is the `/v1` request's `user`.
+//!
 //! [`upstream`] is a separate server, not part of the daemon: the
 //! fixed-answer OpenAI-compatible upstream of the gateway benchmark.
 
@@ -28,8 +39,11 @@ pub mod upstream;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -37,6 +51,7 @@ use serde_json::{Value, json};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::agents::auth::Scope;
 use crate::agents::services::Services;
 use crate::bus::BusStatus;
 use crate::bus::gate::{Admission, Gate};
@@ -84,7 +99,66 @@ pub fn router(app: App) -> Router {
     if let Some(service) = mcp_service(&app) {
         r = r.nest_service("/mcp", service);
     }
-    r.with_state(app)
+    r.layer(axum::middleware::from_fn_with_state(app.clone(), authenticate)).with_state(app)
+}
+
+/// The scope a request needs and its door label; `None`: open.
+fn route_scope(app: &App, method: &Method, path: &str) -> Option<(Scope, &'static str)> {
+    let settings = &app.services.settings;
+    match path {
+        "/health" | "/ready" => None,
+        "/metrics" if settings.auth.public_metrics || settings.http_on_loopback() => None,
+        p if p.starts_with("/v1/") => Some((Scope::Tasks, "v1")),
+        p if p == "/mcp" || p.starts_with("/mcp/") => Some((Scope::Tasks, "mcp")),
+        _ if method == Method::GET || method == Method::HEAD => Some((Scope::Read, "http")),
+        _ => Some((Scope::Admin, "http")),
+    }
+}
+
+/// The door's check (see the module docs); the principal goes into the
+/// request's extensions for the handlers.
+async fn authenticate(State(app): State<App>, mut req: Request, next: Next) -> Response {
+    let Some((need, door)) = route_scope(&app, req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+    let client = format!("http:{}", client.as_deref().unwrap_or("unknown"));
+    let credential = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|t| t.trim().to_string());
+    match app.services.auth.check(door, &client, credential.as_deref(), need) {
+        Ok(principal) => {
+            if let Some(p) = principal {
+                req.extensions_mut().insert(p);
+            }
+            next.run(req).await
+        }
+        Err(e) => {
+            let status = match e.code {
+                ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+                ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::FORBIDDEN,
+            };
+            let mut resp = if door == "v1" {
+                gateway::openai_error(status, e.code.as_str(), &e.message)
+            } else {
+                error(status, e)
+            };
+            let headers = resp.headers_mut();
+            if status == StatusCode::UNAUTHORIZED {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                // One failure cell frees up every 60 / failures_per_minute seconds.
+                let secs = (60.0 / f64::from(app.services.settings.auth.failures_per_minute.max(1))).ceil();
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
+            }
+            resp
+        }
+    }
 }
 
 /// The MCP server's streamable HTTP transport ([`mcp`]), over the bound
@@ -231,5 +305,7 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }

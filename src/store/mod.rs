@@ -23,6 +23,7 @@ pub mod receipts;
 pub mod resources;
 pub mod schedules;
 pub mod services;
+pub mod tokens;
 pub mod tutoring;
 
 use std::path::{Path, PathBuf};
@@ -142,6 +143,8 @@ const MIGRATIONS: &[&str] = &[
     memory::TIERS_MIGRATION,
     // 17: the token governor's state per session (ContextManager).
     context::MIGRATION,
+    // 18: API tokens and web-UI sessions, as keyed hashes (issue 18).
+    tokens::MIGRATION,
 ];
 
 /// How often the checkpointer copies the WAL into the database file.

@@ -52,6 +52,9 @@ pub struct Metrics {
     pub children: IntGauge,
     /// `agentvisor_bad_requests_total{code}`: messages answered with an error code before or instead of running.
     pub bad_requests: IntCounterVec,
+    /// `agentvisor_auth_failures_total{door,reason}`: refused credentials;
+    /// door bus|http|v1|mcp, reason missing|unknown|expired|revoked|scope|rate_limited.
+    pub auth_failures: IntCounterVec,
     /// `agentvisor_bus_replies_dropped_total{reason}`; reason timeout|peer_gone.
     pub replies_dropped: IntCounterVec,
     /// `agentvisor_bus_messages_total{direction}`; direction in|out.
@@ -255,6 +258,11 @@ impl Metrics {
                 "agentvisor_bad_requests_total",
                 "Task messages answered with an error before running, by error code.",
                 &["code"],
+            ),
+            auth_failures: counter_vec(
+                "agentvisor_auth_failures_total",
+                "Requests refused for their credentials, by door and reason.",
+                &["door", "reason"],
             ),
             replies_dropped: counter_vec(
                 "agentvisor_bus_replies_dropped_total",

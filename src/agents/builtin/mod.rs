@@ -36,12 +36,14 @@
 //! | ProactiveContextMonitor | [`context`] | `context_monitor.status`, `context_monitor.check`; summaries ahead of the hard max |
 //! | CacheManager | [`cache`] | `cache.get`, `cache.put`, `cache.invalidate`, `cache.stats`; switches HybridRouter's response cache on |
 //! | TieredResponder | [`tiered`] | `basic_qa`, `tiered_response`; cache, local, cloud by urgency and load |
+//! | AuthenticationAgent | [`auth`] | `auth.token_create`, `auth.token_verify`, `auth.token_revoke`, `auth.session`; API tokens as keyed hashes |
 //! | ObservabilityHub, ObservabilityHub_PC2 | [`observability`] | `observability.status`, `observability.metrics`, `observability.pc2.status`, `observability.pc2.metrics` |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
 //! issue lands — never with a made-up answer.
 
 pub mod advanced_router;
+pub mod auth;
 pub mod cache;
 pub mod context;
 pub mod digital_twin;
@@ -112,6 +114,7 @@ pub(crate) fn rust_tasks() -> BTreeMap<&'static str, Vec<RustTask>> {
         (dreaming::AGENT, dreaming::tasks()),
         (advanced_router::AGENT, advanced_router::tasks()),
         (remote::AGENT, remote::tasks()),
+        (auth::AGENT, auth::tasks()),
     ])
 }
 
@@ -126,6 +129,7 @@ pub(crate) fn behaviour_for(name: &str, services: &Services, fleet: &Fleet) -> O
     }
     match name {
         "UnifiedUtilsAgent" => Some(Arc::new(utils::Utils)),
+        auth::AGENT => Some(Arc::new(auth::Authentication::new(services.auth.clone()))),
         "UnifiedSystemAgent" => Some(Arc::new(system::SystemAdmin { fleet: fleet.clone() })),
         "LazyLoader" => Some(Arc::new(lazy_loader::LazyLoaderAgent { fleet: fleet.clone() })),
         "SystemDigitalTwin" => {

@@ -41,6 +41,7 @@ fn options(cli: &Cli, load: &BusLoadArgs) -> anyhow::Result<BenchOptions> {
         concurrency: load.concurrency,
         connections: load.connections,
         rate: load.rate,
+        token: cli.token.clone(),
     })
 }
 

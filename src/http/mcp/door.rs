@@ -25,13 +25,22 @@ pub struct Door {
     data_dir: PathBuf,
     /// Every task's `deadline_ms` (`tasks.call_timeout_secs`).
     deadline: Duration,
+    /// The API token every task carries (the stdio server's `--token`, or
+    /// the HTTP request's Bearer token).
+    token: Option<String>,
 }
 
 impl Door {
     /// The daemon whose ROUTER is `endpoint` and whose store is under
     /// `data_dir`; tasks get `deadline` (then `deadline_exceeded`).
     pub fn new(endpoint: String, data_dir: PathBuf, deadline: Duration) -> Door {
-        Door { endpoint, data_dir, deadline }
+        Door { endpoint, data_dir, deadline, token: None }
+    }
+
+    /// This door with `token` on every task it sends.
+    pub fn with_token(mut self, token: Option<String>) -> Door {
+        self.token = token;
+        self
     }
 
     /// The envelope of `call` with id `task_id`.
@@ -45,6 +54,9 @@ impl Door {
         }
         if let Some(p) = call.prefer {
             env["prefer"] = json!(p);
+        }
+        if let Some(t) = &self.token {
+            env["token"] = json!(t);
         }
         env
     }

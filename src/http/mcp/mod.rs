@@ -79,9 +79,25 @@ impl McpServer {
         McpServer { door: Arc::new(door), tools: Arc::default(), metrics }
     }
 
+    /// The door for a request: over HTTP, one carrying the request's Bearer
+    /// token (the bus checks it, and each tool's scope); else the server's.
+    fn door(&self, context: &RequestContext<RoleServer>) -> Arc<Door> {
+        let bearer = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.headers.get(axum::http::header::AUTHORIZATION))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(|t| t.trim().to_string());
+        match bearer {
+            Some(token) => Arc::new((*self.door).clone().with_token(Some(token))),
+            None => self.door.clone(),
+        }
+    }
+
     /// Fresh tools from the daemon (and cached).
-    async fn refresh(&self) -> Result<Arc<Tools>, McpError> {
-        let served = self.door.served().await.map_err(|e| self.error(&e, None, None))?;
+    async fn refresh(&self, door: &Door) -> Result<Arc<Tools>, McpError> {
+        let served = door.served().await.map_err(|e| self.error(&e, None, None))?;
         let (tools, problems) = Tools::build(&served);
         for p in &problems {
             tracing::warn!(problem = %p, "MCP tool left out");
@@ -92,11 +108,11 @@ impl McpServer {
     }
 
     /// The tool `name`, from the cache or (when it lacks it) fresh.
-    async fn tool(&self, name: &str) -> Result<(Arc<Tools>, tools::ToolDef), McpError> {
+    async fn tool(&self, door: &Door, name: &str) -> Result<(Arc<Tools>, tools::ToolDef), McpError> {
         let cached = self.tools.lock().await.clone();
         let tools = match cached {
             Some(t) if t.get(name).is_some() => t,
-            _ => self.refresh().await?,
+            _ => self.refresh(door).await?,
         };
         match tools.get(name).cloned() {
             Some(tool) => Ok((tools, tool)),
@@ -151,8 +167,8 @@ impl McpServer {
     }
 
     /// `{"profile", "groups": [{"name", "agents": [AGENT]}]}` from `system.agents`.
-    async fn agent_tree(&self) -> Result<Value, McpError> {
-        let reply = self.door.ask_simple("system.agents", Value::Null).await.map_err(|e| self.error(&e, None, None))?;
+    async fn agent_tree(&self, door: &Door) -> Result<Value, McpError> {
+        let reply = door.ask_simple("system.agents", Value::Null).await.map_err(|e| self.error(&e, None, None))?;
         let id = reply.id.clone().unwrap_or_default();
         if let Some(e) = &reply.error {
             return Err(self.error(e, reply.agent.as_deref(), Some(&id)));
@@ -183,9 +199,9 @@ impl ServerHandler for McpServer {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        let tools = self.refresh().await?;
+        let tools = self.refresh(&self.door(&context)).await?;
         let list: Vec<Tool> = tools
             .iter()
             .map(|t| {
@@ -202,7 +218,8 @@ impl ServerHandler for McpServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let (_, tool) = self.tool(&request.name).await?;
+        let door = self.door(&context);
+        let (_, tool) = self.tool(&door, &request.name).await?;
         let call = tool
             .call(request.arguments)
             .map_err(|bad| self.error(&TaskError::new(ErrorCode::InvalidField, bad.message), None, None))?;
@@ -222,8 +239,7 @@ impl ServerHandler for McpServer {
         };
         let stream = context.meta.get_progress_token().is_some();
         let ask = async move {
-            let r = self
-                .door
+            let r = door
                 .ask(&task_id, call, stream, &context.ct, move |chunk| {
                     let seq = chunk["seq"].as_u64().unwrap_or(0);
                     let delta = chunk["delta"].as_str().unwrap_or_default().to_string();
@@ -260,10 +276,10 @@ impl ServerHandler for McpServer {
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         let value = match request.uri.as_str() {
-            AGENTS_URI => self.agent_tree().await?,
+            AGENTS_URI => self.agent_tree(&self.door(&context)).await?,
             RECEIPTS_URI => {
                 let receipts = self.door.receipts(RECEIPTS_SHOWN).await.map_err(|e| self.error(&e, None, None))?;
                 json!({"receipts": receipts})
