@@ -141,6 +141,7 @@ impl System {
             resources,
             run_id: new_run_id(),
             cache: cache.clone(),
+            policy: Arc::new(agents::policy::Policy::new(&settings.policy).map_err(anyhow::Error::msg)?),
         });
         let bus = Arc::new(BusStatus::default());
         let mut spawner = Spawner::new(services.clone());

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::behaviour::Behaviour;
+use super::policy::Policy;
 use super::tasks::TaskTable;
 use crate::config::Settings;
 use crate::events::EventBus;
@@ -41,6 +42,8 @@ pub struct Services {
     pub run_id: String,
     /// The response cache HybridRouter consults (CacheManager switches it on).
     pub cache: ResponseCache,
+    /// The policy gate every agent actor runs checked tasks through.
+    pub policy: Arc<Policy>,
 }
 
 /// Builds a behaviour registered by the composition root for an agent whose
