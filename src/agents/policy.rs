@@ -703,7 +703,7 @@ const SH_HARMLESS: &[&str] = &[
 /// Commands that reach the network.
 const SH_NETWORK: &[&str] = &[
     "curl", "wget", "nc", "ncat", "netcat", "telnet", "ssh", "scp", "sftp", "ftp", "socat", "rsync", "ping", "ping6",
-    "dig", "nslookup", "host", "aria2c", "lynx", "w3m", "links", "http", "https", "git",
+    "dig", "nslookup", "host", "aria2c", "lynx", "w3m", "links", "http", "https",
 ];
 /// Commands that delete, truncate or move their file arguments.
 const SH_DESTROY: &[&str] = &["rm", "rmdir", "unlink", "shred", "truncate", "mv", "wipefs", "tee"];
