@@ -118,7 +118,7 @@ impl Actor for AgentActor {
         while state.tasks.try_join_next().is_some() {}
         match msg {
             AgentMsg::Task(task, reply) => self.gate(&myself, state, task, reply),
-            AgentMsg::Checked(task, reply) => self.task(&myself, state, task, reply),
+            AgentMsg::Checked(task, reply) => self.task(&myself, state, *task, reply),
             AgentMsg::TaskPanicked { task_id, message } => {
                 return Err(format!("task {task_id} panicked: {message}").into());
             }
@@ -178,7 +178,7 @@ impl AgentActor {
                     };
                     match verdict {
                         // Should the actor be gone, the reply port drops with the message: the caller learns it.
-                        Ok(()) => drop(me.cast(AgentMsg::Checked(task, reply))),
+                        Ok(()) => drop(me.cast(AgentMsg::Checked(Box::new(task), reply))),
                         Err(err) => drop(reply.send(Err(err))),
                     }
                 });

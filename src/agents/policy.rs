@@ -218,7 +218,7 @@ impl Policy {
         ask.deadline = task.deadline;
         ask.user = task.user.clone();
         ask.cancel = task.cancel.child_token();
-        ask.schedule = task.schedule.clone();
+        ask.schedule = task.schedule;
         let answer = peers.call(validator, ask).await;
         let decision = answer.as_ref().ok().and_then(|o| match &o.output {
             Value::String(s) => extract_json(s),
@@ -555,11 +555,11 @@ fn sh_split(src: &str) -> ShSource {
         let c = chars[i];
         match c {
             '\\' => {
-                if let Some(&n) = chars.get(i + 1) {
-                    if n != '\n' {
-                        word.push(n);
-                        in_word = true;
-                    }
+                if let Some(&n) = chars.get(i + 1)
+                    && n != '\n'
+                {
+                    word.push(n);
+                    in_word = true;
                 }
                 i += 2;
             }

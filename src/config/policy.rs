@@ -95,5 +95,9 @@ mod tests {
         let bad = PolicySettings { allow: vec!["(".into()], deny: vec!["ok".into(), "[".into()], ..s };
         let problems = bad.problems().join("; ");
         assert!(problems.contains("policy.allow[0]") && problems.contains("policy.deny[1]"), "{problems}");
+        let s = super::super::Settings::load(None, &[("policy.undecided".into(), "model".into())]).unwrap();
+        assert_eq!(s.policy.undecided, Undecided::Model);
+        let err = super::super::Settings::load(None, &[("policy.undecided".into(), "maybe".into())]).unwrap_err();
+        assert!(err.to_string().contains("maybe"), "{err}");
     }
 }

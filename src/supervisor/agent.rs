@@ -85,8 +85,8 @@ pub enum AgentMsg {
     /// Answer one task.
     Task(Task, RpcReplyPort<TaskReply>),
     /// Answer one task that the policy's validator agent allowed (it is not
-    /// checked again).
-    Checked(Task, RpcReplyPort<TaskReply>),
+    /// checked again; boxed: rare, after a model call).
+    Checked(Box<Task>, RpcReplyPort<TaskReply>),
     /// A dependency restarted (it is a new actor now; re-resolve it by name).
     DependencyRestarted {
         /// The dependency's name.
