@@ -15,7 +15,8 @@
 //!      outside the scratch directory — an absolute path (except `/dev/null`,
 //!      `/dev/std*`, `/dev/fd/*`), `~`, `$HOME` or a `..` component — with
 //!      `rm`, `rmdir`, `unlink`, `shred`, `truncate`, `mv`, `find -delete`
-//!      (or `-exec rm`), `dd of=`, `mkfs*`, `wipefs`, `tee`, a `>` redirect;
+//!      (or `-exec rm`), `dd of=`, `mkfs*`, `wipefs`, `tee`, a `>` redirect
+//!      (after a `cd` out of the scratch directory, any path counts);
 //!      in Python `shutil.rmtree`/`move`, `os.remove`/`unlink`/`rmdir`/
 //!      `removedirs`/`rename`/`replace`/`truncate`, pathlib's `unlink`/
 //!      `rmdir`/`write_text`/`write_bytes` in a snippet naming such a path,
@@ -787,6 +788,9 @@ fn sh_rules(src: &str, network: bool, depth: usize) -> Verdict {
     }
     let sh = sh_split(src);
     let mut harmless = sh.nested.is_empty();
+    // The working directory left the scratch directory (`cd /`, `cd ..`,
+    // `cd` alone): relative paths after it are outside too.
+    let mut moved_out: Option<String> = None;
     for c in &sh.commands {
         for (op, target) in &c.redirects {
             if !network && (target.starts_with("/dev/tcp/") || target.starts_with("/dev/udp/")) {
@@ -817,6 +821,19 @@ fn sh_rules(src: &str, network: bool, depth: usize) -> Verdict {
             || (name == "find" && args.iter().any(|a| a == "-delete" || a == "rm" || a == "shred"));
         if destructive && let Some(path) = args.iter().find(|a| !a.starts_with('-') && is_outside(a)) {
             return deny("delete_outside_scratch", format!("`{name}` on {path}, outside the scratch directory"));
+        }
+        if let Some(dir) = &moved_out
+            && destructive
+            && args.iter().any(|a| !a.starts_with('-'))
+        {
+            return deny("delete_outside_scratch", format!("`{name}` after `cd {dir}`, outside the scratch directory"));
+        }
+        if matches!(name.as_str(), "cd" | "pushd") {
+            match args.iter().find(|a| !a.starts_with('-')) {
+                None => moved_out = Some("~".into()),
+                Some(dir) if is_outside(dir) => moved_out = Some(dir.clone()),
+                Some(_) => {}
+            }
         }
         if name == "dd"
             && let Some(path) = args.iter().filter_map(|a| a.strip_prefix("of=")).find(|p| is_outside(p))
@@ -898,6 +915,9 @@ mod tests {
                 ("sh", ": >| /home/u/.bashrc", "delete_outside_scratch"),
                 ("sh", "dd if=/dev/zero of=/dev/sda", "delete_outside_scratch"),
                 ("sh", "mv /etc/hosts x", "delete_outside_scratch"),
+                ("sh", "cd / && rm -rf *", "delete_outside_scratch"),
+                ("sh", "cd ..; rm -r project", "delete_outside_scratch"),
+                ("sh", "cd\nfind . -delete", "delete_outside_scratch"),
                 ("sh", "x=$(rm -rf /opt/app)", "delete_outside_scratch"),
                 ("sh", "echo \"$(rm -rf /opt/app)\"", "delete_outside_scratch"),
                 ("sh", "sh -c 'rm -rf /opt/app'", "delete_outside_scratch"),
@@ -982,6 +1002,7 @@ mod tests {
                 ("python", "import os\nos.fork()", "undecided"),
                 ("sh", "echo x > a.txt; cat a.txt; rm -f a.txt", "undecided"),
                 ("sh", "rm -rf ./build *.o", "undecided"),
+                ("sh", "mkdir -p b && cd b && rm -rf *", "undecided"),
                 ("sh", "cat /etc/hostname >> log.txt", "undecided"),
                 ("sh", "for i in 1 2 3; do sleep 1 & done; wait", "undecided"),
                 ("sh", "true && echo ok & wait", "undecided"),
@@ -1025,6 +1046,43 @@ mod tests {
         assert!(!p.checks(&spec("IntentionValidatorAgent", true), "intention_validation"));
         let off = Policy::new(&PolicySettings { enabled: false, ..Default::default() }).unwrap();
         assert!(!off.checks(&spec("Executor", false), "code.execute"));
+    }
+
+    /// Unbalanced quotes, dangling escapes and expansions, odd characters:
+    /// a verdict, never a panic.
+    #[test]
+    fn odd_input_gets_a_verdict() {
+        let p = policy(false);
+        for code in [
+            "",
+            "'",
+            "\"",
+            "\\",
+            "$",
+            "$(",
+            "$((",
+            "${",
+            "`",
+            "a >",
+            "2>&",
+            "&>",
+            ":(){",
+            "f() {",
+            "while true; do",
+            "x=\"$(",
+            "é ü 漢字 $((1+",
+            "'''",
+            "\"\"\"abc",
+            "#",
+            "(((",
+            ")))",
+            "|&;",
+            "rm -rf '",
+        ] {
+            for language in ["sh", "python"] {
+                let _ = verdict(&p, language, code);
+            }
+        }
     }
 
     #[test]
