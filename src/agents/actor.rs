@@ -172,9 +172,10 @@ impl AgentActor {
                     (state.ctx.clone(), state.fleet.clone(), myself.clone(), state.spec.name.clone());
                 state.tasks.spawn(async move {
                     let cancel = task.cancel.clone();
+                    let cancelled = || TaskError::new(ErrorCode::Cancelled, format!("task {} was cancelled", task.id));
                     let verdict = tokio::select! {
                         v = policy.ask_model(&ctx, &fleet, &agent, &task) => v,
-                        _ = cancel.cancelled() => Err(TaskError::new(ErrorCode::Cancelled, format!("task {} was cancelled", task.id))),
+                        _ = cancel.cancelled() => Err(cancelled()),
                     };
                     match verdict {
                         // Should the actor be gone, the reply port drops with the message: the caller learns it.
