@@ -148,6 +148,7 @@ impl System {
             run_id: new_run_id(),
             cache: cache.clone(),
             auth,
+            policy: Arc::new(agents::policy::Policy::new(&settings.policy).map_err(anyhow::Error::msg)?),
         });
         let bus = Arc::new(BusStatus::default());
         let mut spawner = Spawner::new(services.clone());

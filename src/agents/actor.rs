@@ -1,6 +1,8 @@
 //! `AgentActor`: the actor every catalog agent runs as.
 //!
-//! Messages ([`AgentMsg`]): `Task` (answer one task), `DependencyRestarted`
+//! Messages ([`AgentMsg`]): `Task` (answer one task, after the policy gate
+//! when its type is checked: [`super::policy`]), `Checked` (a task the
+//! validator agent allowed), `DependencyRestarted`
 //! (a dependency came back as a new actor: re-resolve it by name),
 //! `InjectFault` (tests only, with `testing.fault_injection: true`), and
 //! `ChildExited` (from the process watcher).
@@ -25,6 +27,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, Spawn
 use tokio::task::JoinSet;
 
 use super::behaviour::Behaviour;
+use super::policy::Gate;
 use super::process::ProcessChild;
 use super::services::{BehaviourFactory, Services};
 use crate::config::spec::{AgentSpec, RuntimeSpec};
@@ -52,6 +55,8 @@ pub struct AgentState {
     /// The daemon's services (the resource ledger, released at stop).
     services: Arc<Services>,
     ctx: Arc<AgentTable>,
+    /// The fleet (the policy's validator is asked through it).
+    fleet: Fleet,
     child: Option<ProcessChild>,
     builtin: Option<Arc<dyn Behaviour>>,
     /// Tasks being answered by the builtin behaviour (aborted on stop).
@@ -89,7 +94,7 @@ impl Actor for AgentActor {
         if let Some(b) = &builtin {
             b.start().await?;
         }
-        Ok(AgentState { spec, services, ctx, child, builtin, tasks: JoinSet::new() })
+        Ok(AgentState { spec, services, ctx, fleet, child, builtin, tasks: JoinSet::new() })
     }
 
     async fn post_stop(&self, _myself: ActorRef<AgentMsg>, state: &mut AgentState) -> Result<(), ActorProcessingErr> {
@@ -112,7 +117,8 @@ impl Actor for AgentActor {
     ) -> Result<(), ActorProcessingErr> {
         while state.tasks.try_join_next().is_some() {}
         match msg {
-            AgentMsg::Task(task, reply) => self.task(&myself, state, task, reply),
+            AgentMsg::Task(task, reply) => self.gate(&myself, state, task, reply),
+            AgentMsg::Checked(task, reply) => self.task(&myself, state, *task, reply),
             AgentMsg::TaskPanicked { task_id, message } => {
                 return Err(format!("task {task_id} panicked: {message}").into());
             }
@@ -147,6 +153,40 @@ impl Actor for AgentActor {
 }
 
 impl AgentActor {
+    /// Runs `task` through the policy gate when its type is checked: the
+    /// rules, then `policy.undecided`; a `model` decision is asked in the
+    /// background and an allowed task comes back as `Checked`. A denied task
+    /// is answered `denied_by_policy` and never reaches the agent.
+    fn gate(&self, myself: &ActorRef<AgentMsg>, state: &mut AgentState, task: Task, reply: RpcReplyPort<TaskReply>) {
+        let policy = state.services.policy.clone();
+        if !policy.checks(&state.spec, &task.task_type) {
+            return self.task(myself, state, task, reply);
+        }
+        match policy.check(&state.ctx, &state.spec.name, &task) {
+            Gate::Pass => self.task(myself, state, task, reply),
+            Gate::Refused(err) => {
+                let _ = reply.send(Err(err));
+            }
+            Gate::AskModel => {
+                let (ctx, fleet, me, agent) =
+                    (state.ctx.clone(), state.fleet.clone(), myself.clone(), state.spec.name.clone());
+                state.tasks.spawn(async move {
+                    let cancel = task.cancel.clone();
+                    let cancelled = || TaskError::new(ErrorCode::Cancelled, format!("task {} was cancelled", task.id));
+                    let verdict = tokio::select! {
+                        v = policy.ask_model(&ctx, &fleet, &agent, &task) => v,
+                        _ = cancel.cancelled() => Err(cancelled()),
+                    };
+                    match verdict {
+                        // Should the actor be gone, the reply port drops with the message: the caller learns it.
+                        Ok(()) => drop(me.cast(AgentMsg::Checked(Box::new(task), reply))),
+                        Err(err) => drop(reply.send(Err(err))),
+                    }
+                });
+            }
+        }
+    }
+
     fn task(&self, myself: &ActorRef<AgentMsg>, state: &mut AgentState, task: Task, reply: RpcReplyPort<TaskReply>) {
         let spec = &state.spec;
         if let Some(b) = &state.builtin {

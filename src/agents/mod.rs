@@ -6,6 +6,7 @@
 //!   supervisor, and the [`Spawner`] the supervisors start agents through.
 //! - [`behaviour`]: the `Behaviour` trait builtin and llm agents implement.
 //! - [`services`]: what the composition root gives the agent layer.
+//! - [`policy`]: the policy gate in front of risky tasks (`code.execute`, ...).
 //! - [`process`]: `process` runtime — a supervised child program.
 //! - [`resources`]: a process agent's spec `resources:`, reserved before its child starts.
 //! - [`builtin`]: Rust behaviours, one file per behaviour.
@@ -19,6 +20,7 @@ pub mod behaviour;
 pub mod builtin;
 pub(crate) mod governor;
 pub mod llm;
+pub mod policy;
 pub mod process;
 pub mod resources;
 pub mod services;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::auth::Auth;
 use super::behaviour::Behaviour;
+use super::policy::Policy;
 use super::tasks::TaskTable;
 use crate::config::Settings;
 use crate::events::EventBus;
@@ -44,6 +45,8 @@ pub struct Services {
     pub cache: ResponseCache,
     /// API tokens and the doors' check (AuthenticationAgent's state).
     pub auth: Arc<Auth>,
+    /// The policy gate every agent actor runs checked tasks through.
+    pub policy: Arc<Policy>,
 }
 
 /// Builds a behaviour registered by the composition root for an agent whose

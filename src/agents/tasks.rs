@@ -914,6 +914,7 @@ mod tests {
             restart: Default::default(),
             runtime,
             resources: None,
+            requires_validation: false,
         }
     }
 

@@ -461,6 +461,7 @@ mod tests {
                 restart: Default::default(),
                 runtime: RuntimeSpec::Builtin { behaviour: None },
                 resources: None,
+                requires_validation: false,
             },
         )
     }

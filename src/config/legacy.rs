@@ -120,5 +120,6 @@ fn to_spec(base: &Path, group: &str, name: String, a: LegacyAgent) -> AgentSpec 
         },
         name,
         resources: None,
+        requires_validation: false,
     }
 }

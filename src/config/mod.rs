@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod knowledge;
 pub mod legacy;
+pub mod policy;
 pub mod profile;
 pub mod profile_spec;
 pub mod spec;
@@ -109,6 +110,8 @@ pub struct Settings {
     pub context: ContextSettings,
     /// The response cache (CacheManager) in front of HybridRouter.
     pub cache: CacheSettings,
+    /// The policy gate in front of risky tasks (`code.execute`, ...).
+    pub policy: policy::PolicySettings,
 }
 
 /// `arbiter:` — the arbiter's loop (issue 15): consult a specialist, review
@@ -499,6 +502,7 @@ impl Default for Settings {
             dreaming: Default::default(),
             context: ContextSettings::default(),
             cache: CacheSettings::default(),
+            policy: Default::default(),
         }
     }
 }
@@ -1193,6 +1197,7 @@ impl Settings {
         let mut problems = settings.proactive.problems();
         problems.extend(settings.routing.content.problems());
         problems.extend(settings.context.problems());
+        problems.extend(settings.policy.problems());
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems.join("; ")));
         }

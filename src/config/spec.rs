@@ -64,6 +64,11 @@ pub struct AgentSpec {
     /// machine has makes the agent `unavailable`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceSpec>,
+    /// `true`: every task of this agent passes the policy gate (rules, then
+    /// `policy.undecided`) before it runs, as the task types listed in
+    /// `policy.validate` do; default `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requires_validation: bool,
 }
 
 /// `resources:` of a spec, base units (as `resource.request`).

@@ -546,6 +546,29 @@ pub enum Event {
         /// The model that wrote the summary.
         model: Option<String>,
     },
+    /// `policy.denied`: the policy gate refused a task with `denied_by_policy`
+    /// before it reached its agent (the audit record of the refusal).
+    PolicyDenied {
+        /// Task id.
+        id: String,
+        /// The agent it was for.
+        agent: String,
+        /// Its type.
+        #[serde(rename = "type")]
+        task_type: String,
+        /// The rule that denied it (`delete_outside_scratch`, `fork_bomb`,
+        /// `network`, `deny_pattern`, `essential_agent`, `validator`,
+        /// `validator_failed`, `undecided`).
+        rule: String,
+        /// Who decided: `rule`, `model` or `default`.
+        by: &'static str,
+        /// Why, in words.
+        reason: String,
+        /// The start of the action checked (at most 200 characters).
+        action: String,
+        /// Who asked (the envelope's `user`), if known.
+        user: Option<String>,
+    },
     /// `alert.heartbeat_missed`: a service missed its heartbeats.
     HeartbeatMissed {
         /// Service id.
@@ -617,6 +640,7 @@ impl Event {
             Event::RemoteLink { .. } => "remote.link",
             Event::ContextUsage { .. } => "context.usage",
             Event::ContextSummarized { .. } => "context.summarized",
+            Event::PolicyDenied { .. } => "policy.denied",
         }
     }
 
@@ -633,6 +657,7 @@ impl Event {
             | Event::HeartbeatMissed { .. }
             | Event::ScheduleFailed { .. }
             | Event::ProactiveFailed { .. }
+            | Event::PolicyDenied { .. }
             | Event::DependencyFatal { .. } => true,
             _ => false,
         }

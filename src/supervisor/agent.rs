@@ -84,6 +84,9 @@ impl StartError {
 pub enum AgentMsg {
     /// Answer one task.
     Task(Task, RpcReplyPort<TaskReply>),
+    /// Answer one task that the policy's validator agent allowed (it is not
+    /// checked again; boxed: rare, after a model call).
+    Checked(Box<Task>, RpcReplyPort<TaskReply>),
     /// A dependency restarted (it is a new actor now; re-resolve it by name).
     DependencyRestarted {
         /// The dependency's name.

@@ -165,6 +165,9 @@ pub struct Metrics {
     pub context_summaries: IntCounterVec,
     /// `agentvisor_context_exhausted_total{agent}`: llm tasks refused with `context_exhausted`.
     pub context_exhausted: IntCounterVec,
+    /// `agentvisor_policy_decisions_total{task_type,decision,by}`: tasks the policy gate
+    /// checked; decision allow|deny, by rule|model|default.
+    pub policy_decisions: IntCounterVec,
 }
 
 impl Metrics {
@@ -501,6 +504,11 @@ impl Metrics {
                 "agentvisor_context_exhausted_total",
                 "llm tasks refused with context_exhausted (above the hard max, summarising failed), by agent.",
                 &["agent"],
+            ),
+            policy_decisions: counter_vec(
+                "agentvisor_policy_decisions_total",
+                "Tasks the policy gate checked, by task type, decision (allow|deny) and who decided (rule|model|default).",
+                &["task_type", "decision", "by"],
             ),
             registry,
         }

@@ -32,6 +32,7 @@ mod models;
 mod models_pull;
 mod nothing_lost;
 mod pc2_jobs;
+mod policy;
 mod receipts_log;
 mod registry;
 mod session;

@@ -364,7 +364,10 @@ async fn executor_runs_snippets_within_its_limits() {
 async fn executor_refuses_when_disabled() {
     let dir = tempfile::tempdir().unwrap();
     let profile = executor_profile(dir.path());
-    let (mut d, mut sock) = start(&profile, dir.path(), &["executor.enabled=false".to_string()], &[]).await;
+    // The snippet writes outside its scratch directory, which the policy gate
+    // would refuse first; this test is about the Executor's own switch.
+    let sets = ["executor.enabled=false".to_string(), "policy.enabled=false".to_string()];
+    let (mut d, mut sock) = start(&profile, dir.path(), &sets, &[]).await;
     let marker = dir.path().join("ran");
     let py = format!("open({:?}, 'w').write('x')", marker.display().to_string());
     let reply = ask(&mut sock, code("c1", "python", &py)).await;
