@@ -400,6 +400,17 @@ async fn tokens_made_by_task_work_at_once_and_sessions_follow_their_token() {
     assert_eq!(code(&r), "invalid_field");
     let r = ask(&mut s, task("s2", "auth.session", json!({"token": carol}), static_token)).await;
     assert_eq!(code(&r), "unauthorized", "no session for a revoked token");
+    // Clients from their own ecosystems: pyzmq (the example client) and openai.
+    let v1 = format!("{}/v1", run.base);
+    if let Some(r) = util::python_report("auth_clients_check.py", &[&run.ingress, &v1, static_token], "openai").await {
+        assert_eq!(
+            r["zmq"],
+            json!({"none": "unauthorized", "wrong": "unauthorized", "valid": "ok", "output": "hi", "env": "ok"}),
+            "{r}"
+        );
+        assert_eq!(r["openai"]["wrong"], json!({"status": 401, "code": "unauthorized"}), "{r}");
+        assert!(r["openai"]["valid"]["models"].is_array(), "{r}");
+    }
     let static_id = ask(&mut s, task("v3", "auth.token_verify", json!({"token": static_token}), static_token)).await
         ["output"]["token_id"]
         .as_str()
