@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::fake_openai::FakeOpenAi;
 use crate::util::{self, ask, dealer};
 
 /// A test profile: the bus, the system and utility agents, AsyncProcessor
@@ -196,7 +197,16 @@ async fn every_door_asks_for_a_token_with_the_scope_it_needs_and_no_token_leaks(
         assert!(!String::from_utf8_lossy(&out.stdout).contains(t.as_str()), "list never shows a token");
     }
 
-    let mut run = start(dir.path(), &data, &[], &[]).await.expect("starts on loopback");
+    // A fake model backend, so that a /v1 call leaves a receipt.
+    let fake = FakeOpenAi::start().await;
+    let config = dir.path().join("agentvisor.yaml");
+    let backend = format!(
+        "backends:\n  local: {{kind: openai, tier: L1, base_url: {}, model: fake-local, max_retries: 0}}\n",
+        fake.base_url()
+    );
+    std::fs::write(&config, backend).unwrap();
+    let config_s = config.display().to_string();
+    let mut run = start(dir.path(), &data, &["--config", &config_s], &[]).await.expect("starts on loopback");
     let events = collect_events(run.events.clone());
     tokio::time::sleep(Duration::from_millis(1100)).await; // `short` expires
     let mut s = dealer(&run.ingress).await;
@@ -269,8 +279,9 @@ async fn every_door_asks_for_a_token_with_the_scope_it_needs_and_no_token_leaks(
     );
     let r = run.http.post(run.url("/v1/chat/completions")).bearer_auth(&read).json(&chat).send().await.unwrap();
     assert_eq!(r.status(), 403, "a read token cannot call models");
-    let r = run.http.post(run.url("/v1/chat/completions")).bearer_auth(&tasks).json(&chat).send().await.unwrap();
-    assert!(![401, 403].contains(&r.status().as_u16()), "a tasks token passes the door: {}", r.status());
+    let chat_as = json!({"model": "auto", "user": "mallory", "messages": [{"role": "user", "content": "hi"}]});
+    let r = run.http.post(run.url("/v1/chat/completions")).bearer_auth(&tasks).json(&chat_as).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a tasks token passes the door");
     assert_eq!(get("/v1/models", None).await.unwrap().status(), 401);
     // MCP over streamable HTTP: the door, then each tool's scope on the bus.
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -339,6 +350,11 @@ async fn every_door_asks_for_a_token_with_the_scope_it_needs_and_no_token_leaks(
     assert!(events.iter().any(|e| e.contains("task.accepted")), "events were seen");
     assert!(events.iter().any(|e| e.contains("\"user\":\"alice\"")), "the token's subject is the user");
     assert!(!events.iter().any(|e| e.contains("mallory")), "the envelope's own user gives way to the subject");
+    let out = cli(dir.path(), &["receipts", "--json", "--data-dir", &data_s], &[]).await;
+    let receipts: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(receipts.iter().any(|r| r["user"] == "alice"), "the /v1 receipt names the subject: {receipts:?}");
+    assert!(!receipts.iter().any(|r| r["user"] == "mallory"));
     let mut haystacks: Vec<(String, Vec<u8>)> =
         events.into_iter().map(|e| ("event".to_string(), e.into_bytes())).collect();
     for path in run.logs.iter().cloned().chain(walk(&data)) {
