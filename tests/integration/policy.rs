@@ -40,17 +40,6 @@ fn write_profile(dir: &Path) -> String {
     path.display().to_string()
 }
 
-fn code(id: &str, language: &str, code: &str) -> Value {
-    json!({"id": id, "type": "code.execute", "input": {"language": language, "code": code}})
-}
-
-/// The output of an `ok` Executor reply.
-fn output_of(reply: &Value) -> &Value {
-    assert_eq!(reply["status"], "ok", "{reply}");
-    assert_eq!(reply["agent"], "Executor", "{reply}");
-    &reply["output"]
-}
-
 /// Asserts `reply` is `denied_by_policy` naming `rule`; returns the message.
 #[track_caller]
 fn denied(reply: &Value, rule: &str) -> String {
@@ -90,7 +79,7 @@ async fn subscribe(events: &str, sock: &mut DealerSocket) -> SubSocket {
     sub.connect(events).await.expect("connect to the PUB socket");
     sub.subscribe("policy.denied").await.expect("subscribe");
     for n in 0..100 {
-        let reply = util::ask(sock, code(&format!("probe-{n}"), "sh", "rm -rf /nonexistent/probe")).await;
+        let reply = util::ask(sock, util::exec_task(&format!("probe-{n}"), "sh", "rm -rf /nonexistent/probe")).await;
         denied(&reply, "delete_outside_scratch");
         if next_event(&mut sub, Duration::from_millis(100)).await.is_some() {
             while next_event(&mut sub, Duration::from_millis(100)).await.is_some() {}
@@ -145,7 +134,7 @@ async fn risky_snippets_are_denied_by_policy_and_allowed_ones_run() {
         ("curl", "sh", format!("curl -s -m 2 http://127.0.0.1:{port}/"), "network"),
     ];
     for (id, language, snippet, rule) in &risky {
-        let message = denied(&util::ask(&mut sock, code(id, language, snippet)).await, rule);
+        let message = denied(&util::ask(&mut sock, util::exec_task(id, language, snippet)).await, rule);
         assert!(message.starts_with("Executor: denied by policy"), "{message}");
         let event = next_event(&mut sub, WAIT).await.unwrap_or_else(|| panic!("no policy.denied event for {id}"));
         assert_eq!(
@@ -168,18 +157,19 @@ async fn risky_snippets_are_denied_by_policy_and_allowed_ones_run() {
 
     // Allowed snippets run and answer: harmless ones (by rule), and
     // scratch-directory file work (no rule decides: policy.undecided = allow).
-    let out = output_of(&util::ask(&mut sock, code("six", "python", "print(6*7)")).await).clone();
+    let out = util::exec_output(&util::ask(&mut sock, util::exec_task("six", "python", "print(6*7)")).await).clone();
     assert_eq!(out["stdout"], "42\n", "{out}");
-    let out = output_of(&util::ask(&mut sock, code("look", "python", "print('rm -rf /')")).await).clone();
+    let out =
+        util::exec_output(&util::ask(&mut sock, util::exec_task("look", "python", "print('rm -rf /')")).await).clone();
     assert_eq!(out["stdout"], "rm -rf /\n", "{out}");
     let py = "open('notes.txt', 'w').write('hello')\nprint(open('notes.txt').read())";
-    let out = output_of(&util::ask(&mut sock, code("rw", "python", py)).await).clone();
+    let out = util::exec_output(&util::ask(&mut sock, util::exec_task("rw", "python", py)).await).clone();
     assert_eq!(out["stdout"], "hello\n", "{out}");
     let py = "import os\nopen('gone.txt', 'w').close()\nos.remove('gone.txt')\nprint('gone.txt' in os.listdir('.'))";
-    let out = output_of(&util::ask(&mut sock, code("del-py", "python", py)).await).clone();
+    let out = util::exec_output(&util::ask(&mut sock, util::exec_task("del-py", "python", py)).await).clone();
     assert_eq!(out["stdout"], "False\n", "{out}");
     let sh = "mkdir -p build && echo x > build/a.o && rm -rf build && ls";
-    let out = output_of(&util::ask(&mut sock, code("del-sh", "sh", sh)).await).clone();
+    let out = util::exec_output(&util::ask(&mut sock, util::exec_task("del-sh", "sh", sh)).await).clone();
     assert_eq!((out["stdout"].as_str(), out["exit_code"].as_i64()), (Some("snippet.sh\n"), Some(0)), "{out}");
     assert!(next_event(&mut sub, Duration::from_millis(200)).await.is_none(), "an allowed snippet left policy.denied");
 
@@ -245,7 +235,7 @@ async fn undecided_snippets_go_to_the_validator_when_configured() {
 
     // The validator allows: the snippet runs.
     fake.push(Behaviour::AnswerJson(json!({"decision": "allow", "reason": "prints a boolean"})));
-    let out = output_of(&util::ask(&mut sock, code("m1", "python", undecided)).await).clone();
+    let out = util::exec_output(&util::ask(&mut sock, util::exec_task("m1", "python", undecided)).await).clone();
     assert_eq!(out["stdout"], "True\n", "{out}");
     let asked = fake.requests();
     assert_eq!(asked.len(), 1, "one validation");
@@ -253,21 +243,21 @@ async fn undecided_snippets_go_to_the_validator_when_configured() {
 
     // The validator denies: denied_by_policy with its reason.
     fake.push(Behaviour::AnswerJson(json!({"decision": "deny", "reason": "scripted: not what the user asked"})));
-    let message = denied(&util::ask(&mut sock, code("m2", "python", undecided)).await, "validator");
+    let message = denied(&util::ask(&mut sock, util::exec_task("m2", "python", undecided)).await, "validator");
     assert!(message.contains("IntentionValidatorAgent denied it: scripted: not what the user asked"), "{message}");
     let e = log.wait_for(WAIT, "policy.denied m2", |e| e.topic == "policy.denied" && e.str("id") == Some("m2")).await;
     assert_eq!((e.str("rule"), e.str("by")), (Some("validator"), Some("model")));
 
     // The validator's model fails: denied, saying the validator could not decide.
     fake.push(Behaviour::Status(500));
-    let message = denied(&util::ask(&mut sock, code("m3", "python", undecided)).await, "validator_failed");
+    let message = denied(&util::ask(&mut sock, util::exec_task("m3", "python", undecided)).await, "validator_failed");
     assert!(message.contains("IntentionValidatorAgent could not decide"), "{message}");
 
     // Rules still decide first: no model call for a harmless or a risky snippet.
     let before = fake.requests().len();
-    let out = output_of(&util::ask(&mut sock, code("m4", "python", "print(1)")).await).clone();
+    let out = util::exec_output(&util::ask(&mut sock, util::exec_task("m4", "python", "print(1)")).await).clone();
     assert_eq!(out["stdout"], "1\n");
-    denied(&util::ask(&mut sock, code("m5", "sh", "rm -rf /nonexistent/x")).await, "delete_outside_scratch");
+    denied(&util::ask(&mut sock, util::exec_task("m5", "sh", "rm -rf /nonexistent/x")).await, "delete_outside_scratch");
     assert_eq!(fake.requests().len(), before, "the rules decided without the model");
 
     let metrics = fleet.services.metrics.render();

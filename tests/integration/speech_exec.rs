@@ -270,17 +270,6 @@ fn executor_profile(dir: &Path) -> String {
     path.display().to_string()
 }
 
-fn code(id: &str, language: &str, code: &str) -> Value {
-    json!({"id": id, "type": "code.execute", "input": {"language": language, "code": code}})
-}
-
-/// The output of an `ok` Executor reply.
-fn output_of(reply: &Value) -> &Value {
-    assert_eq!(reply["status"], "ok", "{reply}");
-    assert_eq!(reply["agent"], "Executor", "{reply}");
-    &reply["output"]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executor_runs_snippets_within_its_limits() {
     let dir = tempfile::tempdir().unwrap();
@@ -291,13 +280,15 @@ async fn executor_runs_snippets_within_its_limits() {
     assert_eq!(agent(&d, "Executor").await["state"], "dormant", "Executor starts on demand");
 
     // The first task starts it; the snippet's result comes back.
-    let out = output_of(&ask(&mut sock, code("c1", "python", "print(6*7)")).await).clone();
+    let out = util::exec_output(&ask(&mut sock, util::exec_task("c1", "python", "print(6*7)")).await).clone();
     assert_eq!((out["stdout"].as_str(), out["stderr"].as_str()), (Some("42\n"), Some("")), "{out}");
     assert_eq!((out["exit_code"].as_i64(), out["truncated"].as_bool()), (Some(0), Some(false)), "{out}");
     assert!(out["duration_seconds"].as_f64().is_some_and(|s| s > 0.0 && s < EXEC_TIMEOUT_SECS), "{out}");
     let executor = pid_of(&agent(&d, "Executor").await);
 
-    let out = output_of(&ask(&mut sock, code("c2", "sh", "echo $((6*7)); echo oops >&2; exit 3")).await).clone();
+    let out =
+        util::exec_output(&ask(&mut sock, util::exec_task("c2", "sh", "echo $((6*7)); echo oops >&2; exit 3")).await)
+            .clone();
     assert_eq!((out["stdout"].as_str(), out["stderr"].as_str()), (Some("42\n"), Some("oops\n")), "{out}");
     assert_eq!(out["exit_code"], 3, "{out}");
 
@@ -308,16 +299,16 @@ async fn executor_runs_snippets_within_its_limits() {
     assert!(environ_of(daemon).lines().any(|l| l == needle), "the daemon lacks the secret");
     assert!(environ_of(executor).lines().any(|l| l == needle), "the agent lacks the secret");
     let py = format!("import os\nprint(os.environ.get({:?}))\nprint(' '.join(sorted(os.environ)))", SECRET.0);
-    let out = output_of(&ask(&mut sock, code("c3", "python", &py)).await).clone();
+    let out = util::exec_output(&ask(&mut sock, util::exec_task("c3", "python", &py)).await).clone();
     assert_eq!(out["stdout"], "None\nHOME LANG PATH TMPDIR\n", "{out}");
     let sh = format!("echo \"[${}]\"; env | grep -c {} || true", SECRET.0, SECRET.1);
-    let out = output_of(&ask(&mut sock, code("c4", "sh", &sh)).await).clone();
+    let out = util::exec_output(&ask(&mut sock, util::exec_task("c4", "sh", &sh)).await).clone();
     assert_eq!(out["stdout"], "[]\n0\n", "{out}");
 
     // The scratch directory is the working directory and HOME, and is gone
     // once the answer is in.
     let py = "import os\nopen('left.txt', 'w').write('x')\nprint(os.getcwd())\nprint(os.environ['HOME'])";
-    let out = output_of(&ask(&mut sock, code("c5", "python", py)).await).clone();
+    let out = util::exec_output(&ask(&mut sock, util::exec_task("c5", "python", py)).await).clone();
     let lines: Vec<&str> = out["stdout"].as_str().expect("stdout").lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert_eq!(lines[0], lines[1], "HOME is the scratch directory");
@@ -325,13 +316,15 @@ async fn executor_runs_snippets_within_its_limits() {
     assert!(!Path::new(lines[0]).exists(), "the scratch directory {} was left behind", lines[0]);
 
     // Output beyond the bound is dropped, and says so.
-    let out = output_of(&ask(&mut sock, code("c6", "python", "print('x' * 100000)")).await).clone();
+    let out = util::exec_output(&ask(&mut sock, util::exec_task("c6", "python", "print('x' * 100000)")).await).clone();
     assert_eq!(out["stdout"].as_str().map(str::len), Some(EXEC_OUTPUT_BYTES), "{}", out["stdout_bytes"]);
     assert_eq!((out["truncated"].as_bool(), out["stdout_bytes"].as_u64()), (Some(true), Some(100_001)));
 
     // A memory hog hits RLIMIT_AS (512 MiB by default): MemoryError, non-zero exit.
-    let out = output_of(&ask(&mut sock, code("c7", "python", "x = bytearray(2 * 1024**3)\nprint('allocated')")).await)
-        .clone();
+    let out = util::exec_output(
+        &ask(&mut sock, util::exec_task("c7", "python", "x = bytearray(2 * 1024**3)\nprint('allocated')")).await,
+    )
+    .clone();
     assert_ne!(out["exit_code"], 0, "{out}");
     assert!(out["stderr"].as_str().is_some_and(|e| e.contains("MemoryError")), "{out}");
     assert_eq!(out["stdout"], "", "{out}");
@@ -339,11 +332,11 @@ async fn executor_runs_snippets_within_its_limits() {
     // An endless loop is killed at the wall-clock limit with `timeout`; a
     // short snippet sent after it is answered first (one thread per request).
     let t0 = Instant::now();
-    send(&mut sock, code("loop", "python", "while True:\n    pass")).await;
-    send(&mut sock, code("quick", "sh", "echo quick")).await;
+    send(&mut sock, util::exec_task("loop", "python", "while True:\n    pass")).await;
+    send(&mut sock, util::exec_task("quick", "sh", "echo quick")).await;
     let first = recv(&mut sock).await;
     assert_eq!(first["id"], "quick", "{first}");
-    assert_eq!(output_of(&first)["stdout"], "quick\n");
+    assert_eq!(util::exec_output(&first)["stdout"], "quick\n");
     let looped = recv(&mut sock).await;
     let took = t0.elapsed().as_secs_f64();
     assert_eq!((looped["id"].as_str(), looped["status"].as_str()), (Some("loop"), Some("error")), "{looped}");
@@ -353,7 +346,7 @@ async fn executor_runs_snippets_within_its_limits() {
 
     // The agent survived all of it, with the same child.
     assert_eq!(pid_of(&agent(&d, "Executor").await), executor);
-    let out = output_of(&ask(&mut sock, code("c8", "python", "print('still here')")).await).clone();
+    let out = util::exec_output(&ask(&mut sock, util::exec_task("c8", "python", "print('still here')")).await).clone();
     assert_eq!(out["stdout"], "still here\n");
 
     d.terminate(Duration::from_secs(15)).await;
@@ -370,7 +363,7 @@ async fn executor_refuses_when_disabled() {
     let (mut d, mut sock) = start(&profile, dir.path(), &sets, &[]).await;
     let marker = dir.path().join("ran");
     let py = format!("open({:?}, 'w').write('x')", marker.display().to_string());
-    let reply = ask(&mut sock, code("c1", "python", &py)).await;
+    let reply = ask(&mut sock, util::exec_task("c1", "python", &py)).await;
     assert_eq!(reply["status"], "error", "{reply}");
     let message = reply["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("Executor: disabled:") && message.contains("executor.enabled: true"), "{reply}");

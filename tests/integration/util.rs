@@ -392,3 +392,16 @@ pub async fn python_report(script: &str, args: &[&str], module: &str) -> Option<
     assert!(out.status.success(), "{script} failed: {stderr}");
     Some(serde_json::from_slice(&out.stdout).expect("json report"))
 }
+
+/// A `code.execute` envelope: `code` in `language` (`python` or `sh`).
+pub fn exec_task(id: &str, language: &str, code: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "type": "code.execute", "input": {"language": language, "code": code}})
+}
+
+/// The output of an `ok` Executor reply.
+#[track_caller]
+pub fn exec_output(reply: &serde_json::Value) -> &serde_json::Value {
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(reply["agent"], "Executor", "{reply}");
+    &reply["output"]
+}
