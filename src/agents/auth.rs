@@ -172,17 +172,23 @@ struct Snapshot {
     by_id: HashMap<String, Arc<Entry>>,
     /// Session hash → (token id, expiry).
     sessions: HashMap<Hash, (String, f64)>,
+    /// Until when (Unix seconds) some token is usable: the doors ask for one
+    /// before then; `f64::INFINITY` for a token without expiry, 0 for none.
+    usable_until: f64,
 }
 
 impl Snapshot {
     fn insert(&mut self, hash: Hash, entry: Entry) {
+        if !entry.revoked {
+            self.usable_until = self.usable_until.max(entry.expires_at.unwrap_or(f64::INFINITY));
+        }
         let entry = Arc::new(entry);
         self.by_id.insert(entry.token_id.clone(), entry.clone());
         self.tokens.insert(hash, entry);
     }
 
     fn any_usable(&self, now: f64) -> bool {
-        self.by_id.values().any(|e| e.invalid(now).is_none())
+        now < self.usable_until
     }
 }
 
@@ -521,10 +527,12 @@ impl Auth {
     /// `unauthorized` (no, unknown, expired or revoked credential),
     /// `forbidden` (a usable one without `need`), `rate_limited` (this
     /// `client` failed too often). Each is logged and counted by `door`.
+    /// `client` names the caller (made only when needed: a refusal, or
+    /// while some client is cut off).
     pub fn check(
         &self,
         door: &'static str,
-        client: &str,
+        client: &dyn Fn() -> String,
         credential: Option<&str>,
         need: Scope,
     ) -> Result<Option<Principal>, TaskError> {
@@ -536,8 +544,8 @@ impl Auth {
             }
             credential.map(|c| self.lookup(&snap, c, now))
         };
-        if let Some(until) = self.blocked_until(client) {
-            return Err(self.refuse(door, client, "rate_limited", rate_limited(until)));
+        if let Some((client, until)) = self.blocked_until(client) {
+            return Err(self.refuse(door, &client, "rate_limited", rate_limited(until)));
         }
         let reason = match found {
             None => Reason::Missing,
@@ -548,27 +556,30 @@ impl Auth {
                     ErrorCode::Forbidden,
                     format!("the token {} of {} lacks the {} scope this needs", p.token_id, p.subject, need.as_str()),
                 );
-                return Err(self.refuse(door, client, "scope", e));
+                return Err(self.refuse(door, &client(), "scope", e));
             }
         };
+        let client = client();
         let e = TaskError::new(ErrorCode::Unauthorized, unauthorized_message(reason));
-        if let Err(not_until) = self.limiter.check_key(&client.to_string()) {
+        if let Err(not_until) = self.limiter.check_key(&client) {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(self.limiter.clock()));
             let until = Instant::now() + wait;
-            self.blocked.lock().insert(client.to_string(), until);
-            return Err(self.refuse(door, client, reason.as_str(), rate_limited(until)));
+            self.blocked.lock().insert(client.clone(), until);
+            return Err(self.refuse(door, &client, reason.as_str(), rate_limited(until)));
         }
-        Err(self.refuse(door, client, reason.as_str(), e))
+        Err(self.refuse(door, &client, reason.as_str(), e))
     }
 
-    fn blocked_until(&self, client: &str) -> Option<Instant> {
+    /// The client and until when it is cut off, if it is.
+    fn blocked_until(&self, client: &dyn Fn() -> String) -> Option<(String, Instant)> {
         let mut blocked = self.blocked.lock();
         if blocked.is_empty() {
             return None;
         }
         let now = Instant::now();
         blocked.retain(|_, until| *until > now);
-        blocked.get(client).copied()
+        let client = client();
+        blocked.get(&client).copied().map(|until| (client, until))
     }
 
     fn refuse(&self, door: &'static str, client: &str, reason: &str, e: TaskError) -> TaskError {

@@ -102,7 +102,7 @@ fn authenticate(
         }
         Request::Cancel { id, .. } => (id.clone(), Scope::Tasks),
     };
-    let who = format!("bus:{}", hex::encode(&client.identity));
+    let who = || format!("bus:{}", hex::encode(&client.identity));
     match auth.check("bus", &who, token.as_deref(), need) {
         Ok(principal) => {
             if let (Request::Task(t), Some(p)) = (&mut request, principal) {

@@ -121,8 +121,8 @@ async fn authenticate(State(app): State<App>, mut req: Request, next: Next) -> R
     let Some((need, door)) = route_scope(&app, req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
-    let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
-    let client = format!("http:{}", client.as_deref().unwrap_or("unknown"));
+    let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let client = || ip.map_or_else(|| "http:unknown".to_string(), |ip| format!("http:{ip}"));
     let credential = req
         .headers()
         .get(header::AUTHORIZATION)
