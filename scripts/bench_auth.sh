@@ -2,7 +2,8 @@
 # What the token check costs on the bus (issue 18): two daemons of the same
 # build on this machine, one with an API token (every task carries it and is
 # checked), one without (open doors); `agentvisor bench bus` at window 64
-# against each in alternating rounds, then tasks/s of both and the ratio.
+# against each in alternating rounds (which side goes first alternates too),
+# then the median tasks/s of both and the median of the per-round ratios.
 #
 #   scripts/bench_auth.sh            # release build without llama.cpp, 3 rounds of 20 000 tasks
 #   ROUNDS=5 TASKS=50000 scripts/bench_auth.sh
@@ -49,8 +50,13 @@ run() { # endpoint [token]
 }
 printf '%-6s %-8s %12s %8s %8s\n' round side tasks/s p50_ms p99_ms
 for r in $(seq "$ROUNDS"); do
-  read -r a a50 a99 < <(run "$open_ep")
-  read -r b b50 b99 < <(run "$locked_ep" --token "$token")
+  if ((r % 2)); then
+    read -r a a50 a99 < <(run "$open_ep")
+    read -r b b50 b99 < <(run "$locked_ep" --token "$token")
+  else
+    read -r b b50 b99 < <(run "$locked_ep" --token "$token")
+    read -r a a50 a99 < <(run "$open_ep")
+  fi
   printf '%-6s %-8s %12.0f %8.2f %8.2f\n' "$r" open "$a" "$a50" "$a99" "$r" token "$b" "$b50" "$b99"
   echo "$a $b" >> "$tmp/rates"
 done
@@ -58,5 +64,6 @@ python3 - "$tmp/rates" <<'PY'
 import statistics, sys
 rows = [tuple(map(float, l.split())) for l in open(sys.argv[1])]
 open_, token = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
-print(f"median tasks/s: open {open_:.0f}, with token {token:.0f}; the check costs {100 * (1 - token / open_):.1f} %")
+cost = statistics.median(1 - b / a for a, b in rows)
+print(f"median tasks/s: open {open_:.0f}, with token {token:.0f}; median per-round cost of the check {100 * cost:.1f} %")
 PY

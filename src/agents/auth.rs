@@ -112,21 +112,30 @@ fn join_scopes(scopes: &[Scope]) -> String {
     scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
 }
 
-/// Who a request comes from, once its credential checked out.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Principal {
-    /// The token's public id.
-    pub token_id: String,
-    /// The token's subject: becomes the task envelope's `user`.
-    pub subject: String,
-    /// Its scopes.
-    pub scopes: Vec<Scope>,
-}
+/// Who a request comes from, once its credential checked out (a shared
+/// view of the token's entry: no copy on the hot path).
+#[derive(Debug, Clone)]
+pub struct Principal(Arc<Entry>);
 
 impl Principal {
+    /// The token's public id.
+    pub fn token_id(&self) -> &str {
+        &self.0.token_id
+    }
+
+    /// The token's subject: becomes the task envelope's `user`.
+    pub fn subject(&self) -> &str {
+        &self.0.subject
+    }
+
+    /// Its scopes.
+    pub fn scopes(&self) -> &[Scope] {
+        &self.0.scopes
+    }
+
     /// Whether the scopes allow `need` (`admin` allows all; any token reads).
     pub fn allows(&self, need: Scope) -> bool {
-        need == Scope::Read || self.scopes.contains(&need) || self.scopes.contains(&Scope::Admin)
+        need == Scope::Read || self.scopes().contains(&need) || self.scopes().contains(&Scope::Admin)
     }
 }
 
@@ -159,10 +168,6 @@ impl Entry {
         } else {
             None
         }
-    }
-
-    fn principal(&self) -> Principal {
-        Principal { token_id: self.token_id.clone(), subject: self.subject.clone(), scopes: self.scopes.clone() }
     }
 }
 
@@ -554,7 +559,12 @@ impl Auth {
             Some(Ok(p)) => {
                 let e = TaskError::new(
                     ErrorCode::Forbidden,
-                    format!("the token {} of {} lacks the {} scope this needs", p.token_id, p.subject, need.as_str()),
+                    format!(
+                        "the token {} of {} lacks the {} scope this needs",
+                        p.token_id(),
+                        p.subject(),
+                        need.as_str()
+                    ),
                 );
                 return Err(self.refuse(door, &client(), "scope", e));
             }
@@ -596,10 +606,10 @@ impl Auth {
                 return Err(Reason::Expired);
             }
             let entry = snap.by_id.get(token_id).ok_or(Reason::Revoked)?;
-            return entry.invalid(now).map_or_else(|| Ok(entry.principal()), Err);
+            return entry.invalid(now).map_or_else(|| Ok(Principal(entry.clone())), Err);
         }
         let entry = snap.tokens.get(&hash).ok_or(Reason::Unknown)?;
-        entry.invalid(now).map_or_else(|| Ok(entry.principal()), Err)
+        entry.invalid(now).map_or_else(|| Ok(Principal(entry.clone())), Err)
     }
 
     /// `auth.token_create`: a new stored token.
@@ -683,7 +693,7 @@ impl Auth {
             let hash = self.hasher.hash(token.trim());
             match snap.tokens.get(&hash) {
                 None => Err(Reason::Unknown),
-                Some(e) => e.invalid(now).map_or_else(|| Ok((e.principal(), e.expires_at)), Err),
+                Some(e) => e.invalid(now).map_or_else(|| Ok((Principal(e.clone()), e.expires_at)), Err),
             }
         };
         let (principal, token_expiry) =
@@ -693,12 +703,17 @@ impl Auth {
         let session_id = random_secret(SESSION_PREFIX);
         let row = SessionRow {
             hash: self.hasher.hash(&session_id).to_vec(),
-            token_id: principal.token_id.clone(),
+            token_id: principal.token_id().to_string(),
             expires_at,
         };
         self.store.call(move |conn| tokens::insert_session(conn, &row, now)).await.map_err(store_error)?;
         self.reload().await.map_err(store_error)?;
-        Ok(Session { session_id, subject: principal.subject, scopes: principal.scopes, expires_at })
+        Ok(Session {
+            session_id,
+            subject: principal.subject().to_string(),
+            scopes: principal.scopes().to_vec(),
+            expires_at,
+        })
     }
 }
 
@@ -806,7 +821,15 @@ mod tests {
         assert_eq!(parse_scopes("tasks, read").unwrap(), vec![Scope::Tasks, Scope::Read]);
         assert!(parse_scopes("root").is_err());
         assert!(parse_scopes("").is_err());
-        let p = |s: &[Scope]| Principal { token_id: "t".into(), subject: "s".into(), scopes: s.to_vec() };
+        let p = |s: &[Scope]| {
+            Principal(Arc::new(Entry {
+                token_id: "t".into(),
+                subject: "s".into(),
+                scopes: s.to_vec(),
+                expires_at: None,
+                revoked: false,
+            }))
+        };
         assert!(p(&[Scope::Admin]).allows(Scope::Tasks));
         assert!(p(&[Scope::Read]).allows(Scope::Read));
         assert!(!p(&[Scope::Read]).allows(Scope::Tasks));

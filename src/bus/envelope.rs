@@ -202,38 +202,20 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Decoded, Rejected> {
             format!("message of {} bytes exceeds bus.max_message_bytes = {max_bytes}", body.len()),
         ));
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| reject(None, ErrorCode::MalformedJson, format!("body is not JSON: {e}")))?;
-    let Value::Object(map) = value else {
-        return Err(reject(
-            None,
-            ErrorCode::InvalidField,
-            format!("envelope must be a JSON object, not {}", kind(&value)),
-        ));
+    // Fast path: a well-formed task envelope straight into its struct (no
+    // JSON tree in between); anything else — a cancel, an error to explain —
+    // takes the general path below.
+    let parsed = match serde_json::from_slice::<TaskEnvelope>(body) {
+        Ok(env) => match env.id.as_ref().map(id_of).transpose() {
+            Ok(id) => Parsed::Task(env, id.flatten()),
+            Err(why) => return Err(reject(None, ErrorCode::InvalidField, format!("field id: {why}"))),
+        },
+        Err(_) => parse_general(body)?,
     };
-    let id = match map.get("id").map(id_of).transpose() {
-        Ok(id) => id.flatten(),
-        Err(why) => return Err(reject(None, ErrorCode::InvalidField, format!("field id: {why}"))),
+    let (env, id) = match parsed {
+        Parsed::Task(env, id) => (env, id),
+        Parsed::Cancel(cancel) => return Ok(cancel),
     };
-    if let Some(target) = map.get("cancel") {
-        if let Some(extra) = map.keys().find(|k| !matches!(k.as_str(), "cancel" | "id" | "token")) {
-            return Err(reject(id, ErrorCode::InvalidField, format!("field {extra}: not allowed in a cancel message")));
-        }
-        let token = match map.get("token") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(t)) => Some(t.clone()),
-            Some(other) => {
-                return Err(reject(id, ErrorCode::InvalidField, format!("field token: a string, not {}", kind(other))));
-            }
-        };
-        return match id_of(target) {
-            Ok(Some(target)) => Ok(Decoded { request: Request::Cancel { id, target }, token }),
-            Ok(None) => Err(reject(id, ErrorCode::InvalidField, "field cancel: the id of the task to cancel")),
-            Err(why) => Err(reject(id, ErrorCode::InvalidField, format!("field cancel: {why}"))),
-        };
-    }
-    let env: TaskEnvelope = serde_json::from_value(Value::Object(map))
-        .map_err(|e| reject(id.clone(), ErrorCode::InvalidField, format!("envelope: {e}")))?;
     let invalid = |msg: String| reject(id.clone(), ErrorCode::InvalidField, msg);
     if !(0..=9).contains(&env.priority) {
         return Err(invalid(format!("field priority: {} is outside 0..=9", env.priority)));
@@ -276,6 +258,52 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Decoded, Rejected> {
         push_to_front: env.push_to_front,
     });
     Ok(Decoded { request: task, token: env.token })
+}
+
+/// What [`parse_general`] found.
+enum Parsed {
+    /// A task envelope and its id.
+    Task(TaskEnvelope, Option<String>),
+    /// A complete cancel request.
+    Cancel(Decoded),
+}
+
+/// The general decoding path: a JSON tree first, so that a cancel is told
+/// apart and every error names its field (and keeps the id for the reply).
+fn parse_general(body: &[u8]) -> Result<Parsed, Rejected> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| reject(None, ErrorCode::MalformedJson, format!("body is not JSON: {e}")))?;
+    let Value::Object(map) = value else {
+        return Err(reject(
+            None,
+            ErrorCode::InvalidField,
+            format!("envelope must be a JSON object, not {}", kind(&value)),
+        ));
+    };
+    let id = match map.get("id").map(id_of).transpose() {
+        Ok(id) => id.flatten(),
+        Err(why) => return Err(reject(None, ErrorCode::InvalidField, format!("field id: {why}"))),
+    };
+    if let Some(target) = map.get("cancel") {
+        if let Some(extra) = map.keys().find(|k| !matches!(k.as_str(), "cancel" | "id" | "token")) {
+            return Err(reject(id, ErrorCode::InvalidField, format!("field {extra}: not allowed in a cancel message")));
+        }
+        let token = match map.get("token") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) => Some(t.clone()),
+            Some(other) => {
+                return Err(reject(id, ErrorCode::InvalidField, format!("field token: a string, not {}", kind(other))));
+            }
+        };
+        return match id_of(target) {
+            Ok(Some(target)) => Ok(Parsed::Cancel(Decoded { request: Request::Cancel { id, target }, token })),
+            Ok(None) => Err(reject(id, ErrorCode::InvalidField, "field cancel: the id of the task to cancel")),
+            Err(why) => Err(reject(id, ErrorCode::InvalidField, format!("field cancel: {why}"))),
+        };
+    }
+    let env: TaskEnvelope = serde_json::from_value(Value::Object(map))
+        .map_err(|e| reject(id.clone(), ErrorCode::InvalidField, format!("envelope: {e}")))?;
+    Ok(Parsed::Task(env, id))
 }
 
 /// Milliseconds spent in each phase of a task.

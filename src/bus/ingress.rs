@@ -106,7 +106,7 @@ fn authenticate(
     match auth.check("bus", &who, token.as_deref(), need) {
         Ok(principal) => {
             if let (Request::Task(t), Some(p)) = (&mut request, principal) {
-                t.user = Some(p.subject);
+                t.user = Some(p.subject().to_string());
             }
             Ok(request)
         }

@@ -195,7 +195,7 @@ pub(crate) async fn chat_completions(
         agent_complexity: 0.5,
         prefer,
         // The token's subject, when the door asked for one.
-        user: principal.map(|Extension(p)| p.subject).or_else(|| body.user.clone()),
+        user: principal.map(|Extension(p)| p.subject().to_string()).or_else(|| body.user.clone()),
         backend,
         model,
         messages: body.messages.iter().map(|m| ChatMessage::new(&m.role, text_of(&m.content))).collect(),

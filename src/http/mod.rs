@@ -19,7 +19,8 @@
 //! | `POST /agents/{name}/fault` body `{"kind": "panic"\|"error"}` | an agent, or an infrastructure component (`HybridRouter`, `ModelScheduler`, `BusDispatcher`); only with `testing.fault_injection: true` (404 otherwise) |
 //!
 //! Every route but `/health` and `/ready` asks for `Authorization: Bearer
-//! <token>` (an API token, or a web-UI session id) once a token exists
+//! <token>` (an API token, or a web-UI session id; or that session id in the
+//! cookie `agentvisor_session`) once a token exists
 //! ([`crate::agents::auth`]): `read` for GET routes (and `/metrics` on a
 //! non-loopback listener, unless `auth.public_metrics`), `tasks` for `/v1`
 //! and `/mcp`, `admin` for agent starts, stops, faults and registry writes.
@@ -115,6 +116,28 @@ fn route_scope(app: &App, method: &Method, path: &str) -> Option<(Scope, &'stati
     }
 }
 
+/// The credential of a request: `Authorization: Bearer <token or session
+/// id>`, else the web UI's session cookie (`agentvisor_session=<session id>`,
+/// the `session_id` of `auth.session`).
+fn credential(headers: &axum::http::HeaderMap) -> Option<String> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let cookie = || {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE).and_then(|rest| rest.strip_prefix('=')))
+    };
+    bearer.or_else(cookie).map(|t| t.trim().to_string())
+}
+
+/// The web UI's session cookie.
+pub const SESSION_COOKIE: &str = "agentvisor_session";
+
 /// The door's check (see the module docs); the principal goes into the
 /// request's extensions for the handlers.
 async fn authenticate(State(app): State<App>, mut req: Request, next: Next) -> Response {
@@ -123,12 +146,7 @@ async fn authenticate(State(app): State<App>, mut req: Request, next: Next) -> R
     };
     let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let client = || ip.map_or_else(|| "http:unknown".to_string(), |ip| format!("http:{ip}"));
-    let credential = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(|t| t.trim().to_string());
+    let credential = credential(req.headers());
     match app.services.auth.check(door, &client, credential.as_deref(), need) {
         Ok(principal) => {
             if let Some(p) = principal {

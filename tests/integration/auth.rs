@@ -399,6 +399,9 @@ async fn tokens_made_by_task_work_at_once_and_sessions_follow_their_token() {
     let session = r["output"]["session_id"].as_str().expect("session id").to_string();
     let agents = |cred: String| run.http.get(run.url("/agents")).bearer_auth(cred).send();
     assert_eq!(agents(session.clone()).await.unwrap().status(), 200);
+    let with_cookie =
+        run.http.get(run.url("/agents")).header("cookie", format!("theme=dark; agentvisor_session={session}"));
+    assert_eq!(with_cookie.send().await.unwrap().status(), 200, "the session cookie opens the door too");
     // Revoked: the token and its session stop at once.
     let r = ask(&mut s, task("r1", "auth.token_revoke", json!({"token_id": carol_id}), static_token)).await;
     assert_eq!(r["output"], json!({"token_id": carol_id, "revoked": true}));
