@@ -16,12 +16,12 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
+use agentvisor::config::Tier;
 use agentvisor::config::policy::Undecided;
-use agentvisor::config::{BackendKind, BackendSettings, Tier};
 use serde_json::{Value, json};
 use zeromq::{DealerSocket, Socket, SocketRecv, SubSocket};
 
-use crate::fake_openai::{Behaviour, FakeOpenAi};
+use crate::fake_openai::{Behaviour, FakeOpenAi, backend_settings};
 use crate::util::{self, Daemon, EventLog};
 
 /// How long one event may take to show up.
@@ -193,28 +193,6 @@ async fn risky_snippets_are_denied_by_policy_and_allowed_ones_run() {
     d.terminate(Duration::from_secs(15)).await;
 }
 
-/// A backend on the fake server (L1, short timeouts, no retries).
-fn backend(base_url: String) -> BackendSettings {
-    BackendSettings {
-        kind: BackendKind::Openai,
-        tier: Tier::L1,
-        enabled: true,
-        base_url: Some(base_url),
-        api_key_env: None,
-        model: "fake-local".into(),
-        connect_timeout_secs: 1.0,
-        first_token_timeout_secs: 2.0,
-        total_timeout_secs: 5.0,
-        max_retries: 0,
-        retry_initial_secs: 0.05,
-        retry_max_secs: 0.2,
-        price_per_1k_input_usd: 0.0,
-        price_per_1k_output_usd: 0.0,
-        models_ttl_secs: 60.0,
-        context_tokens: 8192,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecided_snippets_go_to_the_validator_when_configured() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,7 +200,7 @@ async fn undecided_snippets_go_to_the_validator_when_configured() {
     let fake = FakeOpenAi::start().await;
     let mut s = util::bus_settings(dir.path());
     s.profiles_dir = dir.path().to_path_buf();
-    s.backends = [("local".to_string(), backend(fake.base_url()))].into();
+    s.backends = [("local".to_string(), backend_settings(Tier::L1, "fake-local", fake.base_url()))].into();
     s.routing.content.enabled = false;
     s.cache.enabled = false;
     s.policy.undecided = Undecided::Model;
