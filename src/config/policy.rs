@@ -23,7 +23,10 @@ pub enum Undecided {
 pub struct PolicySettings {
     /// `false`: no task is checked. Default `true`.
     pub enabled: bool,
-    /// Task types checked, whatever their agent; default `[code.execute]`.
+    /// Task types checked, whatever their agent; default `[code.execute,
+    /// system.stop]` (the admin action a task, or a plan the arbiter made,
+    /// must not take on an essential agent: `essential_agent`; operators
+    /// stop one with `POST /agents/{name}/stop`).
     /// Agents whose spec sets `requires_validation: true` have all their
     /// tasks checked as well.
     pub validate: Vec<String>,
@@ -53,7 +56,7 @@ impl Default for PolicySettings {
     fn default() -> Self {
         PolicySettings {
             enabled: true,
-            validate: vec!["code.execute".into()],
+            validate: vec!["code.execute".into(), "system.stop".into()],
             undecided: Undecided::Allow,
             network: false,
             allow: Vec::new(),
@@ -90,7 +93,10 @@ mod tests {
     fn defaults_and_problems() {
         let s = PolicySettings::default();
         assert!(s.enabled && !s.network);
-        assert_eq!((s.validate.as_slice(), s.undecided), (&["code.execute".to_string()][..], Undecided::Allow));
+        assert_eq!(
+            (s.validate.as_slice(), s.undecided),
+            (&["code.execute".to_string(), "system.stop".to_string()][..], Undecided::Allow)
+        );
         assert!(s.problems().is_empty());
         let bad = PolicySettings { allow: vec!["(".into()], deny: vec!["ok".into(), "[".into()], ..s };
         let problems = bad.problems().join("; ");

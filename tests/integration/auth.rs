@@ -234,6 +234,11 @@ async fn every_door_asks_for_a_token_with_the_scope_it_needs_and_no_token_leaks(
     assert_eq!(code(&ask(&mut s, wrapped).await), "forbidden", "a wrapped admin task needs admin too");
     let direct = json!({"id": "b9", "agent": "UnifiedSystemAgent", "input": {}, "token": tasks});
     assert_eq!(code(&ask(&mut s, direct).await), "forbidden", "an agent handling admin types needs admin");
+    // Admin actions pass the policy gate too: no task stops an essential agent.
+    let stop = json!({"id": "b9b", "type": "system.stop", "input": "RequestCoordinator", "token": admin});
+    let r = ask(&mut s, stop).await;
+    assert_eq!(code(&r), "denied_by_policy", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("essential_agent"), "{r}");
     let status = json!({"id": "b10", "type": "system.status", "input": "UnifiedUtilsAgent", "token": admin});
     assert_eq!(code(&ask(&mut s, status).await), "ok");
     // A stored job (its row must not hold the token) and the subject as user.

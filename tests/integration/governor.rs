@@ -131,13 +131,7 @@ async fn deterministic_requests_are_answered_from_the_cache_while_cache_manager_
     assert_eq!(fake.requests().len(), 4);
 
     // /v1: only `temperature: 0` is deterministic (OpenAI's default is 1).
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(agentvisor::http::serve(
-        listener,
-        agentvisor::http::router(fleet.http_app()),
-        std::future::pending(),
-    ));
+    let (base, server) = util::serve_http(&fleet).await;
     let http = reqwest::Client::new();
     let v1 = |temperature: Option<f64>| {
         let mut body = json!({"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 8});

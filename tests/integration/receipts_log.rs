@@ -338,13 +338,8 @@ async fn in_process(
     .unwrap();
     let fleet = util::fleet(s, None, path(&profile)).await;
     fleet.boot().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1/chat/completions", listener.local_addr().unwrap());
-    let server = tokio::spawn(agentvisor::http::serve(
-        listener,
-        agentvisor::http::router(fleet.http_app()),
-        std::future::pending(),
-    ));
+    let (base, server) = util::serve_http(&fleet).await;
+    let url = format!("{base}/v1/chat/completions");
     (fleet, url, server)
 }
 

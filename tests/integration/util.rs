@@ -405,3 +405,12 @@ pub fn exec_output(reply: &serde_json::Value) -> &serde_json::Value {
     assert_eq!(reply["agent"], "Executor", "{reply}");
     &reply["output"]
 }
+
+/// Serves `fleet`'s HTTP routes on a free loopback port until the test
+/// ends: the base URL (`http://127.0.0.1:PORT`) and the server task.
+pub async fn serve_http(fleet: &System) -> (String, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = agentvisor::http::router(fleet.http_app());
+    (base, tokio::spawn(agentvisor::http::serve(listener, router, std::future::pending())))
+}

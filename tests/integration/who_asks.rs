@@ -55,13 +55,7 @@ async fn user_and_model_reach_the_receipt_over_the_bus_and_v1() {
     assert!(users.contains(&Some("alice")) && users.contains(&Some("bob")), "{users:?}");
 
     // The same through /v1: OpenAI's `user` and `model` fields.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(agentvisor::http::serve(
-        listener,
-        agentvisor::http::router(fleet.http_app()),
-        std::future::pending(),
-    ));
+    let (base, server) = util::serve_http(&fleet).await;
     let http = reqwest::Client::new();
     let post = |body: Value| http.post(format!("{base}/v1/chat/completions")).json(&body).send();
     let r = post(json!({"model": "fake-local", "user": "carol", "messages": [{"role": "user", "content": "hi"}]}))
