@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::{LlmAgent, choice};
-use crate::core::{ChatMessage, ErrorCode, GenParams, Receipt, RouteEstimate, RouteStep, Task, TaskError};
+use crate::core::{ChatMessage, ErrorCode, GenParams, Receipt, RouteEstimate, RouteStep, Task, TaskError, TaskReply};
 use crate::routing::content::SPECIALISTS;
 
 /// The choice's tool: which specialist answers, and why.
@@ -141,6 +141,7 @@ impl LlmAgent {
         let mut input = task.input.clone();
         let mut ended = "max_iterations";
         let mut needs_input: Option<String> = None;
+        let mut partial = false;
         let mut last_step = Duration::ZERO;
         for i in 0..max {
             // No time left for another consultation like the last one.
@@ -157,19 +158,32 @@ impl LlmAgent {
                 .unwrap_or_else(|| task.task_type.clone());
             forward.input = input.clone();
             forward.complexity = complexity;
-            let (answer, answer_route) = match self.peers.call(specialist, forward).await {
+            let (result, written) = consult(self.peers.as_ref(), specialist, forward).await;
+            let (answer, answer_route) = match result {
                 Ok(out) => (out.output, out.route),
                 Err(e) => {
-                    steps.push(step(specialist, e.route.as_deref(), t0, "failed"));
                     match best.take() {
+                        // The deadline cut the first answer short: what the
+                        // specialist had written by then is the best so far.
+                        None if e.code == ErrorCode::DeadlineExceeded && !written.trim().is_empty() => {
+                            tracing::warn!(task_id = %task.id, specialist, chars = written.len(), "deadline: the answer is partial");
+                            steps.push(step(specialist, e.route.as_deref(), t0, "partial"));
+                            let route = e.route.map(|r| *r);
+                            best = Some(Best { score: 0, answer: Value::String(written), specialist, route });
+                            ended = "deadline";
+                            partial = true;
+                            break;
+                        }
                         // Nothing to fall back on: the specialist's error is the answer.
                         None => {
+                            steps.push(step(specialist, e.route.as_deref(), t0, "failed"));
                             if e.route.is_some() {
                                 *route = e.route.clone().map(|r| *r);
                             }
                             return Err(e);
                         }
                         Some(b) => {
+                            steps.push(step(specialist, e.route.as_deref(), t0, "failed"));
                             tracing::warn!(task_id = %task.id, specialist, error = %e, "revision failed; the best answer so far stands");
                             ended =
                                 if e.code == ErrorCode::DeadlineExceeded { "deadline" } else { "specialist_failed" };
@@ -273,7 +287,11 @@ impl LlmAgent {
             self.remember(task, &Value::String(question)).await;
             return Ok(out);
         }
-        Ok(json!({"specialist": best.specialist, "reason": reason, "answer": best.answer}))
+        let mut out = json!({"specialist": best.specialist, "reason": reason, "answer": best.answer});
+        if partial {
+            out["partial"] = Value::Bool(true);
+        }
+        Ok(out)
     }
 
     /// The arbiter model's constrained choice; a malformed one (a backend
@@ -362,6 +380,42 @@ fn reserve_time(task: &Task) -> Task {
         inner.deadline = Some(d - reserve);
     }
     inner
+}
+
+/// Consults `specialist` with `forward`, streaming its answer: the text it
+/// has written is kept (and passed on to the caller's stream, if any), so a
+/// deadline that cuts the answer short still leaves what was written. The
+/// consultation runs under a child of the task's cancellation token, which
+/// is cancelled when the call ends without an answer (the deadline), so the
+/// specialist's model stops generating.
+async fn consult(peers: &dyn crate::supervisor::Peers, specialist: &str, mut forward: Task) -> (TaskReply, String) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let caller = forward.chunks.replace(tx);
+    let cancel = forward.cancel.child_token();
+    forward.cancel = cancel.clone();
+    let mut written = String::new();
+    let keep = |piece: String, written: &mut String| {
+        written.push_str(&piece);
+        if let Some(caller) = &caller {
+            let _ = caller.send(piece);
+        }
+    };
+    let call = peers.call(specialist, forward);
+    tokio::pin!(call);
+    let result = loop {
+        tokio::select! {
+            biased;
+            Some(piece) = rx.recv() => keep(piece, &mut written),
+            result = &mut call => break result,
+        }
+    };
+    while let Ok(piece) = rx.try_recv() {
+        keep(piece, &mut written);
+    }
+    if result.is_err() {
+        cancel.cancel();
+    }
+    (result, written)
 }
 
 /// A step's record from the specialist's route.
