@@ -281,6 +281,30 @@ async fn content_decides_the_specialist_and_the_tier() {
     fleet.shutdown(Duration::from_secs(10)).await;
 }
 
+/// The estimate is unsure (below `min_confidence`), so the arbiter's model
+/// chooses; when that call fails, the content route, however unsure, is
+/// the choice rather than an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsure_estimate_stands_when_the_arbiters_model_cannot_choose() {
+    let fake = FakeOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, mut bus) = fleet(dir.path(), &fake, |s| s.arbiter.review = false).await;
+    // The choice fails on both backends (no retries); the specialist answers.
+    fake.push(Behaviour::Status(500));
+    fake.push(Behaviour::Status(500));
+    fake.push(Behaviour::Answer("It reads well.".into()));
+    let text = "Could you look at this and tell me what you think?";
+    let reply = call(&mut bus, json!({"id": "u1", "type": "auto", "input": text})).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let e = &reply["route"]["estimate"];
+    assert_eq!((e["route"].as_str(), e["used"].as_bool()), (Some("roleplay"), Some(false)), "unsure: {reply}");
+    assert_eq!(reply["output"]["specialist"], "CognitiveModelAgent", "{reply}");
+    let reason = reply["output"]["reason"].as_str().unwrap();
+    assert!(reason.contains("content route roleplay") && reason.contains("did not choose"), "{reply}");
+    assert_eq!(reply["output"]["answer"], "It reads well.");
+    fleet.shutdown(Duration::from_secs(10)).await;
+}
+
 /// `/v1/chat/completions` with `model: auto` (or no model): the request's
 /// content decides the tier, and the estimate is in the receipt. An explicit
 /// complexity header or a named backend keeps the rule's decision.

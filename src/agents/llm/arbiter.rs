@@ -7,7 +7,9 @@
 //!    grammar on embedded models, the forced tool `consult_specialist` on
 //!    OpenAI-compatible ones). A choice that is still malformed (a backend
 //!    ignoring constraints) is repaired once through NLUAgent, else
-//!    `invalid_output`.
+//!    `invalid_output`. The model's choice has a third of the time left;
+//!    when it fails or runs out, the content estimate's route (however
+//!    unsure) is the choice, if it found one.
 //! 2. **Consult** it: the task goes to the specialist (started on demand)
 //!    as its first task type, with the estimate's complexity when the task
 //!    has none.
@@ -131,7 +133,7 @@ impl LlmAgent {
                 let agent = SPECIALISTS.iter().find(|s| **s == e.specialist).copied().unwrap_or(SPECIALISTS[0]);
                 (agent, format!("content route {} (confidence {:.2})", e.route, e.confidence))
             }
-            None => self.model_choice(task, route).await?,
+            None => self.timed_choice(task, estimate.as_ref(), route).await?,
         };
         tracing::info!(task_id = %task.id, specialist, reason, "arbiter chose");
         let complexity = task.complexity.or(estimate.as_ref().filter(|e| e.used).map(|e| e.complexity));
@@ -292,6 +294,44 @@ impl LlmAgent {
             out["partial"] = Value::Bool(true);
         }
         Ok(out)
+    }
+
+    /// The arbiter model's choice within a third of the time left (the
+    /// consultation needs the rest). When it fails or runs out and the
+    /// content estimate found a route, however unsure, that route is the
+    /// choice (the reason says so); else the choice's error.
+    async fn timed_choice(
+        &self,
+        task: &Task,
+        estimate: Option<&RouteEstimate>,
+        route: &mut Option<Receipt>,
+    ) -> Result<(&'static str, String), TaskError> {
+        let mut boxed = task.clone();
+        let cancel = task.cancel.child_token();
+        boxed.cancel = cancel.clone();
+        if let Some(d) = task.deadline {
+            let now = Instant::now();
+            boxed.deadline = Some(now + d.saturating_duration_since(now) / 3);
+        }
+        let result = self.model_choice(&boxed, route).await;
+        if result.is_err() {
+            // The choice's generation stops (not the task).
+            cancel.cancel();
+        }
+        let fallback = estimate
+            .filter(|e| e.confidence > 0.0)
+            .and_then(|e| SPECIALISTS.iter().find(|s| **s == e.specialist).map(|s| (*s, e)));
+        match (result, fallback) {
+            (Err(e), Some((agent, est))) if e.code != ErrorCode::Cancelled => {
+                tracing::warn!(task_id = %task.id, error = %e, route = est.route, "the arbiter's model did not choose; the content route stands");
+                let reason = format!(
+                    "content route {} (confidence {:.2}; the arbiter's model did not choose: {})",
+                    est.route, est.confidence, e.code
+                );
+                Ok((agent, reason))
+            }
+            (result, _) => result,
+        }
     }
 
     /// The arbiter model's constrained choice; a malformed one (a backend
