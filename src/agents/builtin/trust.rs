@@ -151,7 +151,7 @@ impl TrustModel {
     /// `row` decayed to `now` (no change for a `now` before its time).
     pub fn decayed(&self, row: &TrustRow, now: f64) -> TrustRow {
         let age = now - row.updated_at;
-        if !(age > 0.0) {
+        if age.is_nan() || age <= 0.0 {
             return *row;
         }
         let w = (-age / self.half_life).exp2();
