@@ -133,6 +133,11 @@ async fn feedback_and_corrections_are_tied_to_real_receipts_and_preferences_are_
     ] {
         assert_eq!(code(&mut bus, "feedback.record", bad.clone()).await, "invalid_field", "{bad}");
     }
+    assert_eq!(
+        code(&mut bus, "feedback.record", json!({"task_id": "fb-1", "rating": 3, "better_specialist": "NoSuchAgent"}))
+            .await,
+        "unknown_agent"
+    );
 
     // Listed newest first, per task and per agent.
     let listed = ok(&mut bus, "feedback.list", json!({"task_id": "fb-1"})).await;

@@ -18,7 +18,7 @@
 //! rating of 5 (up) or 1 (down) for trust; the stored row keeps which was given.
 //!
 //! Errors: a task with no receipt (unknown, or it made no model call) is
-//! `not_found`; a rating outside 1–5, both or neither of `rating` and
+//! `not_found`; a `better_specialist` not in the catalog `unknown_agent`; a rating outside 1–5, both or neither of `rating` and
 //! `thumbs` is `invalid_field`.
 //!
 //! Event `feedback.recorded {feedback_id, task_id, agent, user, rating,
@@ -36,6 +36,7 @@ use crate::events::EventBus;
 use crate::store::learning::{self, Correction, Feedback, ReceiptFacts};
 use crate::store::receipts::ReceiptLog;
 use crate::store::{Store, StoreError};
+use crate::supervisor::Fleet;
 use crate::telemetry::metrics::Metrics;
 
 /// The agent's name.
@@ -126,15 +127,23 @@ struct ListInput {
 pub struct FeedbackHandler {
     store: Store,
     receipts: ReceiptLog,
+    fleet: Fleet,
     events: EventBus,
     metrics: Metrics,
 }
 
 impl FeedbackHandler {
     /// The behaviour: feedback in `store`, receipts read there (after a
-    /// flush of `receipts` when missing).
-    pub fn new(store: Store, receipts: ReceiptLog, events: EventBus, metrics: Metrics) -> FeedbackHandler {
-        FeedbackHandler { store, receipts, events, metrics }
+    /// flush of `receipts` when missing); `better_specialist` checked
+    /// against `fleet`'s catalog.
+    pub fn new(
+        store: Store,
+        receipts: ReceiptLog,
+        fleet: Fleet,
+        events: EventBus,
+        metrics: Metrics,
+    ) -> FeedbackHandler {
+        FeedbackHandler { store, receipts, fleet, events, metrics }
     }
 
     async fn record(&self, t: &str, input: RecordInput, user: Option<String>) -> Result<Feedback, TaskError> {
@@ -145,6 +154,14 @@ impl FeedbackHandler {
             (None, Some(_)) => None,
             _ => return Err(bad(t, "the top level", "give exactly one of `rating` and `thumbs`")),
         };
+        if let Some(Name(b)) = &better_specialist
+            && self.fleet.ctx().catalog.get(b).is_none()
+        {
+            return Err(TaskError::new(
+                ErrorCode::UnknownAgent,
+                format!("{t}: no agent named {b:?} (better_specialist)"),
+            ));
+        }
         let facts = receipt_facts(&self.store, &self.receipts, t, &task_id).await?;
         let now = unix_time();
         let feedback = Feedback {

@@ -238,6 +238,7 @@ pub(crate) fn behaviour_for(name: &str, services: &Services, fleet: &Fleet) -> O
         feedback::AGENT => Some(Arc::new(feedback::FeedbackHandler::new(
             services.store.clone(),
             services.receipts.clone(),
+            fleet.clone(),
             services.events.clone(),
             services.metrics.clone(),
         ))),

@@ -349,7 +349,6 @@ struct RecordInput {
     #[serde(default)]
     rating: Option<i64>,
     #[serde(default)]
-    #[allow(dead_code)]
     task_id: Option<Name>,
 }
 
@@ -417,13 +416,15 @@ impl Behaviour for AgentTrustScorer {
                 }))
             }
             "trust.record" => {
-                let RecordInput { agent: Name(agent), outcome, rating, task_id: _ } = decode(t, &task.input)?;
+                let RecordInput { agent: Name(agent), outcome, rating, task_id } = decode(t, &task.input)?;
                 let rating = match rating {
                     None => None,
                     Some(r) if (1..=5).contains(&r) => Some(r as u8),
                     Some(r) => return Err(bad(t, "/rating", format!("{r} is not within 1..=5"))),
                 };
                 self.fleet.resolve(Some(&agent), None)?;
+                let task_id = task_id.map(|Name(id)| id);
+                tracing::debug!(agent, task_id, outcome = outcome.as_str(), rating, "trust outcome recorded by task");
                 let mut s = self.inner.apply(&agent, outcome.as_str(), |m, r, now| m.record(r, outcome, now));
                 if let Some(r) = rating {
                     s = self.inner.apply(&agent, "rating", |m, row, now| m.rate(row, r, now));
