@@ -1352,6 +1352,24 @@ mod tests {
     }
 
     #[test]
+    fn trust_settings_have_their_defaults_and_bad_values_are_named() {
+        let t = Settings::default().trust;
+        assert_eq!((t.half_life_secs, t.prior_successes, t.prior_failures, t.floor), (604_800.0, 1.0, 1.0, 0.25));
+        let s = Settings::load(None, &[("trust.floor".into(), "0.4".into())]).unwrap();
+        assert_eq!(s.trust.floor, 0.4);
+        let overrides = [
+            ("trust.floor".to_string(), "1.5".to_string()),
+            ("trust.half_life_secs".to_string(), "0".to_string()),
+            ("trust.rating_weight".to_string(), "-1".to_string()),
+        ];
+        let err = Settings::load(None, &overrides).unwrap_err().to_string();
+        assert!(
+            err.contains("trust.floor") && err.contains("half_life_secs") && err.contains("rating_weight"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn default_backends_are_local_only_and_cloud_tiers_switch_on_by_setting() {
         let s = Settings::default();
         let local = &s.backends["local"];
