@@ -16,8 +16,9 @@
 //! is under `trust.floor` is `below_floor`, and crossing the floor either
 //! way is a `trust.floor_crossed` event.
 //!
-//! It feeds itself from the event stream while it runs (load it at boot
-//! with the profile's `autoload_on_startup` to count from the start):
+//! It feeds itself from the event stream while it runs (the `full`
+//! profile starts it at boot; elsewhere list it in `autoload_on_startup` to
+//! count from the start):
 //! `task.completed` is a success of the agent; `task.failed` a timeout
 //! (`deadline_exceeded`, `start_timeout`) or a failure (the agent's or its
 //! backend's: `agent_failed`, `agent_error`, `agent_fatal`, `start_failed`,
