@@ -149,6 +149,7 @@ impl System {
             cache: cache.clone(),
             auth,
             policy: Arc::new(agents::policy::Policy::new(&settings.policy).map_err(anyhow::Error::msg)?),
+            receipts: receipts.clone(),
         });
         let bus = Arc::new(BusStatus::default());
         let mut spawner = Spawner::new(services.clone());

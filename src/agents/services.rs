@@ -13,6 +13,7 @@ use crate::models::manager::ModelManager;
 use crate::routing::cache::ResponseCache;
 use crate::routing::router::{LoadProbe, RouterHandle};
 use crate::store::Store;
+use crate::store::receipts::ReceiptLog;
 use crate::store::resources::Ledger;
 use crate::supervisor::Fleet;
 use crate::telemetry::metrics::Metrics;
@@ -47,6 +48,9 @@ pub struct Services {
     pub auth: Arc<Auth>,
     /// The policy gate every agent actor runs checked tasks through.
     pub policy: Arc<Policy>,
+    /// The receipts writer (HybridRouter's): FeedbackHandler and
+    /// LearningManager flush it to read the receipt of a task just answered.
+    pub receipts: ReceiptLog,
 }
 
 /// Builds a behaviour registered by the composition root for an agent whose

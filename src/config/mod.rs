@@ -112,6 +112,67 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// The policy gate in front of risky tasks (`code.execute`, ...).
     pub policy: policy::PolicySettings,
+    /// AgentTrustScorer's Beta posterior: decay, prior, floor.
+    pub trust: TrustSettings,
+}
+
+/// `trust:` — AgentTrustScorer's trust per agent: a Beta posterior over
+/// "the agent's next answer is good", from successes, failures, timeouts
+/// and users' ratings, each weighed by `2^(−age / half_life_secs)`
+/// (docs/learning.md gives the formula).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustSettings {
+    /// Seconds after which an outcome weighs half as much; default 604 800
+    /// (one week). Must be > 0.
+    pub half_life_secs: f64,
+    /// The prior's pseudo-successes (α₀ of Beta(α₀, β₀)); default 1
+    /// (with `prior_failures` 1: the uniform prior, an unknown agent scores 0.5). Must be > 0.
+    pub prior_successes: f64,
+    /// The prior's pseudo-failures (β₀); default 1. Must be > 0.
+    pub prior_failures: f64,
+    /// Observations one rating counts as: a rating r of 1–5 adds
+    /// `weight × (r − 1) / 4` to the successes and `weight × (5 − r) / 4` to
+    /// the failures; default 1. Must be ≥ 0.
+    pub rating_weight: f64,
+    /// Below this score an agent is `below_floor` (routing passes it over
+    /// once the arbiter reads trust); 0..=1, default 0.25.
+    pub floor: f64,
+}
+
+impl Default for TrustSettings {
+    fn default() -> Self {
+        TrustSettings {
+            half_life_secs: 604_800.0,
+            prior_successes: 1.0,
+            prior_failures: 1.0,
+            rating_weight: 1.0,
+            floor: 0.25,
+        }
+    }
+}
+
+impl TrustSettings {
+    /// Every problem of the trust settings.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, v) in [
+            ("half_life_secs", self.half_life_secs),
+            ("prior_successes", self.prior_successes),
+            ("prior_failures", self.prior_failures),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                out.push(format!("trust.{name} {v} is not a positive number"));
+            }
+        }
+        if !(self.rating_weight >= 0.0 && self.rating_weight.is_finite()) {
+            out.push(format!("trust.rating_weight {} is not a number >= 0", self.rating_weight));
+        }
+        if !(0.0..=1.0).contains(&self.floor) {
+            out.push(format!("trust.floor {} is not within 0..=1", self.floor));
+        }
+        out
+    }
 }
 
 /// `arbiter:` — the arbiter's loop (issue 15): consult a specialist, review
@@ -503,6 +564,7 @@ impl Default for Settings {
             context: ContextSettings::default(),
             cache: CacheSettings::default(),
             policy: Default::default(),
+            trust: TrustSettings::default(),
         }
     }
 }
@@ -1198,6 +1260,7 @@ impl Settings {
         problems.extend(settings.routing.content.problems());
         problems.extend(settings.context.problems());
         problems.extend(settings.policy.problems());
+        problems.extend(settings.trust.problems());
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems.join("; ")));
         }
@@ -1286,6 +1349,24 @@ mod tests {
         ];
         let err = Settings::load(None, &overrides).unwrap_err().to_string();
         assert!(err.contains("min_confidence") && err.contains("neighbours") && err.contains("routes_file"), "{err}");
+    }
+
+    #[test]
+    fn trust_settings_have_their_defaults_and_bad_values_are_named() {
+        let t = Settings::default().trust;
+        assert_eq!((t.half_life_secs, t.prior_successes, t.prior_failures, t.floor), (604_800.0, 1.0, 1.0, 0.25));
+        let s = Settings::load(None, &[("trust.floor".into(), "0.4".into())]).unwrap();
+        assert_eq!(s.trust.floor, 0.4);
+        let overrides = [
+            ("trust.floor".to_string(), "1.5".to_string()),
+            ("trust.half_life_secs".to_string(), "0".to_string()),
+            ("trust.rating_weight".to_string(), "-1".to_string()),
+        ];
+        let err = Settings::load(None, &overrides).unwrap_err().to_string();
+        assert!(
+            err.contains("trust.floor") && err.contains("half_life_secs") && err.contains("rating_weight"),
+            "{err}"
+        );
     }
 
     #[test]

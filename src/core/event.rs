@@ -569,6 +569,52 @@ pub enum Event {
         /// Who asked (the envelope's `user`), if known.
         user: Option<String>,
     },
+    /// `feedback.recorded`: a user rated a task's answer (FeedbackHandler).
+    FeedbackRecorded {
+        /// The feedback.
+        feedback_id: String,
+        /// The rated task.
+        task_id: String,
+        /// The agent that answered it (its receipt's), if known.
+        agent: Option<String>,
+        /// Who gave the feedback (the envelope's `user`), if known.
+        user: Option<String>,
+        /// 1 (poor) to 5 (excellent); thumbs up is 5, down 1.
+        rating: u8,
+        /// The agent that should have answered, when the user named one.
+        better_specialist: Option<String>,
+    },
+    /// `correction.recorded`: a task's answer was corrected (LearningManager,
+    /// or feedback with a correction).
+    CorrectionRecorded {
+        /// The correction.
+        correction_id: String,
+        /// The corrected task.
+        task_id: String,
+        /// The agent that answered it, if known.
+        agent: Option<String>,
+        /// Who corrected it, if known.
+        user: Option<String>,
+    },
+    /// `preferences.set`: a user's preferences changed (LearningManager).
+    PreferencesSet {
+        /// The user (null: anonymous).
+        user: Option<String>,
+        /// The fields given (`preferred_tier`, `persona`, `language`, `cost_cap_usd`).
+        fields: Vec<&'static str>,
+    },
+    /// `trust.floor_crossed`: an agent's trust fell below `trust.floor`
+    /// (`below: true`) or rose back to it (AgentTrustScorer).
+    TrustFloorCrossed {
+        /// The agent.
+        agent: String,
+        /// Its trust now, 0..=1.
+        score: f64,
+        /// The floor.
+        floor: f64,
+        /// `true`: now below the floor.
+        below: bool,
+    },
     /// `alert.heartbeat_missed`: a service missed its heartbeats.
     HeartbeatMissed {
         /// Service id.
@@ -641,6 +687,10 @@ impl Event {
             Event::ContextUsage { .. } => "context.usage",
             Event::ContextSummarized { .. } => "context.summarized",
             Event::PolicyDenied { .. } => "policy.denied",
+            Event::FeedbackRecorded { .. } => "feedback.recorded",
+            Event::CorrectionRecorded { .. } => "correction.recorded",
+            Event::PreferencesSet { .. } => "preferences.set",
+            Event::TrustFloorCrossed { .. } => "trust.floor_crossed",
         }
     }
 
@@ -658,6 +708,7 @@ impl Event {
             | Event::ScheduleFailed { .. }
             | Event::ProactiveFailed { .. }
             | Event::PolicyDenied { .. }
+            | Event::TrustFloorCrossed { below: true, .. }
             | Event::DependencyFatal { .. } => true,
             _ => false,
         }

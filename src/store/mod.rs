@@ -14,6 +14,7 @@ pub mod audit;
 pub mod context;
 pub mod goals;
 pub mod jobs;
+pub mod learning;
 pub mod memory;
 pub mod mood;
 pub mod personas;
@@ -145,6 +146,9 @@ const MIGRATIONS: &[&str] = &[
     context::MIGRATION,
     // 18: API tokens and web-UI sessions, as keyed hashes (issue 18).
     tokens::MIGRATION,
+    // 19: the learning loop: feedback, corrections, user preferences, agent
+    // trust (issue 16).
+    learning::MIGRATION,
 ];
 
 /// How often the checkpointer copies the WAL into the database file.

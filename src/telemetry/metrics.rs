@@ -134,6 +134,12 @@ pub struct Metrics {
     pub goals: IntCounterVec,
     /// `agentvisor_mood_records_total{label}`: emotions recorded by MoodTrackerAgent.
     pub mood_records: IntCounterVec,
+    /// `agentvisor_learning_records_total{kind}`: what the learning agents stored; kind
+    /// feedback (FeedbackHandler) | correction | preferences (LearningManager).
+    pub learning_records: IntCounterVec,
+    /// `agentvisor_trust_outcomes_total{outcome}`: outcomes AgentTrustScorer counted; outcome
+    /// success|failure|timeout|rating.
+    pub trust_outcomes: IntCounterVec,
     /// `agentvisor_proactive_firings_total{rule,outcome}`: ProactiveAgent rule firings; outcome ok|failed.
     pub proactive_firings: IntCounterVec,
     /// `agentvisor_web_fetches_total{outcome}`: UnifiedWebAgent fetches; outcome
@@ -447,6 +453,16 @@ impl Metrics {
                 "agentvisor_mood_records_total",
                 "Emotions recorded by MoodTrackerAgent, by label.",
                 &["label"],
+            ),
+            learning_records: counter_vec(
+                "agentvisor_learning_records_total",
+                "Records stored by the learning agents: feedback, correction, preferences.",
+                &["kind"],
+            ),
+            trust_outcomes: counter_vec(
+                "agentvisor_trust_outcomes_total",
+                "Outcomes AgentTrustScorer counted into an agent's trust: success, failure, timeout, rating.",
+                &["outcome"],
             ),
             proactive_firings: counter_vec(
                 "agentvisor_proactive_firings_total",

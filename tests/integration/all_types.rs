@@ -20,11 +20,8 @@ use crate::util;
 /// (the issue that builds it in brackets).
 const PENDING: &[&str] = &[
     "ActiveLearningMonitor",        // learning loop
-    "AgentTrustScorer",             // learning loop
-    "FeedbackHandler",              // learning loop
     "FusedAudioPreprocessor",       // ears and eyes
     "LearningAdjusterAgent",        // learning loop
-    "LearningManager",              // learning loop
     "LearningOrchestrationService", // learning loop
     "PredictiveHealthMonitor",      // learning loop
     "StreamingInterruptHandler",    // ears and eyes

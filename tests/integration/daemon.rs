@@ -57,7 +57,7 @@ async fn run_full_profile_serves_agents_metrics_and_stops_cleanly() {
     assert_eq!(body["profile"], "full");
     let agents = agents_by_name(&body);
     assert_eq!(agents.len(), 77);
-    let autoloaded = ["EmotionEngine", "NLUAgent", "ChainOfThoughtAgent", "LearningManager"];
+    let autoloaded = ["EmotionEngine", "NLUAgent", "ChainOfThoughtAgent", "LearningManager", "AgentTrustScorer"];
     let mut child_pids = Vec::new();
     for (name, a) in &agents {
         let state = a["state"].as_str().unwrap();
@@ -101,7 +101,7 @@ async fn run_full_profile_serves_agents_metrics_and_stops_cleanly() {
     let metrics = d.get_text("/metrics").await;
     let running = agents.values().filter(|a| a["state"] == "running").count() + 1; // + ChitchatAgent
     assert!(metrics.contains(&format!("agentvisor_agents{{state=\"running\"}} {running}")), "{metrics}");
-    assert!(metrics.contains("agentvisor_agents{state=\"dormant\"} 48"), "{metrics}");
+    assert!(metrics.contains("agentvisor_agents{state=\"dormant\"} 47"), "{metrics}");
     assert!(metrics.contains("agentvisor_agent_up{agent=\"ChitchatAgent\",group=\"language_services\"} 1"));
     assert!(metrics.contains("agentvisor_lazy_starts_total{outcome=\"ok\"} 1"), "{metrics}");
     assert!(metrics.contains("agentvisor_agent_start_duration_seconds_bucket"), "{metrics}");

@@ -23,6 +23,7 @@ mod governor;
 mod knowledge;
 mod layers;
 mod lazy;
+mod learning;
 mod legacy;
 mod llm;
 mod local_models;

@@ -37,6 +37,9 @@
 //! | CacheManager | [`cache`] | `cache.get`, `cache.put`, `cache.invalidate`, `cache.stats`; switches HybridRouter's response cache on |
 //! | TieredResponder | [`tiered`] | `basic_qa`, `tiered_response`; cache, local, cloud by urgency and load |
 //! | AuthenticationAgent | [`auth`] | `auth.token_create`, `auth.token_verify`, `auth.token_revoke`, `auth.session`; API tokens as keyed hashes |
+//! | FeedbackHandler | [`feedback`] | `feedback.record`, `feedback.list`: ratings tied to the task's receipt |
+//! | LearningManager | [`learning`] | `preferences.set`, `preferences.get` (per user), `corrections.record`, `corrections.list` |
+//! | AgentTrustScorer | [`trust`] | `trust.score`, `trust.record`: a decayed Beta posterior per agent, fed by task outcomes and ratings |
 //! | ObservabilityHub, ObservabilityHub_PC2 | [`observability`] | `observability.status`, `observability.metrics`, `observability.pc2.status`, `observability.pc2.metrics` |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
@@ -48,11 +51,13 @@ pub mod cache;
 pub mod context;
 pub mod digital_twin;
 pub mod dreaming;
+pub mod feedback;
 pub mod files;
 pub mod goals;
 pub mod identity;
 pub mod jobs;
 pub mod lazy_loader;
+pub mod learning;
 pub mod memory;
 pub mod models;
 pub mod mood;
@@ -67,6 +72,7 @@ pub mod session_memory;
 pub mod streaming_tts;
 pub mod system;
 pub mod tiered;
+pub mod trust;
 pub mod tutoring;
 pub mod utils;
 pub mod web;
@@ -228,6 +234,27 @@ pub(crate) fn behaviour_for(name: &str, services: &Services, fleet: &Fleet) -> O
             services.router.clone(),
             services.run_id.clone(),
             name == observability::HUB_PC2,
+        ))),
+        feedback::AGENT => Some(Arc::new(feedback::FeedbackHandler::new(
+            services.store.clone(),
+            services.receipts.clone(),
+            fleet.clone(),
+            services.events.clone(),
+            services.metrics.clone(),
+        ))),
+        learning::AGENT => Some(Arc::new(learning::LearningManager::new(
+            services.store.clone(),
+            services.receipts.clone(),
+            services.settings.identity.clone(),
+            services.events.clone(),
+            services.metrics.clone(),
+        ))),
+        trust::AGENT => Some(Arc::new(trust::AgentTrustScorer::new(
+            services.store.clone(),
+            &services.settings.trust,
+            fleet.clone(),
+            services.events.clone(),
+            services.metrics.clone(),
         ))),
         resources::AGENT => {
             services.resources.clone().map(|l| Arc::new(resources::ResourceManager::new(l)) as Arc<dyn Behaviour>)
