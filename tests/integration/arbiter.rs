@@ -305,6 +305,37 @@ async fn an_unsure_estimate_stands_when_the_arbiters_model_cannot_choose() {
     fleet.shutdown(Duration::from_secs(10)).await;
 }
 
+/// A specialist AgentTrustScorer scores under `trust.floor` is passed over
+/// for the next of the four; when its trust recovers it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_specialist_under_the_trust_floor_is_passed_over() {
+    let fake = FakeOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (fleet, mut bus) = fleet(dir.path(), &fake, |s| s.arbiter.review = false).await;
+    let coding = "Write a Python function that reverses the words of a sentence.";
+    let record = |i: usize, outcome: &str| json!({"id": format!("t{i}-{outcome}"), "type": "trust.record", "input": {"agent": "CodeGenerator", "outcome": outcome}});
+    let mut below = Value::Null;
+    for i in 0..4 {
+        below = call(&mut bus, record(i, "failure")).await;
+    }
+    assert_eq!(below["output"]["below_floor"], true, "{below}");
+    fake.push(Behaviour::Answer("def rev(s): ...".into()));
+    let reply = call(&mut bus, json!({"id": "f1", "type": "auto", "input": coding})).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(reply["output"]["specialist"], "ChainOfThoughtAgent", "{reply}");
+    assert!(reply["output"]["reason"].as_str().unwrap().contains("CodeGenerator is under the trust floor"), "{reply}");
+
+    let mut above = Value::Null;
+    for i in 0..12 {
+        above = call(&mut bus, record(i, "success")).await;
+    }
+    assert_eq!(above["output"]["below_floor"], false, "{above}");
+    fake.push(Behaviour::Answer("def rev(s): ...".into()));
+    let reply = call(&mut bus, json!({"id": "f2", "type": "auto", "input": coding})).await;
+    assert_eq!(reply["output"]["specialist"], "CodeGenerator", "{reply}");
+    fleet.shutdown(Duration::from_secs(10)).await;
+}
+
 /// `/v1/chat/completions` with `model: auto` (or no model): the request's
 /// content decides the tier, and the estimate is in the receipt. An explicit
 /// complexity header or a named backend keeps the rule's decision.

@@ -21,6 +21,8 @@
 //!    from the work so far; `request_user_input` ends with `{"needs_input":
 //!    {"question"}}` (status ok; the question is stored in the session, so
 //!    the user's next task in it continues).
+//!    A specialist AgentTrustScorer scores under `trust.floor` is passed
+//!    over for the next of the four that is not (when the scorer runs).
 //! 4. Bounded by `arbiter.max_iterations` consultations and the task's
 //!    deadline: when either runs out before an `accept`, the answer is the
 //!    best one so far (highest review score, the later on a tie) and the
@@ -128,13 +130,22 @@ impl LlmAgent {
             .as_ref()
             .filter(|_| task.task_type == "auto")
             .map(|c| c.estimate_with(&request, self.settings.routing.content.min_confidence));
-        let (mut specialist, reason) = match estimate.as_ref().filter(|e| e.used) {
+        let (specialist, reason) = match estimate.as_ref().filter(|e| e.used) {
             Some(e) => {
                 let agent = SPECIALISTS.iter().find(|s| **s == e.specialist).copied().unwrap_or(SPECIALISTS[0]);
                 (agent, format!("content route {} (confidence {:.2})", e.route, e.confidence))
             }
             None => self.timed_choice(task, estimate.as_ref(), route).await?,
         };
+        let below = self.below_trust_floor(task).await;
+        let (specialist, reason) = match passed_over(specialist, &below) {
+            Some(next) => {
+                tracing::info!(task_id = %task.id, specialist, next, "under the trust floor: passed over");
+                (next, format!("{reason}; {specialist} is under the trust floor, {next} answers"))
+            }
+            None => (specialist, reason),
+        };
+        let mut specialist = specialist;
         tracing::info!(task_id = %task.id, specialist, reason, "arbiter chose");
         let complexity = task.complexity.or(estimate.as_ref().filter(|e| e.used).map(|e| e.complexity));
         let max = settings.max_iterations.max(1);
@@ -245,7 +256,7 @@ impl LlmAgent {
                 _ if last => break,
                 verdict => {
                     let from = specialist;
-                    specialist = r.specialist;
+                    specialist = passed_over(r.specialist, &below).unwrap_or(r.specialist);
                     input = Value::String(match verdict {
                         "revise" => format!(
                             "{request}\n\nA previous answer (by {from}):\n{previous}\n\nCritique: {}\n\
@@ -294,6 +305,29 @@ impl LlmAgent {
             out["partial"] = Value::Bool(true);
         }
         Ok(out)
+    }
+
+    /// The specialists AgentTrustScorer scores under `trust.floor` (none
+    /// when it is not running: it is not started for this).
+    async fn below_trust_floor(&self, task: &Task) -> Vec<String> {
+        if self.peers.state("AgentTrustScorer") != Some(crate::supervisor::AgentState::Running) {
+            return Vec::new();
+        }
+        let mut ask = Task::new(format!("{}-trust", task.id), "trust.score", json!({}));
+        ask.deadline = task.deadline;
+        match self.peers.call("AgentTrustScorer", ask).await {
+            Ok(out) => out.output["scores"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|s| s["below_floor"] == true)
+                .filter_map(|s| s["agent"].as_str().map(str::to_string))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(task_id = %task.id, error = %e, "trust scores unavailable; no specialist is passed over");
+                Vec::new()
+            }
+        }
     }
 
     /// The arbiter model's choice within a third of the time left (the
@@ -469,6 +503,18 @@ fn step(specialist: &str, route: Option<&Receipt>, t0: Instant, verdict: &str) -
     }
 }
 
+/// When `wanted` is under the trust floor: the next of the four
+/// specialists (in their order, wrapping) that is not; `None` when `wanted`
+/// is trusted, or when every specialist is under the floor (then `wanted`
+/// answers: someone must).
+fn passed_over(wanted: &'static str, below: &[String]) -> Option<&'static str> {
+    if !below.iter().any(|b| b == wanted) {
+        return None;
+    }
+    let at = SPECIALISTS.iter().position(|s| *s == wanted).unwrap_or(0);
+    (1..SPECIALISTS.len()).map(|i| SPECIALISTS[(at + i) % SPECIALISTS.len()]).find(|s| !below.iter().any(|b| b == s))
+}
+
 /// Keeps the higher-scored answer; the newer one on a tie.
 fn keep_best(best: &mut Option<Best>, new: Best) {
     if best.as_ref().is_none_or(|b| new.score >= b.score) {
@@ -497,6 +543,16 @@ mod tests {
         let v = jsonschema::validator_for(&review_schema()).unwrap();
         assert!(v.is_valid(&json!({"verdict": "accept", "score": 7, "specialist": "NLUAgent", "note": ""})));
         assert!(!v.is_valid(&json!({"verdict": "accept", "score": 11, "specialist": "NLUAgent", "note": ""})));
+    }
+
+    #[test]
+    fn a_specialist_under_the_trust_floor_is_passed_over_for_the_next_one() {
+        let below = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(passed_over("CodeGenerator", &below(&[])), None);
+        assert_eq!(passed_over("CodeGenerator", &below(&["NLUAgent"])), None);
+        assert_eq!(passed_over("CodeGenerator", &below(&["CodeGenerator"])), Some("ChainOfThoughtAgent"));
+        assert_eq!(passed_over("NLUAgent", &below(&["NLUAgent", "CodeGenerator"])), Some("ChainOfThoughtAgent"));
+        assert_eq!(passed_over("NLUAgent", &below(&SPECIALISTS)), None, "all under: the wanted one answers");
     }
 
     #[test]
