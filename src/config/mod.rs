@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod knowledge;
 pub mod legacy;
+pub mod media;
 pub mod policy;
 pub mod profile;
 pub mod profile_spec;
@@ -112,6 +113,12 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// The policy gate in front of risky tasks (`code.execute`, ...).
     pub policy: policy::PolicySettings,
+    /// Where media files given by `path` may live (the audio agents).
+    pub media: media::MediaSettings,
+    /// WakeWordDetector's words and threshold.
+    pub wake_word: media::WakeWordSettings,
+    /// StreamingLanguageAnalyzer's target language.
+    pub language: media::LanguageSettings,
 }
 
 /// `arbiter:` — the arbiter's loop (issue 15): consult a specialist, review
@@ -503,6 +510,9 @@ impl Default for Settings {
             context: ContextSettings::default(),
             cache: CacheSettings::default(),
             policy: Default::default(),
+            media: Default::default(),
+            wake_word: Default::default(),
+            language: Default::default(),
         }
     }
 }
@@ -1198,6 +1208,7 @@ impl Settings {
         problems.extend(settings.routing.content.problems());
         problems.extend(settings.context.problems());
         problems.extend(settings.policy.problems());
+        problems.extend(settings.wake_word.problems());
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems.join("; ")));
         }
