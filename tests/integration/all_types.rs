@@ -22,16 +22,12 @@ const PENDING: &[&str] = &[
     "ActiveLearningMonitor",        // learning loop
     "AgentTrustScorer",             // learning loop
     "FeedbackHandler",              // learning loop
-    "FusedAudioPreprocessor",       // ears and eyes
     "LearningAdjusterAgent",        // learning loop
     "LearningManager",              // learning loop
     "LearningOrchestrationService", // learning loop
     "PredictiveHealthMonitor",      // learning loop
     "StreamingInterruptHandler",    // ears and eyes
-    "StreamingLanguageAnalyzer",    // ears and eyes
     "StreamingSpeechRecognition",   // ears and eyes
-    "VoiceProfilingAgent",          // ears and eyes
-    "WakeWordDetector",             // ears and eyes
 ];
 
 /// Types that run the local model: `not_implemented` in a build without the

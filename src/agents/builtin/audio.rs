@@ -122,9 +122,11 @@ impl AudioError {
     /// The stable error code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            AudioError::Source | AudioError::Invalid(_) | AudioError::Base64(_) | AudioError::NotWav(_) | AudioError::TooLarge { .. } => {
-                ErrorCode::InvalidField
-            }
+            AudioError::Source
+            | AudioError::Invalid(_)
+            | AudioError::Base64(_)
+            | AudioError::NotWav(_)
+            | AudioError::TooLarge { .. } => ErrorCode::InvalidField,
             AudioError::NoRoots | AudioError::Outside { .. } => ErrorCode::Forbidden,
             AudioError::Missing { .. } => ErrorCode::NotFound,
             AudioError::Io { .. } | AudioError::Resample(_) => ErrorCode::Internal,
@@ -346,10 +348,8 @@ pub fn vad(mono: &[f32], rate: u32, opts: &VadOptions) -> Vad {
         let loud_end = ((last + 1) as f64 * frame_s).min(duration);
         if loud_end - start + 1e-9 >= opts.min_speech_seconds {
             loud_seconds += loud_end - start;
-            segments.push(Segment {
-                start_seconds: start,
-                end_seconds: (loud_end + opts.hangover_seconds).min(duration),
-            });
+            segments
+                .push(Segment { start_seconds: start, end_seconds: (loud_end + opts.hangover_seconds).min(duration) });
         }
     };
     let mut open: Option<(usize, usize)> = None;
@@ -458,10 +458,8 @@ fn in_speech(segments: &[Segment], t: f64) -> bool {
 pub fn profile(mono: &[f32], rate: u32) -> Profile {
     let vad = vad(mono, rate, &VadOptions::default());
     let frames = contours(mono, rate, PROFILE_HOP_SECONDS);
-    let voiced: Vec<&Frame> = frames
-        .iter()
-        .filter(|f| f.pitch_hz.is_some() && in_speech(&vad.segments, f.start_seconds))
-        .collect();
+    let voiced: Vec<&Frame> =
+        frames.iter().filter(|f| f.pitch_hz.is_some() && in_speech(&vad.segments, f.start_seconds)).collect();
     let pitches: Vec<f32> = voiced.iter().filter_map(|f| f.pitch_hz).collect();
     let voiced_ratio = if frames.is_empty() { 0.0 } else { voiced.len() as f64 / frames.len() as f64 };
     // Energy over the speech segments.
@@ -475,7 +473,14 @@ pub fn profile(mono: &[f32], rate: u32) -> Profile {
     }
     let energy_rms = if n > 0 { (sum / n as f64).sqrt() } else { rms(mono) };
     let nuclei = syllable_nuclei(&frames, vad.threshold_db, &vad.segments);
-    Profile { duration_seconds: mono.len() as f64 / f64::from(rate.max(1)), voiced_ratio, pitches, energy_rms, nuclei, vad }
+    Profile {
+        duration_seconds: mono.len() as f64 / f64::from(rate.max(1)),
+        voiced_ratio,
+        pitches,
+        energy_rms,
+        nuclei,
+        vad,
+    }
 }
 
 /// Least rise of a nucleus above the dip before it, dB.
@@ -557,12 +562,16 @@ pub fn resolve_media_path(settings: &MediaSettings, path: &str) -> Result<PathBu
 /// [`AudioError::Source`] without exactly one; the errors of
 /// [`resolve_media_path`]; [`AudioError::Base64`], [`AudioError::TooLarge`],
 /// [`AudioError::Io`].
-pub fn wav_bytes(settings: &MediaSettings, wav_base64: Option<&str>, path: Option<&str>) -> Result<Vec<u8>, AudioError> {
+pub fn wav_bytes(
+    settings: &MediaSettings,
+    wav_base64: Option<&str>,
+    path: Option<&str>,
+) -> Result<Vec<u8>, AudioError> {
     use base64::Engine as _;
     match (wav_base64, path) {
-        (Some(b64), None) => base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .map_err(|e| AudioError::Base64(e.to_string())),
+        (Some(b64), None) => {
+            base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| AudioError::Base64(e.to_string()))
+        }
         (None, Some(path)) => {
             let real = resolve_media_path(settings, path)?;
             let io = |error| AudioError::Io { path: path.into(), error };
@@ -601,6 +610,18 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
             Err(crate::core::TaskError::new(e.code(), e.to_string()))
         }
     }
+}
+
+/// The decoded WAV given by `wav_base64` or `path` (exactly one); a WAV
+/// error names the path.
+///
+/// # Errors
+/// Those of [`wav_bytes`] and [`decode_wav`].
+pub fn load_wav(settings: &MediaSettings, wav_base64: Option<&str>, path: Option<&str>) -> Result<Pcm, AudioError> {
+    decode_wav(&wav_bytes(settings, wav_base64, path)?).map_err(|e| match (e, path) {
+        (AudioError::NotWav(why), Some(p)) => AudioError::NotWav(format!("{p}: {why}")),
+        (e, _) => e,
+    })
 }
 
 /// Base64 (standard alphabet, padded) of `bytes`.

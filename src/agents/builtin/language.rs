@@ -194,11 +194,19 @@ impl LanguageAnalyzer {
             None => (self.settings.target.as_str(), "the setting language.target"),
         };
         let target = parse_language(target).ok_or_else(|| {
-            TaskError::new(ErrorCode::InvalidField, format!("{at}: unknown language {target:?} (an ISO 639 code or English name)"))
+            TaskError::new(
+                ErrorCode::InvalidField,
+                format!("{at}: unknown language {target:?} (an ISO 639 code or English name)"),
+            )
         })?;
         let (lang, id) = identify(&input.text)?;
         if lang == target {
-            return Ok(RouteOutput { language: id.language, confidence: id.confidence, translated: false, text: input.text });
+            return Ok(RouteOutput {
+                language: id.language,
+                confidence: id.confidence,
+                translated: false,
+                text: input.text,
+            });
         }
         let mut t = Task::new(
             format!("{}-translate", task.id),
@@ -239,10 +247,13 @@ impl Behaviour for LanguageAnalyzer {
             }
             "language.route" => {
                 let input = decode(t, &task.input)?;
-                ("route", match self.route(&task, input).await {
-                    Ok(out) => encode(t, out),
-                    Err(e) => Err(e),
-                })
+                (
+                    "route",
+                    match self.route(&task, input).await {
+                        Ok(out) => encode(t, out),
+                        Err(e) => Err(e),
+                    },
+                )
             }
             _ => return Err(unknown_type(AGENT, &task)),
         };

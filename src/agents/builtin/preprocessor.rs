@@ -138,7 +138,7 @@ fn check_rate(rate: u32, max: u32) -> Result<u32, AudioError> {
 }
 
 fn load(settings: &MediaSettings, wav_base64: Option<&str>, path: Option<&str>) -> Result<Pcm, AudioError> {
-    audio::decode_wav(&audio::wav_bytes(settings, wav_base64, path)?)
+    audio::load_wav(settings, wav_base64, path)
 }
 
 /// Decode, down-mix, resample, normalise, VAD.

@@ -99,7 +99,7 @@ fn r4(x: f64) -> f64 {
 
 /// The clip as 16 kHz mono.
 fn load16k(settings: &MediaSettings, wav_base64: Option<&str>, path: Option<&str>) -> Result<Vec<f32>, AudioError> {
-    let pcm = audio::decode_wav(&audio::wav_bytes(settings, wav_base64, path)?)?;
+    let pcm = audio::load_wav(settings, wav_base64, path)?;
     audio::resample(&pcm.mono(), 1, pcm.sample_rate, audio::ANALYSIS_RATE)
 }
 

@@ -120,12 +120,7 @@ pub fn detect(text: &str, wake_words: &[String], threshold: f64) -> Detection {
     };
     let score = (score * 1e4).round() / 1e4;
     let detected = score >= threshold;
-    Detection {
-        detected,
-        word: detected.then(|| word.clone()),
-        score,
-        offset: detected.then_some(offset),
-    }
+    Detection { detected, word: detected.then(|| word.clone()), score, offset: detected.then_some(offset) }
 }
 
 /// The WakeWordDetector behaviour.
