@@ -144,7 +144,7 @@ pub struct Metrics {
     pub file_ops: IntCounterVec,
     /// `agentvisor_audio_ops_total{op,outcome}`: the audio agents' operations (issue 20); op
     /// preprocess|resample|vad|profile|features|wake_word|language|route, outcome
-    /// ok|invalid_field|forbidden|not_found|error.
+    /// ok|invalid_field|forbidden|not_found|error (wake_word: detected|not_detected).
     pub audio_ops: IntCounterVec,
     /// `agentvisor_dreaming_runs_total{outcome}`: DreamingModeAgent consolidations; outcome
     /// ran|dry_run|not_idle|in_progress|failed.
