@@ -549,7 +549,7 @@ pub fn resolve_media_path(settings: &MediaSettings, path: &str) -> Result<PathBu
         } else {
             "a symbolic link leads out of the root"
         }))
-    } else if p.is_absolute() && !roots.iter().any(|r| p.starts_with(r)) {
+    } else if p.is_absolute() && !roots.iter().chain(&settings.roots).any(|r| p.starts_with(r)) {
         Err(outside("not inside any root"))
     } else {
         Err(AudioError::Missing { path: path.into() })
@@ -575,7 +575,11 @@ pub fn wav_bytes(
         (None, Some(path)) => {
             let real = resolve_media_path(settings, path)?;
             let io = |error| AudioError::Io { path: path.into(), error };
-            let size = std::fs::metadata(&real).map_err(io)?.len();
+            let meta = std::fs::metadata(&real).map_err(io)?;
+            if !meta.is_file() {
+                return Err(AudioError::Invalid(format!("{path} is not a file")));
+            }
+            let size = meta.len();
             if size > settings.max_file_bytes {
                 return Err(AudioError::TooLarge { path: path.into(), size, max: settings.max_file_bytes });
             }
