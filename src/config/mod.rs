@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod knowledge;
 pub mod legacy;
+pub mod media;
 pub mod policy;
 pub mod profile;
 pub mod profile_spec;
@@ -114,6 +115,12 @@ pub struct Settings {
     pub policy: policy::PolicySettings,
     /// AgentTrustScorer's Beta posterior: decay, prior, floor.
     pub trust: TrustSettings,
+    /// Where media files given by `path` may live (the audio agents).
+    pub media: media::MediaSettings,
+    /// WakeWordDetector's words and threshold.
+    pub wake_word: media::WakeWordSettings,
+    /// StreamingLanguageAnalyzer's target language.
+    pub language: media::LanguageSettings,
 }
 
 /// `trust:` — AgentTrustScorer's trust per agent: a Beta posterior over
@@ -135,8 +142,8 @@ pub struct TrustSettings {
     /// `weight × (r − 1) / 4` to the successes and `weight × (5 − r) / 4` to
     /// the failures; default 1. Must be ≥ 0.
     pub rating_weight: f64,
-    /// Below this score an agent is `below_floor` (routing passes it over
-    /// once the arbiter reads trust); 0..=1, default 0.25.
+    /// Below this score an agent is `below_floor` (the arbiter passes such
+    /// a specialist over); 0..=1, default 0.25.
     pub floor: f64,
 }
 
@@ -565,6 +572,9 @@ impl Default for Settings {
             cache: CacheSettings::default(),
             policy: Default::default(),
             trust: TrustSettings::default(),
+            media: Default::default(),
+            wake_word: Default::default(),
+            language: Default::default(),
         }
     }
 }
@@ -1261,6 +1271,7 @@ impl Settings {
         problems.extend(settings.context.problems());
         problems.extend(settings.policy.problems());
         problems.extend(settings.trust.problems());
+        problems.extend(settings.wake_word.problems());
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems.join("; ")));
         }

@@ -148,6 +148,10 @@ pub struct Metrics {
     /// `agentvisor_file_ops_total{op,outcome}`: FileSystemAssistantAgent operations; op
     /// list|read|search, outcome ok|forbidden|not_found|invalid_field|no_roots|error.
     pub file_ops: IntCounterVec,
+    /// `agentvisor_audio_ops_total{op,outcome}`: the audio agents' operations (issue 20); op
+    /// preprocess|resample|vad|profile|features|wake_word|language|route, outcome
+    /// ok|invalid_field|forbidden|not_found|error (wake_word: detected|not_detected).
+    pub audio_ops: IntCounterVec,
     /// `agentvisor_dreaming_runs_total{outcome}`: DreamingModeAgent consolidations; outcome
     /// ran|dry_run|not_idle|in_progress|failed.
     pub dreaming_runs: IntCounterVec,
@@ -477,6 +481,11 @@ impl Metrics {
             file_ops: counter_vec(
                 "agentvisor_file_ops_total",
                 "FileSystemAssistantAgent operations (list, read, search) by outcome.",
+                &["op", "outcome"],
+            ),
+            audio_ops: counter_vec(
+                "agentvisor_audio_ops_total",
+                "Audio agents' operations (preprocess, resample, vad, profile, features, wake_word, language, route) by outcome.",
                 &["op", "outcome"],
             ),
             dreaming_runs: counter_vec(

@@ -20,15 +20,11 @@ use crate::util;
 /// (the issue that builds it in brackets).
 const PENDING: &[&str] = &[
     "ActiveLearningMonitor",        // learning loop
-    "FusedAudioPreprocessor",       // ears and eyes
     "LearningAdjusterAgent",        // learning loop
     "LearningOrchestrationService", // learning loop
     "PredictiveHealthMonitor",      // learning loop
     "StreamingInterruptHandler",    // ears and eyes
-    "StreamingLanguageAnalyzer",    // ears and eyes
     "StreamingSpeechRecognition",   // ears and eyes
-    "VoiceProfilingAgent",          // ears and eyes
-    "WakeWordDetector",             // ears and eyes
 ];
 
 /// Types that run the local model: `not_implemented` in a build without the

@@ -6,6 +6,7 @@ mod util;
 
 mod all_types;
 mod arbiter;
+mod audio;
 mod auth;
 mod backend_openai;
 mod bench;

@@ -40,12 +40,17 @@
 //! | FeedbackHandler | [`feedback`] | `feedback.record`, `feedback.list`: ratings tied to the task's receipt |
 //! | LearningManager | [`learning`] | `preferences.set`, `preferences.get` (per user), `corrections.record`, `corrections.list` |
 //! | AgentTrustScorer | [`trust`] | `trust.score`, `trust.record`: a decayed Beta posterior per agent, fed by task outcomes and ratings |
+//! | FusedAudioPreprocessor | [`preprocessor`] | `audio.preprocess`, `audio.resample`, `audio.vad`: WAV decoding, resampling, normalising, voice activity detection ([`audio`]) |
+//! | VoiceProfilingAgent | [`voice`] | `voice.profile`, `voice.features`: pitch (YIN), energy, speaking rate |
+//! | WakeWordDetector | [`wake_word`] | `wake_word.detect`, `wake_word.configure`: fuzzy match of configured words in a transcript |
+//! | StreamingLanguageAnalyzer | [`language`] | `language_identification`, `language.route` (TranslationService for text not in the target language) |
 //! | ObservabilityHub, ObservabilityHub_PC2 | [`observability`] | `observability.status`, `observability.metrics`, `observability.pc2.status`, `observability.pc2.metrics` |
 //!
 //! Every other builtin agent answers tasks with `not_implemented` until its
 //! issue lands — never with a made-up answer.
 
 pub mod advanced_router;
+pub mod audio;
 pub mod auth;
 pub mod cache;
 pub mod context;
@@ -56,12 +61,14 @@ pub mod files;
 pub mod goals;
 pub mod identity;
 pub mod jobs;
+pub mod language;
 pub mod lazy_loader;
 pub mod learning;
 pub mod memory;
 pub mod models;
 pub mod mood;
 pub mod observability;
+pub mod preprocessor;
 pub mod proactive;
 pub mod remote;
 pub mod resources;
@@ -75,6 +82,8 @@ pub mod tiered;
 pub mod trust;
 pub mod tutoring;
 pub mod utils;
+pub mod voice;
+pub mod wake_word;
 pub mod web;
 
 use std::collections::BTreeMap;
@@ -254,6 +263,22 @@ pub(crate) fn behaviour_for(name: &str, services: &Services, fleet: &Fleet) -> O
             &services.settings.trust,
             fleet.clone(),
             services.events.clone(),
+            services.metrics.clone(),
+        ))),
+        preprocessor::AGENT => Some(Arc::new(preprocessor::FusedAudioPreprocessor::new(
+            services.settings.media.clone(),
+            services.metrics.clone(),
+        ))),
+        voice::AGENT => {
+            Some(Arc::new(voice::VoiceProfiling::new(services.settings.media.clone(), services.metrics.clone())))
+        }
+        wake_word::AGENT => Some(Arc::new(wake_word::WakeWordDetector::new(
+            services.settings.wake_word.clone(),
+            services.metrics.clone(),
+        ))),
+        language::AGENT => Some(Arc::new(language::LanguageAnalyzer::new(
+            Arc::new(fleet.clone()),
+            services.settings.language.clone(),
             services.metrics.clone(),
         ))),
         resources::AGENT => {
