@@ -283,7 +283,8 @@ async fn content_decides_the_specialist_and_the_tier() {
 
 /// The estimate is unsure (below `min_confidence`), so the arbiter's model
 /// chooses; when that call fails, the content route, however unsure, is
-/// the choice rather than an error.
+/// the choice rather than an error; a chosen specialist that cannot answer
+/// is replaced by a text generalist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsure_estimate_stands_when_the_arbiters_model_cannot_choose() {
     let fake = FakeOpenAi::start().await;
@@ -302,6 +303,17 @@ async fn an_unsure_estimate_stands_when_the_arbiters_model_cannot_choose() {
     let reason = reply["output"]["reason"].as_str().unwrap();
     assert!(reason.contains("content route roleplay") && reason.contains("did not choose"), "{reply}");
     assert_eq!(reply["output"]["answer"], "It reads well.");
+
+    // The chosen specialist cannot answer (NLUAgent's JSON invalid twice):
+    // a text generalist answers instead of an error.
+    fake.push(Behaviour::Answer("hmm".into()));
+    fake.push(Behaviour::Answer("still not json".into()));
+    fake.push(Behaviour::Answer("Fine, thanks!".into()));
+    let reply = call(&mut bus, json!({"id": "u2", "type": "auto", "input": "Hi there, how is it going?"})).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(reply["output"]["specialist"], "CognitiveModelAgent", "{reply}");
+    assert_eq!(reply["output"]["answer"], "Fine, thanks!", "{reply}");
+    assert_eq!(verdicts(&reply), ["failed", "unreviewed"], "{reply}");
     fleet.shutdown(Duration::from_secs(10)).await;
 }
 

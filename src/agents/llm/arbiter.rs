@@ -21,6 +21,9 @@
 //!    from the work so far; `request_user_input` ends with `{"needs_input":
 //!    {"question"}}` (status ok; the question is stored in the session, so
 //!    the user's next task in it continues).
+//!    A specialist that fails (not by the deadline) before any answer is
+//!    replaced by CognitiveModelAgent (ChainOfThoughtAgent if that one
+//!    failed) while consultations are left.
 //!    A specialist AgentTrustScorer scores under `trust.floor` is passed
 //!    over for the next of the four that is not (when the scorer runs).
 //! 4. Bounded by `arbiter.max_iterations` consultations and the task's
@@ -186,6 +189,19 @@ impl LlmAgent {
                             ended = "deadline";
                             partial = true;
                             break;
+                        }
+                        // A specialist that could not answer (invalid JSON
+                        // from a small model, say): a text generalist tries,
+                        // while consultations are left.
+                        None if i + 1 < max
+                            && !matches!(e.code, ErrorCode::DeadlineExceeded | ErrorCode::Cancelled)
+                            && generalist(specialist, &below).is_some() =>
+                        {
+                            steps.push(step(specialist, e.route.as_deref(), t0, "failed"));
+                            let next = generalist(specialist, &below).unwrap_or(specialist);
+                            tracing::warn!(task_id = %task.id, specialist, next, error = %e, "specialist failed; another one tries");
+                            specialist = next;
+                            continue;
                         }
                         // Nothing to fall back on: the specialist's error is the answer.
                         None => {
@@ -513,6 +529,14 @@ fn passed_over(wanted: &'static str, below: &[String]) -> Option<&'static str> {
     }
     let at = SPECIALISTS.iter().position(|s| *s == wanted).unwrap_or(0);
     (1..SPECIALISTS.len()).map(|i| SPECIALISTS[(at + i) % SPECIALISTS.len()]).find(|s| !below.iter().any(|b| b == s))
+}
+
+/// Who answers when `failed` could not: CognitiveModelAgent (free text,
+/// any request), or ChainOfThoughtAgent when that one failed; `None` when
+/// it is under the trust floor too.
+fn generalist(failed: &str, below: &[String]) -> Option<&'static str> {
+    let next = if failed == "CognitiveModelAgent" { "ChainOfThoughtAgent" } else { "CognitiveModelAgent" };
+    (next != failed && !below.iter().any(|b| b == next)).then_some(next)
 }
 
 /// Keeps the higher-scored answer; the newer one on a tie.
