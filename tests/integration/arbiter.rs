@@ -408,6 +408,7 @@ async fn the_gateway_routes_model_auto_by_content() {
 }
 
 /// The labelled requests of `tests/data/requests.jsonl`: (category, split, text).
+#[cfg(feature = "embedded")]
 fn labelled() -> Vec<(String, String, String)> {
     std::fs::read_to_string(util::root().join("tests/data/requests.jsonl"))
         .expect("tests/data/requests.jsonl")

@@ -576,7 +576,7 @@ mod tests {
         assert_eq!(passed_over("CodeGenerator", &below(&["NLUAgent"])), None);
         assert_eq!(passed_over("CodeGenerator", &below(&["CodeGenerator"])), Some("ChainOfThoughtAgent"));
         assert_eq!(passed_over("NLUAgent", &below(&["NLUAgent", "CodeGenerator"])), Some("ChainOfThoughtAgent"));
-        assert_eq!(passed_over("NLUAgent", &below(&SPECIALISTS)), None, "all under: the wanted one answers");
+        assert_eq!(passed_over("NLUAgent", &below(SPECIALISTS)), None, "all under: the wanted one answers");
     }
 
     #[test]
