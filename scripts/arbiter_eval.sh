@@ -11,5 +11,5 @@
 # deadline cuts short comes back `partial` and is counted apart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ARBITER_EVAL="${ARBITER_EVAL:-all}" ARBITER_DEADLINE_MS="${ARBITER_DEADLINE_MS:-60000}" cargo nextest run --test integration --no-capture \
+ARBITER_EVAL="${ARBITER_EVAL:-all}" ARBITER_DEADLINE_MS="${ARBITER_DEADLINE_MS:-60000}" cargo nextest run --test integration --no-capture --run-ignored all \
     -E 'test(auto_with_the_default_model_gives_a_specialists_answer)' "$@"
